@@ -1,0 +1,1 @@
+"""The Atelier gallery: SQLAlchemy records and content-addressed files. Never imports torch."""

@@ -1,0 +1,1 @@
+"""The Atelier web UI (Gradio Blocks). Nothing imports this package."""
