@@ -1,0 +1,350 @@
+"""The Recipe: everything needed to reproduce one image. Standard library only.
+
+One language for the UI, the engine and the gallery. Frozen and validated on construction: a bad
+value raises ValueError naming the field and what is allowed, before any model work. JSON
+round-trips exactly; upgrading recipes written by older versions happens only in `from_json`.
+
+Sizes follow diffusers' convention: (height, width).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SCHEDULERS = (
+    "Euler",
+    "Euler a",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "DPM++ 2M SDE Karras",
+    "DDIM",
+    "UniPC",
+    "LCM",
+)
+MODES = ("txt2img", "img2img")
+# "draft": the base stopped at `switch`, its noisy latent kept; "final": the finished image
+# (refined when `refine` is set, otherwise the base ran to the end).
+STAGES = ("draft", "final")
+PROMPT_SYNTAXES = ("compel", "a1111")
+
+MIN_SIDE, MAX_SIDE = 64, 4096
+MAX_STEPS = 500
+MAX_DRAFTS = 16  # drafts per request; documented in the README
+MAX_SEED = 2**63 - 1
+
+# SDXL multi-aspect buckets (width, height): about 1024² pixels, sides multiples of 64.
+SDXL_BUCKETS = (
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+)
+
+
+def _fail(name: str, allowed: str, got: Any) -> None:
+    raise ValueError(f"{name}: must be {allowed} (got {got!r})")
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        _fail(name, f"an integer from {lo} to {hi}", value)
+
+
+def _check_float(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        _fail(name, f"a number in {left}{lo}, {hi}]", value)
+
+
+def _check_size(name: str, value: Any, *, multiple_of: int = 8, lo: int = MIN_SIDE) -> None:
+    if value is None:
+        return
+    if not (isinstance(value, tuple) and len(value) == 2):
+        _fail(name, "a (height, width) pair", value)
+    for side in value:
+        if isinstance(side, bool) or not isinstance(side, int) or not lo <= side <= MAX_SIDE * 4:
+            _fail(name, f"a (height, width) pair of integers from {lo} to {MAX_SIDE * 4}", value)
+        if multiple_of > 1 and side % multiple_of:
+            _fail(name, f"sides that are multiples of {multiple_of}", value)
+
+
+def _check_sha(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        _fail(name, "a lowercase hex sha256 (64 characters)", value)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model's identity: its name as the user gave it, and what pins the exact weights."""
+
+    name: str
+    sha256: str | None = None  # single file: the file; folder: a digest of its weight files
+    revision: str | None = None  # hub snapshot commit, when loaded from the hub cache
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            _fail("model.name", "a non-empty string", self.name)
+        _check_sha("model.sha256", self.sha256)
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    name: str
+    sha256: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            _fail("loras.name", "a non-empty string", self.name)
+        _check_sha("loras.sha256", self.sha256)
+        _check_float("loras.weight", self.weight, -10.0, 10.0)
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet: which model, which preprocessed map, how strongly and when."""
+
+    model: ModelRef
+    preprocessor: str = "none"
+    image_sha256: str | None = None  # the control image as given
+    map_sha256: str | None = None  # the map the ControlNet saw (after preprocessing)
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    params: tuple[tuple[str, float], ...] = ()  # preprocessor settings, sorted by name
+
+    def __post_init__(self) -> None:
+        _check_sha("controlnets.image_sha256", self.image_sha256)
+        _check_sha("controlnets.map_sha256", self.map_sha256)
+        _check_float("controlnets.scale", self.scale, 0.0, 4.0)
+        _check_float("controlnets.start", self.start, 0.0, 1.0)
+        _check_float("controlnets.end", self.end, 0.0, 1.0)
+        if self.start >= self.end:
+            _fail("controlnets.start", "smaller than controlnets.end", (self.start, self.end))
+
+
+@dataclass(frozen=True)
+class MicroConditioning:
+    """SDXL's size and crop conditioning; None means "the generated size" (diffusers' default).
+
+    The negative sizes only take effect in diffusers when both are given; the engine fills the
+    missing one with its positive counterpart (see `resolved`).
+    """
+
+    original_size: tuple[int, int] | None = None
+    crops_coords_top_left: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
+    negative_original_size: tuple[int, int] | None = None
+    negative_crops_coords_top_left: tuple[int, int] = (0, 0)
+    negative_target_size: tuple[int, int] | None = None
+    aesthetic_score: float = 6.0  # used by the refiner only
+    negative_aesthetic_score: float = 2.5
+
+    def __post_init__(self) -> None:
+        for name in ("original_size", "target_size", "negative_original_size", "negative_target_size"):
+            _check_size(f"micro.{name}", getattr(self, name), multiple_of=1, lo=1)
+        for name in ("crops_coords_top_left", "negative_crops_coords_top_left"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, tuple)
+                and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SIDE * 4 for v in value)
+            ):
+                _fail(f"micro.{name}", f"a (top, left) pair of integers from 0 to {MAX_SIDE * 4}", value)
+        _check_float("micro.aesthetic_score", self.aesthetic_score, 0.0, 10.0)
+        _check_float("micro.negative_aesthetic_score", self.negative_aesthetic_score, 0.0, 10.0)
+
+    def resolved(self, height: int, width: int) -> dict[str, Any]:
+        """Keyword arguments for a diffusers SDXL pipeline, with every size made explicit."""
+        size = (height, width)
+        original = self.original_size or size
+        target = self.target_size or size
+        kwargs: dict[str, Any] = {
+            "original_size": original,
+            "crops_coords_top_left": self.crops_coords_top_left,
+            "target_size": target,
+            "negative_crops_coords_top_left": self.negative_crops_coords_top_left,
+        }
+        if self.negative_original_size or self.negative_target_size:
+            kwargs["negative_original_size"] = self.negative_original_size or original
+            kwargs["negative_target_size"] = self.negative_target_size or target
+        return kwargs
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """How a draft is finished. `model` None: the base model refines its own draft (checkpoints
+    without a refiner). `strength` is used only for a clean latent (switch 1.0): a noisy latent is
+    always resumed at the switch point, never re-noised."""
+
+    model: ModelRef | None = None
+    strength: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check_float("refine.strength", self.strength, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: ModelRef
+    prompt: str
+    seed: int
+    negative_prompt: str = ""
+    prompt_syntax: str = "compel"
+    mode: str = "txt2img"
+    stage: str = "final"
+    batch_seeds: tuple[int, ...] = ()  # all seeds of the batch this image was drafted in; () = alone
+    steps: int = 30
+    guidance: float = 5.0
+    scheduler: str = "Euler"
+    width: int = 1024
+    height: int = 1024
+    micro: MicroConditioning = field(default_factory=MicroConditioning)
+    switch: float = 0.8  # fraction of the schedule the base runs; 1.0 = all of it
+    refine: RefineSettings | None = field(default_factory=RefineSettings)
+    strength: float | None = None  # img2img only
+    source_image_sha256: str | None = None  # img2img only
+    loras: tuple[LoraRef, ...] = ()
+    controlnets: tuple[ControlUnit, ...] = ()
+    watermark: bool = True  # requested; whether it was applied is recorded in watermark_applied
+    watermark_applied: bool | None = None  # filled in when the image is saved (False under 256 px)
+    app_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.schema_version != SCHEMA_VERSION:
+            _fail("schema_version", f"{SCHEMA_VERSION} (older recipes are upgraded by from_json)", self.schema_version)
+        if not isinstance(self.model, ModelRef):
+            _fail("model", "a ModelRef", self.model)
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                _fail(name, "a string", getattr(self, name))
+        if self.prompt_syntax not in PROMPT_SYNTAXES:
+            _fail("prompt_syntax", f"one of {', '.join(PROMPT_SYNTAXES)}", self.prompt_syntax)
+        if self.mode not in MODES:
+            _fail("mode", f"one of {', '.join(MODES)}", self.mode)
+        if self.stage not in STAGES:
+            _fail("stage", f"one of {', '.join(STAGES)}", self.stage)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        if not isinstance(self.batch_seeds, tuple) or len(self.batch_seeds) > MAX_DRAFTS:
+            _fail("batch_seeds", f"a tuple of at most {MAX_DRAFTS} seeds", self.batch_seeds)
+        for s in self.batch_seeds:
+            _check_int("batch_seeds", s, 0, MAX_SEED)
+        if self.batch_seeds and self.seed not in self.batch_seeds:
+            _fail("batch_seeds", f"a batch that contains seed {self.seed}", self.batch_seeds)
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_float("guidance", self.guidance, 0.0, 50.0)
+        if self.scheduler not in SCHEDULERS:
+            _fail("scheduler", f"one of {', '.join(SCHEDULERS)}", self.scheduler)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check_int(name, value, MIN_SIDE, MAX_SIDE)
+            if value % 8:
+                _fail(name, "a multiple of 8", value)
+        if not isinstance(self.micro, MicroConditioning):
+            _fail("micro", "a MicroConditioning", self.micro)
+        _check_float("switch", self.switch, 0.0, 1.0, lo_open=True)
+        if self.refine is not None and not isinstance(self.refine, RefineSettings):
+            _fail("refine", "RefineSettings or None", self.refine)
+        if self.mode == "img2img":
+            if self.strength is None:
+                _fail("strength", "a number in [0.0, 1.0] for img2img", None)
+            _check_float("strength", self.strength, 0.0, 1.0)
+            _check_sha("source_image_sha256", self.source_image_sha256)
+        elif self.strength is not None or self.source_image_sha256 is not None:
+            _fail("strength", "unset unless mode is img2img", self.strength)
+        if not all(isinstance(x, LoraRef) for x in self.loras):
+            _fail("loras", "a tuple of LoraRef", self.loras)
+        if not all(isinstance(x, ControlUnit) for x in self.controlnets):
+            _fail("controlnets", "a tuple of ControlUnit", self.controlnets)
+        for name in ("watermark",):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, "true or false", getattr(self, name))
+        if self.watermark_applied is not None and not isinstance(self.watermark_applied, bool):
+            _fail("watermark_applied", "true, false or null", self.watermark_applied)
+
+    # -- derived ---------------------------------------------------------------------------------
+
+    @property
+    def base_stops_early(self) -> bool:
+        """True when the base hands over a still-noisy latent (diffusers needs 0 < f < 1)."""
+        return self.switch < 1.0
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    # -- JSON --------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Recipe":
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"recipe: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Recipe":
+        if not isinstance(data, dict):
+            raise ValueError(f"recipe: must be a JSON object (got {type(data).__name__})")
+        data = _upgrade(dict(data))
+        return _build(cls, data, "")
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring a recipe written by an older schema up to SCHEMA_VERSION (none older exist yet)."""
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or version < 1 or version > SCHEMA_VERSION:
+        _fail("schema_version", f"an integer from 1 to {SCHEMA_VERSION}", version)
+    return data
+
+
+_NESTED = {"model": ModelRef, "micro": MicroConditioning, "refine": RefineSettings}
+_NESTED_LISTS = {"loras": LoraRef, "controlnets": ControlUnit}
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"recipe: unknown field(s) {', '.join(prefix + u for u in unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _NESTED and isinstance(value, dict):
+            value = _build(_NESTED[key], value, f"{prefix}{key}.")
+        elif key in _NESTED_LISTS and isinstance(value, list):
+            value = tuple(
+                _build(_NESTED_LISTS[key], item, f"{prefix}{key}.") if isinstance(item, dict) else item
+                for item in value
+            )
+        elif key == "params" and isinstance(value, list):
+            value = tuple(tuple(pair) for pair in value)
+        elif isinstance(value, list):  # sizes, seeds: JSON arrays back to tuples
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"recipe: {prefix or ''}{exc}") from None
