@@ -1,0 +1,97 @@
+"""Database engine: the URL setting, SQLite pragmas and write transactions that begin IMMEDIATE.
+
+SQLite in WAL mode hands SQLITE_BUSY at once (ignoring busy_timeout) to a read transaction that
+later tries to write, so every write transaction starts with BEGIN IMMEDIATE: writers queue on the
+busy timeout instead of failing with "database is locked".
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+DATABASE_URL_ENV = "ATELIER_DATABASE_URL"
+DATABASE_FILE = "gallery.db"
+BUSY_TIMEOUT_MS = 60_000
+
+
+def database_url(home: Path, url: str | None = None) -> str:
+    """The URL to use: the argument, else $ATELIER_DATABASE_URL, else SQLite in the home folder."""
+    chosen = url or os.environ.get(DATABASE_URL_ENV) or ""
+    if not chosen.strip():
+        return f"sqlite:///{Path(home) / DATABASE_FILE}"
+    if "://" not in chosen:
+        raise ValueError(
+            f"database URL: must look like sqlite:///path/gallery.db or postgresql://user@host/db (got {chosen!r})"
+        )
+    return chosen
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The database file of a SQLite engine; None for other dialects and in-memory databases."""
+    if engine.dialect.name != "sqlite":
+        return None
+    name = engine.url.database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name)
+
+
+def make_engine(url: str) -> Engine:
+    is_sqlite = url.startswith("sqlite")
+    engine = create_engine(url, pool_size=16, max_overflow=16, pool_timeout=120) if is_sqlite else create_engine(
+        url, pool_pre_ping=True
+    )
+    if is_sqlite:
+        path = sqlite_file(engine)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # pysqlite must not emit its own BEGIN; _sqlite_on_begin does
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = FULL")  # a generation reported as saved survives a power cut
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(connection) -> None:
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """One engine and two session factories: plain reads, and writes that begin IMMEDIATE."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        writer = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """A write transaction: commits on success, rolls back on any exception."""
+        with self._write() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,433 @@
+"""The Gallery facade: every generation as a row plus its content-addressed files.
+
+Save order: files first (atomic), then one IMMEDIATE transaction for the rows; a failure removes
+the files this save created, so nothing partial remains. Input roles for `save(inputs=...)`:
+"source" (img2img), "control:N" and "map:N" (ControlNet unit N's image as given and the map it saw;
+"control"/"map" alone mean unit 0).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+
+from pipelines.recipe import Recipe
+from storage import migrate, search
+from storage.db import Database
+from storage.db import database_url as resolve_database_url
+from storage.files import FileStore, GalleryWriteError, check_png, check_safetensors, make_thumbnail, sha256_hex
+from storage.homelock import HomeLock
+from storage.models import KINDS, FileRow, GenerationFileRow, GenerationLoraRow, GenerationRow, GenerationTagRow
+from storage.sweep import SweepReport, sweep
+
+__all__ = ["KINDS", "Gallery", "Generation", "Page", "NotFoundError", "GalleryWriteError"]
+FILES_DIR = "files"
+
+
+class NotFoundError(ValueError):
+    """No generation (or file) with that id in the gallery."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: int
+    created_at: datetime  # UTC, timezone-aware
+    kind: str
+    parent_id: int | None
+    batch_id: str | None
+    recipe: Recipe
+    image_sha256: str
+    image_path: Path
+    thumbnail_path: Path
+    latent_path: Path | None
+    favourite: bool
+    tags: tuple[str, ...]
+    files_missing: bool
+    inputs: tuple[tuple[str, str], ...] = ()  # (role, sha256) of source/control/map files, sorted
+
+
+@dataclass(frozen=True)
+class Page:
+    items: tuple[Generation, ...]
+    next_cursor: str | None  # pass as `after` for the next (older) page; None on the last page
+
+
+class Gallery:
+    def __init__(self, home: Path, db: Database, lock: HomeLock, sweep_report: SweepReport | None) -> None:
+        self.home = home
+        self.db = db
+        self.files = FileStore(home / FILES_DIR)
+        self._lock = lock
+        self.sweep_report = sweep_report  # None when another process had the gallery open
+        self._use_fts = db.is_sqlite
+
+    @classmethod
+    def open(cls, home: Path, database_url: str | None = None) -> "Gallery":
+        """Open (creating if needed) the gallery in `home`: migrate with backup, then sweep.
+
+        The database URL is the argument, else $ATELIER_DATABASE_URL, else <home>/gallery.db.
+        Migrations and the sweep run only when no other process has this home open.
+        """
+        home = Path(home).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        lock = HomeLock(home / "gallery.lock")
+        exclusive = lock.acquire()
+        db = Database(resolve_database_url(home, database_url))
+        try:
+            report = None
+            if exclusive:
+                migrate.upgrade(db)
+                report = sweep(db, FileStore(home / FILES_DIR))
+                lock.share()
+            elif migrate.current_revision(db) != migrate.head_revision():
+                raise migrate.MigrationError(
+                    f"the gallery in {home} needs a schema upgrade but another Atelier process has it open; "
+                    "close that process and start again"
+                )
+        except BaseException:
+            db.close()
+            lock.release()
+            raise
+        return cls(home, db, lock, report)
+
+    def close(self) -> None:
+        self.db.close()
+        self._lock.release()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def save(
+        self,
+        recipe: Recipe,
+        kind: str,
+        image_png: bytes,
+        *,
+        parent_id: int | None = None,
+        batch_id: str | None = None,
+        latent: bytes | None = None,
+        inputs: Mapping[str, bytes] | None = None,
+    ) -> Generation:
+        blobs = self._validated_blobs(recipe, kind, image_png, parent_id, batch_id, latent, inputs)
+        created: list[str] = []
+        try:
+            stored = []
+            for role, data in blobs:
+                sha, relative, new = self.files.put(data)
+                if new:
+                    created.append(relative)
+                stored.append((role, sha, relative, data))
+            with self.db.writing() as session:
+                if parent_id is not None and session.get(GenerationRow, parent_id) is None:
+                    raise NotFoundError(f"parent_id: no generation with id {parent_id}")
+                for role, sha, relative, data in stored:
+                    if self.files.ensure(relative, data):  # removed by a delete since we wrote it
+                        created.append(relative)
+                self._insert_files(session, stored)
+                row = _row_from_recipe(recipe, kind, parent_id, batch_id, stored[0][1])
+                session.add(row)
+                session.flush()
+                session.add_all(GenerationFileRow(generation_id=row.id, role=r, sha256=s) for r, s, _, _ in stored)
+                session.add_all(
+                    GenerationLoraRow(generation_id=row.id, position=i, name=l.name, sha256=l.sha256, weight=l.weight)
+                    for i, l in enumerate(recipe.loras)
+                )
+            new_id = row.id
+        except OperationalError as exc:
+            self._discard(created)
+            if "full" in str(exc.orig).lower():
+                raise GalleryWriteError(
+                    errno.ENOSPC,
+                    f"gallery: no space left on the disk holding the database ({exc.orig}); nothing was saved "
+                    "— free some space and try again",
+                ) from exc
+            raise
+        except BaseException:
+            self._discard(created)
+            raise
+        return self.get(new_id)
+
+    def _validated_blobs(self, recipe, kind, image_png, parent_id, batch_id, latent, inputs) -> list:
+        if not isinstance(recipe, Recipe):
+            raise ValueError(f"recipe: must be a Recipe (got {type(recipe).__name__})")
+        search.check_kind(kind)
+        check_png(image_png)
+        if parent_id is not None:
+            search.check_id(parent_id, "parent_id")
+        if batch_id is not None and (not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64):
+            raise ValueError(f"batch_id: must be a string of 1 to 64 characters or None (got {batch_id!r})")
+        blobs = [("image", bytes(image_png)), ("thumbnail", make_thumbnail(bytes(image_png)))]
+        if latent is not None:
+            check_safetensors(latent)
+            blobs.append(("latent", bytes(latent)))
+        for role, data in sorted(_normalise_inputs(recipe, inputs or {}).items()):
+            blobs.append((role, data))
+        return blobs
+
+    def _insert_files(self, session, stored) -> None:
+        values = {sha: {"sha256": sha, "role": role, "relative_path": rel, "size": len(data)}
+                  for role, sha, rel, data in reversed(stored)}
+        dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(self.db.engine.dialect.name)
+        if dialect is not None:
+            session.execute(dialect.insert(FileRow).values(list(values.values())).on_conflict_do_nothing())
+            return
+        have = set(session.scalars(select(FileRow.sha256).where(FileRow.sha256.in_(values))))
+        session.add_all(FileRow(**v) for sha, v in values.items() if sha not in have)
+
+    def _discard(self, created: list[str]) -> None:
+        """Remove files this failed save created, unless another save has meanwhile recorded them."""
+        if not created:
+            return
+        try:
+            with self.db.writing() as session:
+                shas = [rel.replace("/", "").split(".", 1)[0] for rel in created]
+                recorded = set(session.scalars(select(FileRow.sha256).where(FileRow.sha256.in_(shas))))
+                for sha, rel in zip(shas, created):
+                    if sha not in recorded:
+                        self.files.remove(rel)
+        except Exception:
+            pass  # left for the start-up sweep, which removes files no row refers to
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, id: int) -> Generation:
+        search.check_id(id)
+        with self.db.reading() as session:
+            row = session.get(GenerationRow, id)
+            if row is None:
+                raise NotFoundError(f"no generation with id {id}")
+            return self._build(session, [row])[0]
+
+    def file_path(self, sha256: str) -> Path:
+        with self.db.reading() as session:
+            relative = session.scalar(select(FileRow.relative_path).where(FileRow.sha256 == sha256))
+        if relative is None:
+            raise NotFoundError(f"no file with sha256 {sha256!r} in the gallery")
+        return self.files.path(relative)
+
+    def read_file(self, sha256: str) -> bytes:
+        path = self.file_path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT, f"gallery file {path} (sha256 {sha256}) is missing from disk", str(path)
+            ) from None
+        if sha256_hex(data) != sha256:
+            raise OSError(errno.EIO, f"gallery file {path} is damaged: its content no longer has sha256 {sha256}")
+        return data
+
+    def list(self, limit: int = 50, after: str | None = None, **filters: Any) -> Page:
+        """Newest first, keyset-paginated; filters as in `search`."""
+        return self.search(None, limit=limit, after=after, **filters)
+
+    def search(self, query: str | None, *, limit: int = 50, after: str | None = None, **filters: Any) -> Page:
+        """Full text over prompt and negative (see storage.search) combined with filters:
+        model, lora (names), kind (one or several), since/until (created_at, since inclusive, until
+        exclusive), favourite, tag, batch_id, parent_id. Newest first."""
+        search.check_limit(limit)
+        conditions = search.filter_conditions(filters)
+        if query is not None and query.strip():
+            conditions.append(search.text_condition(query, use_fts=self._use_fts))
+        if after is not None:
+            conditions.append(search.after_condition(after))
+        statement = (
+            select(GenerationRow)
+            .where(*conditions)
+            .order_by(GenerationRow.created_at.desc(), GenerationRow.id.desc())
+            .limit(limit + 1)
+        )
+        with self.db.reading() as session:
+            try:
+                rows = list(session.scalars(statement))
+            except OperationalError as exc:
+                if query is not None and search.is_fts_error(str(exc.orig)):
+                    raise ValueError(
+                        f"search: {query!r} is not a valid full-text query ({exc.orig}); {search.FTS_HELP}"
+                    ) from None
+                raise
+            items = self._build(session, rows[:limit])
+        more = len(rows) > limit
+        cursor = search.encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        return Page(tuple(items), cursor)
+
+    def children(self, id: int) -> list[Generation]:
+        """Direct children, oldest first."""
+        self.get(id)
+        with self.db.reading() as session:
+            rows = session.scalars(
+                select(GenerationRow).where(GenerationRow.parent_id == id).order_by(GenerationRow.created_at, GenerationRow.id)
+            )
+            return self._build(session, list(rows))
+
+    def ancestors(self, id: int) -> list[Generation]:
+        """Parent, grandparent, … up to the root (nearest first)."""
+        chain: list[Generation] = []
+        seen = {id}
+        current = self.get(id)
+        while current.parent_id is not None and current.parent_id not in seen:
+            seen.add(current.parent_id)
+            current = self.get(current.parent_id)
+            chain.append(current)
+        return chain
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def set_favourite(self, id: int, favourite: bool) -> Generation:
+        if not isinstance(favourite, bool):
+            raise ValueError(f"favourite: must be true or false (got {favourite!r})")
+        with self.db.writing() as session:
+            self._row_for_update(session, id).favourite = favourite
+        return self.get(id)
+
+    def set_tags(self, id: int, tags: Iterable[str]) -> Generation:
+        """Replace the tags (order kept, duplicates dropped)."""
+        clean = search.normalise_tags(tags)
+        with self.db.writing() as session:
+            self._row_for_update(session, id)
+            session.execute(delete(GenerationTagRow).where(GenerationTagRow.generation_id == id))
+            session.add_all(GenerationTagRow(generation_id=id, tag=t, position=i) for i, t in enumerate(clean))
+        return self.get(id)
+
+    def delete(self, id: int) -> tuple[str, ...]:
+        """Delete the row and the files no other row uses, in one operation. Children stay (their
+        parent_id becomes None). Returns the sha256 of the files removed."""
+        trashed: list[Path] = []
+        removed: list[str] = []
+        try:
+            with self.db.writing() as session:
+                self._row_for_update(session, id)
+                used = set(session.scalars(select(GenerationFileRow.sha256).where(GenerationFileRow.generation_id == id)))
+                session.execute(delete(GenerationRow).where(GenerationRow.id == id))
+                still_used = set(
+                    session.scalars(select(GenerationFileRow.sha256).where(GenerationFileRow.sha256.in_(used)))
+                )
+                removed = sorted(used - still_used)
+                paths = dict(session.execute(
+                    select(FileRow.sha256, FileRow.relative_path).where(FileRow.sha256.in_(removed))
+                ).all())
+                session.execute(delete(FileRow).where(FileRow.sha256.in_(removed)))
+                # Renamed away while we hold the write lock, so a concurrent save that reuses one
+                # of these files sees it gone and writes it again.
+                trashed = [t for t in (self.files.to_trash(paths[sha]) for sha in removed) if t is not None]
+        except BaseException:
+            for trash in trashed:
+                self.files.restore(trash)
+            raise
+        for trash in trashed:
+            trash.unlink(missing_ok=True)
+        return tuple(removed)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _row_for_update(self, session, id: int) -> GenerationRow:
+        search.check_id(id)
+        row = session.get(GenerationRow, id)
+        if row is None:
+            raise NotFoundError(f"no generation with id {id}")
+        return row
+
+    def _build(self, session, rows: list[GenerationRow]) -> list[Generation]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        links: dict[int, dict[str, Path]] = {i: {} for i in ids}
+        shas: dict[int, dict[str, str]] = {i: {} for i in ids}
+        for gen_id, role, sha, relative in session.execute(
+            select(GenerationFileRow.generation_id, GenerationFileRow.role, GenerationFileRow.sha256, FileRow.relative_path)
+            .join(FileRow, FileRow.sha256 == GenerationFileRow.sha256)
+            .where(GenerationFileRow.generation_id.in_(ids))
+        ):
+            links[gen_id][role] = self.files.path(relative)
+            shas[gen_id][role] = sha
+        tags: dict[int, list[str]] = {i: [] for i in ids}
+        for gen_id, tag in session.execute(
+            select(GenerationTagRow.generation_id, GenerationTagRow.tag)
+            .where(GenerationTagRow.generation_id.in_(ids))
+            .order_by(GenerationTagRow.generation_id, GenerationTagRow.position)
+        ):
+            tags[gen_id].append(tag)
+        return [
+            Generation(
+                id=r.id,
+                created_at=r.created_at,
+                kind=r.kind,
+                parent_id=r.parent_id,
+                batch_id=r.batch_id,
+                recipe=Recipe.from_json(r.recipe_json),
+                image_sha256=r.image_sha256,
+                image_path=links[r.id]["image"],
+                thumbnail_path=links[r.id]["thumbnail"],
+                latent_path=links[r.id].get("latent"),
+                favourite=r.favourite,
+                tags=tuple(tags[r.id]),
+                files_missing=r.files_missing,
+                inputs=tuple(sorted((k, v) for k, v in shas[r.id].items() if k not in ("image", "thumbnail", "latent"))),
+            )
+            for r in rows
+        ]
+
+
+def _row_from_recipe(recipe: Recipe, kind: str, parent_id, batch_id, image_sha: str) -> GenerationRow:
+    return GenerationRow(
+        created_at=datetime.now(timezone.utc),
+        kind=kind,
+        parent_id=parent_id,
+        batch_id=batch_id,
+        recipe_json=recipe.to_json(),
+        prompt=recipe.prompt,
+        negative=recipe.negative_prompt,
+        seed=recipe.seed,
+        model_name=recipe.model.name,
+        model_sha256=recipe.model.sha256,
+        scheduler=recipe.scheduler,
+        steps=recipe.steps,
+        guidance=float(recipe.guidance),
+        width=recipe.width,
+        height=recipe.height,
+        switch=float(recipe.switch),
+        strength=None if recipe.strength is None else float(recipe.strength),
+        image_sha256=image_sha,
+        favourite=False,
+        files_missing=False,
+    )
+
+
+def _normalise_inputs(recipe: Recipe, inputs: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Roles "source", "control:N", "map:N"; checks them against the hashes the recipe records."""
+    out: dict[str, bytes] = {}
+    for role, data in inputs.items():
+        name, _, index = str(role).partition(":")
+        if name == "source" and not index:
+            key = "source"
+            expected = recipe.source_image_sha256
+        elif name in ("control", "map") and (not index or index.isdigit()):
+            unit = int(index or 0)
+            key = f"{name}:{unit}"
+            if unit >= len(recipe.controlnets):
+                raise ValueError(f"inputs: role {role!r} names ControlNet unit {unit}, but the recipe has "
+                                 f"{len(recipe.controlnets)} unit(s)")
+            ctrl = recipe.controlnets[unit]
+            expected = ctrl.image_sha256 if name == "control" else ctrl.map_sha256
+        else:
+            raise ValueError(f"inputs: unknown role {role!r}; allowed: source, control:N, map:N")
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise ValueError(f"inputs[{role!r}]: must be non-empty bytes")
+        if key in out:
+            raise ValueError(f"inputs: role {key!r} given twice")
+        if expected is not None and sha256_hex(bytes(data)) != expected:
+            raise ValueError(f"inputs[{role!r}]: its sha256 does not match the one the recipe records ({expected})")
+        out[key] = bytes(data)
+    return out

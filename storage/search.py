@@ -1,0 +1,177 @@
+"""Search conditions for the gallery: full-text query, filters and the keyset cursor.
+
+Full text uses SQLite FTS5 (table generations_fts, created by revision 0002). A query made of plain
+words (commas and other punctuation allowed, as prompts are written) matches rows containing every
+word, in prompt or negative; a query using FTS5 syntax (double quotes, *, AND/OR/NOT/NEAR,
+parentheses, `prompt:` column filters) is passed through as written. Other dialects have no FTS5 and
+fall back to case-insensitive LIKE on each word.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Iterable
+
+from sqlalchemy import and_, exists, literal_column, or_, select, text
+from sqlalchemy.sql.elements import ColumnElement
+
+from storage.models import FTS_TABLE, KINDS, GenerationLoraRow, GenerationRow, GenerationTagRow
+
+MAX_LIMIT = 1000
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FILTERS = ("model", "lora", "kind", "since", "until", "favourite", "tag", "batch_id", "parent_id")
+_FTS_SYNTAX = re.compile(r'["*():^+{}]|\b(AND|OR|NOT|NEAR)\b')
+_WORD_SPLIT = re.compile(r"[\s,;]+")
+FTS_HELP = (
+    'use plain words, "quoted phrases", AND / OR / NOT, prefix* or prompt: / negative: column filters'
+)
+
+
+def fts_query(query: str) -> str:
+    """The FTS5 MATCH expression for a user's query (see the module docstring)."""
+    if not isinstance(query, str):
+        raise ValueError(f"search: the query must be text (got {type(query).__name__})")
+    query = query.strip()
+    if _FTS_SYNTAX.search(query):
+        return query
+    words = [w for w in _WORD_SPLIT.split(query) if re.search(r"\w", w)]
+    if not words:
+        raise ValueError(f"search: {query!r} contains no word to search for; {FTS_HELP}")
+    return " ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+def text_condition(query: str, *, use_fts: bool) -> ColumnElement[bool]:
+    if use_fts:
+        match = (
+            select(literal_column("rowid"))
+            .select_from(text(FTS_TABLE))
+            .where(text(f"{FTS_TABLE} MATCH :fts_query").bindparams(fts_query=fts_query(query)))
+        )
+        return GenerationRow.id.in_(match)
+    words = [re.sub(r'["*():^+{}]', "", w) for w in _WORD_SPLIT.split(query.strip())]
+    words = [w for w in words if w and w not in ("AND", "OR", "NOT", "NEAR")]
+    if not words:
+        raise ValueError(f"search: {query!r} contains no word to search for")
+    return and_(*(or_(GenerationRow.prompt.ilike(f"%{w}%"), GenerationRow.negative.ilike(f"%{w}%")) for w in words))
+
+
+def filter_conditions(filters: dict[str, Any]) -> list[ColumnElement[bool]]:
+    unknown = sorted(set(filters) - set(FILTERS))
+    if unknown:
+        raise ValueError(f"search: unknown filter(s) {', '.join(unknown)}; allowed: {', '.join(FILTERS)}")
+    conditions: list[ColumnElement[bool]] = []
+    f = {k: v for k, v in filters.items() if v is not None}
+    if "model" in f:
+        conditions.append(GenerationRow.model_name == _text("model", f["model"]))
+    if "lora" in f:
+        name = _text("lora", f["lora"])
+        conditions.append(
+            exists().where(GenerationLoraRow.generation_id == GenerationRow.id, GenerationLoraRow.name == name)
+        )
+    if "tag" in f:
+        tag = _text("tag", f["tag"])
+        conditions.append(
+            exists().where(GenerationTagRow.generation_id == GenerationRow.id, GenerationTagRow.tag == tag)
+        )
+    if "kind" in f:
+        kinds = (f["kind"],) if isinstance(f["kind"], str) else tuple(f["kind"])
+        for kind in kinds:
+            check_kind(kind, "kind")
+        conditions.append(GenerationRow.kind.in_(kinds))
+    if "since" in f:
+        conditions.append(GenerationRow.created_at >= as_utc("since", f["since"]))
+    if "until" in f:
+        conditions.append(GenerationRow.created_at < as_utc("until", f["until"]))
+    if "favourite" in f:
+        if not isinstance(f["favourite"], bool):
+            raise ValueError(f"favourite: must be true or false (got {f['favourite']!r})")
+        conditions.append(GenerationRow.favourite.is_(f["favourite"]))
+    if "batch_id" in f:
+        conditions.append(GenerationRow.batch_id == _text("batch_id", f["batch_id"]))
+    if "parent_id" in f:
+        conditions.append(GenerationRow.parent_id == check_id(f["parent_id"], "parent_id"))
+    return conditions
+
+
+def check_kind(kind: Any, what: str = "kind") -> str:
+    if kind not in KINDS:
+        raise ValueError(f"{what}: must be one of {', '.join(KINDS)} (got {kind!r})")
+    return kind
+
+
+def check_id(value: Any, what: str = "id") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what}: must be a positive integer generation id (got {value!r})")
+    return value
+
+
+def check_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit: must be an integer from 1 to {MAX_LIMIT} (got {limit!r})")
+    return limit
+
+
+def _text(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what}: must be a non-empty string (got {value!r})")
+    return value
+
+
+def as_utc(what: str, value: Any) -> datetime:
+    """A datetime, a date (midnight UTC) or an ISO 8601 string; naive times are taken as UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{what}: must be an ISO date or time such as 2025-01-31 or 2025-01-31T12:00 "
+                             f"(got {value!r})") from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(0))
+    if not isinstance(value, datetime):
+        raise ValueError(f"{what}: must be a datetime, a date or an ISO string (got {value!r})")
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# -- keyset cursor: newest first, ties on created_at broken by id ------------------------------------
+
+def encode_cursor(created_at: datetime, generation_id: int) -> str:
+    micros = (created_at.astimezone(timezone.utc) - EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{generation_id}"
+
+
+def decode_cursor(cursor: Any) -> tuple[datetime, int]:
+    try:
+        micros, generation_id = str(cursor).split("-")
+        moment = EPOCH + timedelta(microseconds=int(micros))
+        if int(generation_id) < 1:
+            raise ValueError
+        return moment, int(generation_id)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"after: must be a next_cursor returned by list or search (got {cursor!r})") from None
+
+
+def after_condition(cursor: Any) -> ColumnElement[bool]:
+    moment, generation_id = decode_cursor(cursor)
+    return or_(
+        GenerationRow.created_at < moment,
+        and_(GenerationRow.created_at == moment, GenerationRow.id < generation_id),
+    )
+
+
+def is_fts_error(message: str) -> bool:
+    lowered = message.lower()
+    return "fts5" in lowered or "no such column" in lowered or "unterminated string" in lowered
+
+
+def normalise_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        raise ValueError("tags: must be a list of strings, not one string")
+    seen: dict[str, None] = {}
+    for tag in tags:
+        if not isinstance(tag, str) or not tag.strip() or len(tag.strip()) > 64 or not tag.isprintable():
+            raise ValueError(f"tags: each tag must be printable text of 1 to 64 characters (got {tag!r})")
+        seen.setdefault(tag.strip(), None)
+    if len(seen) > 64:
+        raise ValueError(f"tags: at most 64 tags per generation (got {len(seen)})")
+    return tuple(seen)
