@@ -1,0 +1,269 @@
+"""The generation engine: drafts that stop at the switch point, and refines that resume them.
+
+Every mode is written like a diffusers `__call__`: 1. validate, 2. resolve models, 3. encode prompts
+(cached), 4. prepare generators, 5. denoise, 6. decode, 7. watermark, 8. return a typed result.
+The engine never touches the gallery or the UI: callers pass `on_step` / `should_cancel` callables
+and store what comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+
+from pipelines.kept_latent import KeptLatent
+from pipelines.loading import LoadedModel, ModelCache
+from pipelines.previews import CleanEstimateTap, decode_latents
+from pipelines.prompt_encoding import PromptEncoder
+from pipelines.prompt_syntax import extract_lora_tokens
+from pipelines.recipe import MAX_DRAFTS, ModelRef, Recipe
+from pipelines.schedulers import make_scheduler
+from pipelines.watermark import apply_watermark
+
+
+class GenerationCancelled(Exception):
+    """The caller's `should_cancel` returned True; the run stopped at the next step."""
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; memory has been released and the next job can run."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    stage: str  # "base" or "refiner"
+    step: int  # 1-based, within this stage
+    total: int
+    clean_estimate: torch.Tensor | None  # the model's x̂₀ for the batch (for fast previews)
+
+
+@dataclass(frozen=True)
+class Draft:
+    recipe: Recipe  # stage "draft", its own seed, and the batch it was made in
+    latent: KeptLatent
+    preview: Image.Image  # decoded from the model's clean-image estimate; watermarked if asked
+
+
+@dataclass(frozen=True)
+class FinishedImage:
+    recipe: Recipe  # stage "final"
+    image: Image.Image
+    latent: torch.Tensor  # the clean latent that was decoded, (channels, height/8, width/8)
+
+
+OnStep = Callable[[StepInfo], None] | None
+ShouldCancel = Callable[[], bool] | None
+
+
+class Engine:
+    def __init__(self, models: ModelCache, prompts: PromptEncoder | None = None, *, app_version: str = "") -> None:
+        self.models = models
+        self.prompts = prompts or PromptEncoder()
+        self.app_version = app_version
+
+    # -- public modes ------------------------------------------------------------------------------
+
+    def draft(self, recipe: Recipe, count: int = 1, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> list[Draft]:
+        """`count` drafts with seeds seed, seed+1, …; one batch where memory allows.
+
+        Each draft's recipe records the batch it was made in (`batch_seeds`), so re-running it replays
+        the same batch and gives the same pixels (a batch differs from single runs by float rounding).
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DRAFTS:
+            raise ValueError(f"count: must be an integer from 1 to {MAX_DRAFTS} (got {count!r})")
+        seeds = tuple(recipe.seed + i for i in range(count))
+        if seeds[-1] > 2**63 - 1:
+            raise ValueError(f"seed: must leave room for {count} consecutive seeds (got {recipe.seed})")
+        template = recipe.replace(stage="draft", batch_seeds=seeds if count > 1 else ())
+        template = Recipe.from_dict(template.to_dict())  # full validation of the combination
+        try:
+            return self._drafts(template, seeds, on_step, should_cancel)
+        except OutOfMemory:
+            if count == 1:
+                raise
+        # The batch did not fit: make the drafts one at a time, each recorded as made alone.
+        return [
+            self._drafts(template.replace(seed=s, batch_seeds=()), (s,), on_step, should_cancel)[0] for s in seeds
+        ]
+
+    def refine(self, draft: Draft, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> FinishedImage:
+        """Finish a draft: resume its noisy latent with the refiner (or the base itself)."""
+        recipe = draft.recipe
+        if recipe.refine is None:
+            raise ValueError("refine: this recipe has no refine stage (it was made to run the base to the end)")
+        base = self._load_base(recipe.model)
+        refiner_pipe, refiner_ref = self._refiner_pipe(recipe, base)
+        if recipe.refine.model is not None:  # record the refiner's resolved identity (sha256)
+            recipe = recipe.replace(refine=dataclasses.replace(recipe.refine, model=refiner_ref))
+        prompt_kwargs = self._encode(refiner_pipe, recipe, refiner_ref)
+        tap = CleanEstimateTap(refiner_pipe.scheduler)
+        with self._memory_guard("refining"):
+            latents = refiner_pipe(
+                image=draft.latent.tensor[None].to(self.models.device),
+                num_inference_steps=recipe.steps,
+                guidance_scale=recipe.guidance,
+                generator=torch.Generator("cpu").manual_seed(recipe.seed),
+                output_type="latent",
+                aesthetic_score=recipe.micro.aesthetic_score,
+                negative_aesthetic_score=recipe.micro.negative_aesthetic_score,
+                callback_on_step_end=self._step_callback("refiner", tap, on_step, should_cancel),
+                **draft.latent.refine_kwargs(recipe.refine.strength),
+                **recipe.micro.resolved(recipe.height, recipe.width),
+                **prompt_kwargs.as_kwargs(),
+            ).images
+            image = decode_latents(refiner_pipe, latents)[0]
+        return self._finish(recipe.replace(stage="final"), image, latents[0])
+
+    def render(self, recipe: Recipe, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> Draft | FinishedImage:
+        """Make exactly what a recipe describes — how the gallery re-runs any image."""
+        if recipe.mode != "txt2img":
+            raise ValueError(f"mode: {recipe.mode!r} is not supported by this engine yet (txt2img only)")
+        seeds = recipe.batch_seeds or (recipe.seed,)
+        draft_recipe = recipe.replace(stage="draft")
+        drafts = self._drafts(draft_recipe.replace(seed=seeds[0]), seeds, on_step, should_cancel)
+        draft = drafts[seeds.index(recipe.seed)]
+        if recipe.stage == "draft":
+            return draft
+        if recipe.refine is None:
+            return self._finish(recipe, self._decode_clean(recipe, draft), draft.latent.tensor)
+        return self.refine(draft, on_step=on_step, should_cancel=should_cancel)
+
+    def rerender(self, draft: Draft, steps: int, **callbacks: Any) -> FinishedImage:
+        """Re-run a chosen draft's seed alone at more steps, then hand off as usual."""
+        recipe = draft.recipe.replace(steps=steps, batch_seeds=(), stage="final")
+        result = self.render(Recipe.from_dict(recipe.to_dict()), **callbacks)
+        assert isinstance(result, FinishedImage)
+        return result
+
+    # -- stages --------------------------------------------------------------------------------------
+
+    def _drafts(self, template: Recipe, seeds: tuple[int, ...], on_step: OnStep, should_cancel: ShouldCancel) -> list[Draft]:
+        base = self._load_base(template.model)
+        template = template.replace(model=base.ref, app_version=self.app_version or template.app_version)
+        pipe = _derive(StableDiffusionXLPipeline, base.pipe, template.scheduler)
+        prompt_kwargs = self._encode(pipe, template, base.ref)
+        tap = CleanEstimateTap(pipe.scheduler)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        with self._memory_guard(f"making {len(seeds)} draft(s) at {template.width}×{template.height}"):
+            latents = pipe(
+                num_inference_steps=template.steps,
+                guidance_scale=template.guidance,
+                width=template.width,
+                height=template.height,
+                num_images_per_prompt=len(seeds),
+                generator=generators if len(generators) > 1 else generators[0],
+                denoising_end=template.switch if template.base_stops_early else None,
+                output_type="latent",
+                callback_on_step_end=self._step_callback("base", tap, on_step, should_cancel),
+                **template.micro.resolved(template.height, template.width),
+                **prompt_kwargs.as_kwargs(),
+            ).images
+            # A noisy latent shows noise: preview the model's own estimate of the finished image.
+            shown = tap.latest if template.base_stops_early else latents
+            previews = decode_latents(pipe, shown)
+        drafts = []
+        for seed, latent, preview in zip(seeds, latents, previews):
+            recipe = template.replace(seed=seed)
+            preview, applied = self._watermark(recipe, preview)
+            kept = KeptLatent(latent.detach().to("cpu"), template.switch)
+            drafts.append(Draft(recipe.replace(watermark_applied=applied), kept, preview))
+        return drafts
+
+    def _decode_clean(self, recipe: Recipe, draft: Draft) -> Image.Image:
+        base = self._load_base(recipe.model)
+        with self._memory_guard("decoding"):
+            return decode_latents(base.pipe, draft.latent.tensor[None].to(self.models.device))[0]
+
+    def _finish(self, recipe: Recipe, image: Image.Image, latent: torch.Tensor) -> FinishedImage:
+        image, applied = self._watermark(recipe, image)
+        return FinishedImage(recipe.replace(watermark_applied=applied), image, latent.detach().to("cpu"))
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _load_base(self, wanted: ModelRef) -> LoadedModel:
+        loaded = self.models.load_base(wanted.name)
+        _check_identity("model", wanted, loaded.ref)
+        return loaded
+
+    def _refiner_pipe(self, recipe: Recipe, base: LoadedModel) -> tuple[Any, ModelRef]:
+        """The refiner as img2img; the base itself when the recipe names no refiner."""
+        assert recipe.refine is not None
+        source = base
+        if recipe.refine.model is not None:
+            source = self.models.load_refiner(recipe.refine.model.name, base)
+            _check_identity("refine.model", recipe.refine.model, source.ref)
+        return _derive(StableDiffusionXLImg2ImgPipeline, source.pipe, recipe.scheduler), source.ref
+
+    def _encode(self, pipe: Any, recipe: Recipe, ref: ModelRef):
+        prompt, negative = self._prompt_texts(recipe)
+        encode = self.prompts.encode_refiner if pipe.text_encoder is None else self.prompts.encode_base
+        return encode(pipe, prompt, negative, recipe.prompt_syntax, _model_key(ref))
+
+    @staticmethod
+    def _prompt_texts(recipe: Recipe) -> tuple[str, str]:
+        # <lora:…> tokens are Recipe.loras entries already; they are not words for the text encoders.
+        return extract_lora_tokens(recipe.prompt)[0], extract_lora_tokens(recipe.negative_prompt)[0]
+
+    @staticmethod
+    def _watermark(recipe: Recipe, image: Image.Image) -> tuple[Image.Image, bool]:
+        return apply_watermark(image) if recipe.watermark else (image, False)
+
+    @staticmethod
+    def _step_callback(stage: str, tap: CleanEstimateTap, on_step: OnStep, should_cancel: ShouldCancel):
+        def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(StepInfo(stage, i + 1, pipe.num_timesteps, tap.latest))
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled(f"cancelled during the {stage} at step {i + 1}")
+            return {}
+
+        return callback
+
+    @contextlib.contextmanager
+    def _memory_guard(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise OutOfMemory(
+                f"Out of memory on {self.models.device} while {doing}. Memory has been released; try fewer "
+                "drafts, a smaller size, or the model CPU offload option."
+            ) from None
+
+
+def _derive(pipeline_class: Any, source: Any, scheduler_name: str) -> Any:
+    """A pipeline of `pipeline_class` sharing every module of `source`, with a fresh scheduler."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # from_pipe warns about its (no-op) dtype cast on every call
+    try:
+        # dtype must be given: from_pipe otherwise casts the shared modules to float32.
+        return pipeline_class.from_pipe(
+            source, scheduler=make_scheduler(scheduler_name, source.scheduler.config), dtype=source.dtype, add_watermarker=False
+        )
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
+def _model_key(ref: ModelRef) -> str:
+    return f"{ref.name}@{ref.sha256 or ref.revision or ''}"
+
+
+def _check_identity(field: str, wanted: ModelRef, loaded: ModelRef) -> None:
+    """Re-runs must use the very weights the recipe names; never substitute silently."""
+    if wanted.sha256 and loaded.sha256 and wanted.sha256 != loaded.sha256:
+        raise ValueError(
+            f"{field}: {wanted.name!r} now has sha256 {loaded.sha256[:12]}…, but the recipe was made with "
+            f"{wanted.sha256[:12]}… — put the original weights back or pick the model explicitly"
+        )
+    if wanted.revision and loaded.revision and wanted.revision != loaded.revision:
+        raise ValueError(f"{field}: {wanted.name!r} is at revision {loaded.revision}, the recipe needs {wanted.revision}")
