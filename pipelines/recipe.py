@@ -262,6 +262,8 @@ class Recipe:
         _check_float("switch", self.switch, 0.0, 1.0, lo_open=True)
         if self.refine is not None and not isinstance(self.refine, RefineSettings):
             _fail("refine", "RefineSettings or None", self.refine)
+        if self.refine is None and self.switch != 1.0:
+            _fail("switch", "1.0 when there is no refine stage (refine is null)", self.switch)
         if self.mode == "img2img":
             if self.strength is None:
                 _fail("strength", "a number in [0.0, 1.0] for img2img", None)
