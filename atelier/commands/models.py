@@ -1,0 +1,43 @@
+"""`atelier tiny-model DIR [--single-file]`: write the offline tiny SDXL base and refiner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tiny-model",
+        help="write a random-weight SDXL-architecture base and refiner (diffusers folders) for offline use",
+    )
+    parser.add_argument("directory", type=Path, metavar="DIR", help="writes DIR/base and DIR/refiner")
+    parser.add_argument(
+        "--single-file",
+        action="store_true",
+        help="also write DIR/base.safetensors and DIR/refiner.safetensors (original A1111/Civitai layout)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the paths as JSON")
+    parser.set_defaults(func=tiny_model)
+
+
+def tiny_model(args: argparse.Namespace) -> int:
+    from pipelines.tiny_model import write_tiny_model
+
+    directory = Path(args.directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    base, refiner = write_tiny_model(directory)
+    paths = {"base": str(base), "refiner": str(refiner)}
+    if args.single_file:
+        from pipelines.single_file import write_single_file
+
+        paths["base_single_file"] = str(write_single_file(base, directory / "base.safetensors"))
+        paths["refiner_single_file"] = str(write_single_file(refiner, directory / "refiner.safetensors"))
+    if args.json:
+        print(json.dumps(paths))
+    else:
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+    return 0
