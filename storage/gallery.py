@@ -236,19 +236,20 @@ class Gallery:
     def search(self, query: str | None, *, limit: int = 50, after: str | None = None, **filters: Any) -> Page:
         """Full text over prompt and negative (see storage.search) combined with filters:
         model, lora (names), kind (one or several), since/until (created_at, since inclusive, until
-        exclusive), favourite, tag, batch_id, parent_id. Newest first."""
+        exclusive), favourite, tag, batch_id, parent_id. Newest (highest id) first."""
         search.check_limit(limit)
-        conditions = search.filter_conditions(filters)
-        if query is not None and query.strip():
-            conditions.append(search.text_condition(query, use_fts=self._use_fts))
-        if after is not None:
-            conditions.append(search.after_condition(after))
-        statement = (
-            select(GenerationRow)
-            .where(*conditions)
-            .order_by(GenerationRow.created_at.desc(), GenerationRow.id.desc())
-            .limit(limit + 1)
-        )
+        if query is not None and not isinstance(query, str):
+            raise ValueError(f"search: the query must be text or None (got {type(query).__name__})")
+        statement = select(GenerationRow).where(*search.filter_conditions(filters)).limit(limit + 1)
+        cursor = search.decode_cursor(after) if after is not None else None
+        if query is not None and query.strip() and self._use_fts:
+            statement = search.searched(statement, query, cursor)
+        else:
+            if query is not None and query.strip():
+                statement = statement.where(search.like_condition(query))
+            if cursor is not None:
+                statement = statement.where(GenerationRow.id < cursor)
+            statement = statement.order_by(GenerationRow.id.desc())
         with self.db.reading() as session:
             try:
                 rows = list(session.scalars(statement))
@@ -260,8 +261,7 @@ class Gallery:
                 raise
             items = self._build(session, rows[:limit])
         more = len(rows) > limit
-        cursor = search.encode_cursor(items[-1].created_at, items[-1].id) if more else None
-        return Page(tuple(items), cursor)
+        return Page(tuple(items), search.encode_cursor(items[-1].id) if more else None)
 
     def children(self, id: int) -> list[Generation]:
         """Direct children, oldest first."""

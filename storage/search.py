@@ -10,16 +10,15 @@ fall back to case-insensitive LIKE on each word.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timezone
 from typing import Any, Iterable
 
-from sqlalchemy import and_, exists, literal_column, or_, select, text
+from sqlalchemy import Integer, Select, and_, column, exists, or_, table, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.models import FTS_TABLE, KINDS, GenerationLoraRow, GenerationRow, GenerationTagRow
 
 MAX_LIMIT = 1000
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FILTERS = ("model", "lora", "kind", "since", "until", "favourite", "tag", "batch_id", "parent_id")
 _FTS_SYNTAX = re.compile(r'["*():^+{}]|\b(AND|OR|NOT|NEAR)\b')
 _WORD_SPLIT = re.compile(r"[\s,;]+")
@@ -41,14 +40,25 @@ def fts_query(query: str) -> str:
     return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
-def text_condition(query: str, *, use_fts: bool) -> ColumnElement[bool]:
-    if use_fts:
-        match = (
-            select(literal_column("rowid"))
-            .select_from(text(FTS_TABLE))
-            .where(text(f"{FTS_TABLE} MATCH :fts_query").bindparams(fts_query=fts_query(query)))
-        )
-        return GenerationRow.id.in_(match)
+FTS = table(FTS_TABLE, column("rowid", Integer))
+
+
+def searched(statement: Select, query: str, after: int | None) -> Select:
+    """`statement` (over GenerationRow) restricted to full-text matches, newest first.
+
+    Joined to the FTS table and ordered by its rowid, so SQLite walks the match list backwards and
+    stops at the page's end instead of collecting every match of a common word and sorting them.
+    """
+    statement = statement.join(FTS, FTS.c.rowid == GenerationRow.id).where(
+        text(f"{FTS_TABLE} MATCH :fts_query").bindparams(fts_query=fts_query(query))
+    )
+    if after is not None:
+        statement = statement.where(FTS.c.rowid < after)
+    return statement.order_by(FTS.c.rowid.desc())
+
+
+def like_condition(query: str) -> ColumnElement[bool]:
+    """Fallback without FTS5: every word appears in prompt or negative (case-insensitive)."""
     words = [re.sub(r'["*():^+{}]', "", w) for w in _WORD_SPLIT.split(query.strip())]
     words = [w for w in words if w and w not in ("AND", "OR", "NOT", "NEAR")]
     if not words:
@@ -133,30 +143,17 @@ def as_utc(what: str, value: Any) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-# -- keyset cursor: newest first, ties on created_at broken by id ------------------------------------
+# -- keyset cursor: newest first = highest id first (ids follow insertion order) -------------------
 
-def encode_cursor(created_at: datetime, generation_id: int) -> str:
-    micros = (created_at.astimezone(timezone.utc) - EPOCH) // timedelta(microseconds=1)
-    return f"{micros}-{generation_id}"
-
-
-def decode_cursor(cursor: Any) -> tuple[datetime, int]:
-    try:
-        micros, generation_id = str(cursor).split("-")
-        moment = EPOCH + timedelta(microseconds=int(micros))
-        if int(generation_id) < 1:
-            raise ValueError
-        return moment, int(generation_id)
-    except (ValueError, OverflowError, OSError):
-        raise ValueError(f"after: must be a next_cursor returned by list or search (got {cursor!r})") from None
+def encode_cursor(generation_id: int) -> str:
+    return str(generation_id)
 
 
-def after_condition(cursor: Any) -> ColumnElement[bool]:
-    moment, generation_id = decode_cursor(cursor)
-    return or_(
-        GenerationRow.created_at < moment,
-        and_(GenerationRow.created_at == moment, GenerationRow.id < generation_id),
-    )
+def decode_cursor(cursor: Any) -> int:
+    text_ = str(cursor)
+    if not text_.isdigit() or int(text_) < 1:
+        raise ValueError(f"after: must be a next_cursor returned by list or search (got {cursor!r})")
+    return int(text_)
 
 
 def is_fts_error(message: str) -> bool:
