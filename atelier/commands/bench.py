@@ -1,0 +1,28 @@
+"""`atelier bench [--json]`: engine counts and timings, and gallery latencies."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="measure the engine and the gallery (tiny model by default)")
+    bench.add_argument("--model", default="tiny")
+    bench.add_argument("--refiner", default="tiny")
+    bench.add_argument("--device")
+    bench.add_argument("--size", type=int, default=256, help="image side in pixels")
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--gallery-rows", type=int, default=100_000)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from atelier.bench import run_all
+
+    home = args.home if args.model != "tiny" else None  # the tiny model is built in a scratch home
+    figures = run_all(home, gallery_rows=args.gallery_rows, model=args.model, refiner=args.refiner, size=args.size,
+                      steps=args.steps, repeats=args.repeats, device=args.device)
+    print(json.dumps(figures, indent=None if args.json else 2))
+    return 0
