@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from atelier import __version__
+from atelier.settings import default_home
 
 COMMAND_MODULES = ("generate", "models", "gallery", "provenance", "bench", "serve", "editing")
 
@@ -31,8 +32,6 @@ class _WithCommonOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from atelier.studio import default_home
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", type=Path, default=default_home(),
                         help="where the gallery, outputs and models live (default: $ATELIER_HOME or ~/.atelier)")

@@ -26,10 +26,6 @@ DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("ATELIER_HOME") or Path.home() / ".atelier")
-
-
 @dataclass(frozen=True)
 class Saved:
     """A generation as the studio hands it back: its gallery id, files and recipe."""
