@@ -1,0 +1,37 @@
+"""Fixtures for the gallery tests: small distinct PNGs (Pillow), recipes built directly."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage_checks import make_latent, make_png, make_recipe
+
+
+@pytest.fixture()
+def png():
+    return make_png
+
+
+@pytest.fixture()
+def recipe():
+    return make_recipe
+
+
+@pytest.fixture()
+def latent():
+    return make_latent
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.delenv("ATELIER_DATABASE_URL", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def gallery(home):
+    from storage.gallery import Gallery
+
+    g = Gallery.open(home)
+    yield g
+    g.close()
