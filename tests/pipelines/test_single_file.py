@@ -279,3 +279,23 @@ def test_real_sdxl_layout_round_trips_through_diffusers_reader(kind):
     proj = "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight"
     if kind == "base":
         assert original[proj].shape == (3840, 1280)
+
+
+@pytest.mark.parametrize("kind", ["base", "refiner"])
+def test_shipped_skeleton_feeds_from_single_file_offline(tiny, kind):
+    """With the models passed in, everything else (index, scheduler, linked tokenizer files) comes from the skeleton."""
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+
+    folder = DiffusionPipeline.from_pretrained(tiny / kind)
+    models = {n: getattr(folder, n) for n in ("unet", "vae", "text_encoder", "text_encoder_2") if getattr(folder, n)}
+    pipe = type(folder).from_single_file(str(tiny / f"{kind}.safetensors"), config=str(SKELETONS / f"sdxl_{kind}"),
+                                         local_files_only=True, **models)
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    assert (pipe.scheduler.config.beta_end, pipe.scheduler.config.timestep_spacing, pipe.scheduler.config.steps_offset) == (
+        0.012, "leading", 1)
+    cat = [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert pipe.tokenizer_2("a photo of a cat").input_ids == cat and pipe.tokenizer_2.pad_token_id == 0
+    if kind == "base":
+        assert pipe.tokenizer("a photo of a cat").input_ids == cat and pipe.tokenizer.pad_token_id == 49407
+    else:
+        assert pipe.tokenizer is None and pipe.config.requires_aesthetics_score
