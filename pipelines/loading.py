@@ -79,6 +79,31 @@ def pick_dtype(device, dtype: str | None):
     return getattr(torch, name)
 
 
+def _config_folder(path: Path) -> Path:
+    """The folder holding a model's component configs: itself, or a single file's config folder."""
+    if path.is_dir():
+        return path
+    from pipelines.single_file import inspect_single_file
+
+    return inspect_single_file(path)[1]
+
+
+def _check_fits_base(spec: str, config: Path, text_encoder_2) -> None:
+    """A refiner reads the base's text_encoder_2: its UNet must take that encoder's widths."""
+    unet = json.loads((config / "unet" / "config.json").read_text())
+    index = json.loads((config / "model_index.json").read_text())
+    pooled = unet.get("projection_class_embeddings_input_dim")
+    time_dim = unet.get("addition_time_embed_dim") or 0
+    fits = pooled in (5 * time_dim + text_encoder_2.projection_dim, 6 * time_dim + text_encoder_2.projection_dim)
+    if (index.get("text_encoder") or [None])[0] is None:
+        fits = fits and unet.get("cross_attention_dim") == text_encoder_2.hidden_size
+    if not fits:
+        raise ValueError(
+            f"refiner {spec!r} does not fit the loaded base: its UNet expects other text-encoder widths "
+            f"(base text_encoder_2: hidden {text_encoder_2.hidden_size}, projection {text_encoder_2.projection_dim})"
+        )
+
+
 class ModelCache:
     """Loads models by spec and keeps them; the same spec twice gives the same objects.
 
@@ -126,6 +151,7 @@ class ModelCache:
         else:
             shared = {"text_encoder_2": base.pipe.text_encoder_2, "vae": base.pipe.vae}
             loaded = self._load(spec, location, StableDiffusionXLImg2ImgPipeline, shared)
+            loaded.vae_override = base.vae_override
         self._refiners[spec] = loaded
         return loaded
 
@@ -197,6 +223,8 @@ class ModelCache:
         path = location.path
         if location.source == "hub":
             path, revision = self._hub_folder(location.repo)
+        if shared:
+            _check_fits_base(spec, _config_folder(path), shared["text_encoder_2"].config)
         components = dict(shared)
         vae_override = None
         if location.source != "tiny" and "vae" not in components:
@@ -283,12 +311,7 @@ class ModelCache:
 
         if self.device.type != "cuda" or self.dtype != torch.float16:
             return None
-        if path.is_dir():
-            vae_config = path / "vae" / "config.json"
-        else:
-            from pipelines.single_file import inspect_single_file
-
-            vae_config = inspect_single_file(path)[1] / "vae" / "config.json"
+        vae_config = _config_folder(path) / "vae" / "config.json"
         if json.loads(vae_config.read_text()).get("block_out_channels") != SDXL_VAE_CHANNELS:
             return None
         if self._fp16_vae is None:

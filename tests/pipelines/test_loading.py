@@ -209,3 +209,16 @@ def test_device_and_dtype_choice():
 def test_bf16_on_cpu_loads_in_bf16(atelier_home, tiny_files):
     loaded = ModelCache(atelier_home, device="cpu", dtype="bf16").load_base("tiny")
     assert loaded.pipe.unet.dtype == torch.bfloat16 and loaded.pipe.text_encoder_2.dtype == torch.bfloat16
+
+
+def test_refiner_that_does_not_fit_the_base_is_refused(cache, tiny_files, tmp_path):
+    import json
+
+    wide = tmp_path / "wide-refiner"
+    shutil.copytree(tiny_files[0] / "refiner", wide)
+    config = json.loads((wide / "unet" / "config.json").read_text())
+    config["cross_attention_dim"] = 64
+    (wide / "unet" / "config.json").write_text(json.dumps(config))
+    base = cache.load_base("tiny")
+    with pytest.raises(ValueError, match="does not fit the loaded base"):
+        cache.load_refiner(str(wide), base)
