@@ -49,8 +49,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("tag", help="add tags to an entry (--replace: set exactly these)")
     p.add_argument("id", type=int)
-    p.add_argument("tags", nargs="*", metavar="TAG")
-    p.add_argument("--remove", action="store_true", help="remove the given tags instead")
+    p.add_argument("tags", nargs="*", metavar="TAG", help="tags to add")
+    p.add_argument("--remove", nargs="+", default=[], metavar="TAG", help="tags to remove")
     p.add_argument("--replace", action="store_true", help="replace all tags with the given ones")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_tag)
@@ -170,13 +170,8 @@ def _favourite(args) -> int:
 
 def _tag(args) -> int:
     def action(gallery: Gallery) -> int:
-        current = gallery.get(args.id).tags
-        if args.replace:
-            tags = args.tags
-        elif args.remove:
-            tags = [t for t in current if t not in set(args.tags)]
-        else:
-            tags = [*current, *args.tags]
+        current = [] if args.replace else list(gallery.get(args.id).tags)
+        tags = [t for t in [*current, *args.tags] if t not in set(args.remove)]
         gen = gallery.set_tags(args.id, tags)
         return _emit(args, summary(gen), f"{gen.id}: tags {', '.join(gen.tags) or '(none)'}")
 
