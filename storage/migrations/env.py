@@ -34,5 +34,10 @@ else:
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
     if not url:
         raise SystemExit("pass the database with -x url=sqlite:///path/gallery.db")
-    with create_engine(url).begin() as conn:
-        _run(conn)
+    if context.is_offline_mode():  # `--sql`: print the DDL, e.g. to review it for PostgreSQL
+        context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    else:
+        with create_engine(url).begin() as conn:
+            _run(conn)

@@ -45,13 +45,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("generation_id", "tag", name="pk_generation_tags"),
     )
     op.create_index("ix_generation_tags_tag", "generation_tags", ["tag"])
-    if op.get_bind().dialect.name == "sqlite":
+    if op.get_context().dialect.name == "sqlite":
         for statement in FTS_STATEMENTS:
             op.execute(statement)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
+    if op.get_context().dialect.name == "sqlite":
         for name in ("generations_fts_insert", "generations_fts_delete", "generations_fts_update"):
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
         op.execute("DROP TABLE IF EXISTS generations_fts")
