@@ -1,0 +1,53 @@
+"""`atelier serve`: the studio in the browser (Gradio), on 127.0.0.1 unless told otherwise with a login."""
+
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    serve = subparsers.add_parser("serve", help="start the web studio (Draft & Refine, Gallery, …)")
+    serve.add_argument("--model", help="tiny, a hub id, a diffusers folder, a .safetensors file, or a name in the models "
+                                       "folder (default: SDXL weights found locally, else the tiny demo model)")
+    serve.add_argument("--refiner", help="like --model; 'base' lets the base refine its own drafts")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on; other than loopback needs --auth")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--auth", metavar="USER:PASS", help="require this login (needed with a non-loopback --host)")
+    serve.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
+    serve.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on GPUs, float32 on CPU")
+    serve.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, move each to the GPU when used")
+    serve.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (less memory)")
+    serve.add_argument("--no-warm-up", action="store_true", help="load the models on the first job, not at start-up")
+    serve.set_defaults(func=run_serve)
+
+
+def run_serve(args) -> int:
+    from webui.security import check_listen, parse_auth
+
+    auth = parse_auth(args.auth)
+    check_listen(args.host, auth)  # refused before anything heavy is loaded
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port: must be from 1 to 65535 (got {args.port})")
+
+    from webui.app import set_environment
+
+    set_environment(args.home)
+    from atelier.studio import Studio, choose_models
+    from webui.app import build_app, launch, make_context, warm_up
+
+    choice = choose_models(args.home, args.model, args.refiner)
+    studio = Studio(args.home, device=args.device, dtype=args.dtype, cpu_offload=args.cpu_offload,
+                    vae_tiling=args.vae_tiling)
+    try:
+        ctx = make_context(studio, choice)
+        if choice.demo:
+            print("atelier serve: no SDXL weights found; using the demo model with random weights "
+                  "(set --model to an SDXL checkpoint)", file=sys.stderr)
+        demo = build_app(ctx)
+        if not args.no_warm_up:
+            warm_up(ctx)
+        print(f"atelier serve: http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        launch(demo, ctx, host=args.host, port=args.port, auth=auth, block=True)
+    finally:
+        studio.close()
+    return 0

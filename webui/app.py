@@ -1,0 +1,90 @@
+"""The Atelier web app: the Blocks (one file per tab), the shared GPU queue and the launch settings."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from atelier.studio import ModelChoice, Studio  # noqa: E402
+from webui import draft_tab, gallery_tab, security  # noqa: E402
+from webui.bindings import Defaults, default_size  # noqa: E402
+from webui.context import Context  # noqa: E402
+from webui.jobs import GpuJobs  # noqa: E402
+
+DEMO_BANNER = "demo model with random weights — set --model to an SDXL checkpoint"
+QUEUE_SIZE = 16  # jobs waiting at most; one more is told the queue is full
+CSS = """
+#demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px; padding: 4px 12px; }
+"""
+
+
+def set_environment(home: Path) -> None:
+    """Before Gradio starts: no analytics, its upload/cache folders inside the home folder, not the cwd."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    cache = Path(home).expanduser().resolve() / "ui-cache"
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(cache / "uploads"))
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(cache / "examples"))
+
+
+def make_context(studio: Studio, choice: ModelChoice) -> Context:
+    from pipelines.model_files import find_models_root
+
+    models = find_models_root(os.environ.get("ATELIER_MODELS"), studio.home / "models")
+    loras = tuple(models.list_models("lora")) if models else ()
+    width, height = default_size(choice.demo)
+    return Context(studio, GpuJobs(), choice, Defaults(choice.base, choice.refiner, width, height, loras=loras))
+
+
+def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    with gr.Blocks(title="Atelier", analytics_enabled=False) as demo:
+        if ctx.choice.demo:
+            gr.Markdown(f"⚠ {DEMO_BANNER}", elem_id="demo-banner")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Draft & Refine", id="draft"):
+                draft = draft_tab.render(ctx)
+            with gr.Tab("Gallery", id="gallery") as gallery_tab_item:
+                gallery_tab.render(ctx, draft.controls, tabs, "draft", gallery_tab_item)
+    demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    return demo
+
+
+def warm_up(ctx: Context) -> threading.Thread:
+    """Load the models in the background (holding the device), so the first Draft does not wait for it."""
+
+    def load() -> None:
+        try:
+            cache = ctx.studio.models
+            base = cache.load_base(ctx.choice.base)
+            if ctx.choice.refiner:
+                cache.load_refiner(ctx.choice.refiner, base)
+        except Exception as exc:  # the first job reports it properly
+            print(f"atelier serve: loading the models failed: {exc}", flush=True)
+
+    thread = threading.Thread(target=ctx.jobs.run_now, args=(load,), name="atelier-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def theme() -> gr.themes.Base:
+    # System fonts: the default theme fetches Google Fonts, a request to a third party on every page load.
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def launch(demo: gr.Blocks, ctx: Context, *, host: str = "127.0.0.1", port: int = 7860,
+           auth: tuple[str, str] | None = None, block: bool = True):
+    security.check_listen(host, auth)
+    files = ctx.studio.gallery.files.root.resolve()
+    files.mkdir(parents=True, exist_ok=True)
+    return demo.launch(
+        server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
+        allowed_paths=[str(files)],  # the gallery's own files; nothing else of the home folder
+        max_file_size=security.MAX_UPLOAD, enable_monitoring=False, strict_cors=True, ssr_mode=False,
+        mcp_server=False, run_history=False, footer_links=[], show_error=False, quiet=True,
+        app_kwargs={"middleware": [Middleware(security.SameOriginOnly)]}, theme=theme(), css=CSS,
+    )

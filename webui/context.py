@@ -1,0 +1,23 @@
+"""What every tab needs: the studio (engine + gallery), the GPU job runner and the UI defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from atelier.studio import ModelChoice, Studio
+from webui.bindings import Defaults
+from webui.jobs import GpuJobs
+
+
+@dataclass
+class Context:
+    studio: Studio
+    jobs: GpuJobs
+    choice: ModelChoice
+    defaults: Defaults
+
+
+def session_of(request: gr.Request | None) -> str:
+    return (request.session_hash if request is not None else None) or "no-session"
