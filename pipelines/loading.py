@@ -146,7 +146,8 @@ class ModelCache:
 
         if location == self.resolve(self._base[0], "base"):
             # Refining with the base model itself: an img2img view of the same modules, no copy.
-            pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(base.pipe)
+            # dtype must be given: from_pipe otherwise casts the shared modules to float32.
+            pipe = StableDiffusionXLImg2ImgPipeline.from_pipe(base.pipe, dtype=base.pipe.dtype, add_watermarker=False)
             loaded = LoadedModel(pipe, base.ref, base.source, base.vae_override)
         else:
             shared = {"text_encoder_2": base.pipe.text_encoder_2, "vae": base.pipe.vae}
