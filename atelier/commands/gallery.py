@@ -13,7 +13,7 @@ from storage.gallery import Gallery, Generation
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("list", help="list gallery entries, newest first")
+    p = _command(subparsers, "list", _list, "list gallery entries, newest first", with_id=False)
     p.add_argument("--search", metavar="Q", help="full-text query over prompt and negative")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20)")
     p.add_argument("--after", metavar="CURSOR", help="continue after a previous page (its next_cursor)")
@@ -22,38 +22,26 @@ def register(subparsers) -> None:
     p.add_argument("--kind", help="only this kind (draft, refined, txt2img, img2img, controlnet, imported)")
     p.add_argument("--favourite", action="store_true", default=None, help="only favourites")
     p.add_argument("--tag", help="only generations with this tag")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_list)
 
-    p = subparsers.add_parser("show", help="show one gallery entry and its recipe")
-    p.add_argument("id", type=int)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_show)
-
-    p = subparsers.add_parser("delete", help="delete an entry and the files nothing else uses")
-    p.add_argument("id", type=int)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_delete)
-
-    p = subparsers.add_parser("export", help="copy an entry's PNG (unchanged) and its recipe JSON to DIR")
-    p.add_argument("id", type=int)
+    _command(subparsers, "show", _show, "show one gallery entry and its recipe")
+    _command(subparsers, "delete", _delete, "delete an entry and the files nothing else uses")
+    p = _command(subparsers, "export", _export, "copy an entry's PNG (unchanged) and its recipe JSON to DIR")
     p.add_argument("dir", type=Path)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_export)
-
-    p = subparsers.add_parser("favourite", help="mark (or with --off unmark) an entry as favourite")
-    p.add_argument("id", type=int)
+    p = _command(subparsers, "favourite", _favourite, "mark (or with --off unmark) an entry as favourite")
     p.add_argument("--off", action="store_true", help="remove the mark")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_favourite)
-
-    p = subparsers.add_parser("tag", help="add tags to an entry (--replace: set exactly these)")
-    p.add_argument("id", type=int)
+    p = _command(subparsers, "tag", _tag, "add tags to an entry (--replace: set exactly these)")
     p.add_argument("tags", nargs="*", metavar="TAG", help="tags to add")
     p.add_argument("--remove", nargs="+", default=[], metavar="TAG", help="tags to remove")
     p.add_argument("--replace", action="store_true", help="replace all tags with the given ones")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_tag)
+
+
+def _command(subparsers, name: str, func, help_: str, *, with_id: bool = True):
+    parser = subparsers.add_parser(name, help=help_)
+    if with_id:
+        parser.add_argument("id", type=int, help="gallery id")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(func=func)
+    return parser
 
 
 def summary(gen: Generation) -> dict[str, Any]:
