@@ -42,7 +42,7 @@ def render(ctx: Context) -> DraftTab:
                                 allow_preview=False, buttons=[], elem_id="drafts", interactive=False)
             draft_ids = gr.State([])
             with gr.Row():
-                selected = gr.Number(label="Picked draft", precision=0, interactive=False, elem_id="selected-draft")
+                selected = gr.Number(None, label="Picked draft", precision=0, interactive=False, elem_id="selected-draft")
                 refine_button = gr.Button("Refine", variant="primary", elem_id="refine-button")
                 rerender_steps = gr.Number(40, label="Re-render at N steps", precision=0, minimum=1, elem_id="rerender-steps")
                 rerender_button = gr.Button("Re-render", elem_id="rerender-button")

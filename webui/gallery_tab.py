@@ -76,7 +76,7 @@ def render(ctx: Context, controls: bindings.GenerationControls, tabs: gr.Tabs, d
             dropped = gr.File(label="Drop an Atelier or A1111 PNG to load its Recipe", file_types=[".png"],
                               type="filepath", elem_id="png-drop")
         with gr.Column(scale=2):
-            detail_id = gr.Number(label="Selected", precision=0, interactive=False, elem_id="detail-id")
+            detail_id = gr.Number(None, label="Selected", precision=0, interactive=False, elem_id="detail-id")
             image = gr.Image(label="Image", height=IMAGE_HEIGHT, elem_id="detail-image", **PNG_OUT)
             lineage = gr.Markdown("", elem_id="detail-lineage")
             with gr.Row():

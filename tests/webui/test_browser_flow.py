@@ -1,0 +1,172 @@
+"""A newcomer's session in real Chromium: draft, pick, refine, find it in the Gallery, re-run to the same pixels."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.webui.conftest import shot
+
+pytestmark = pytest.mark.browser
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-draft-refine.png"
+PROMPT = "a red lighthouse on a windswept cliff"
+
+
+def pixel_hash(path: Path) -> str:
+    with Image.open(path) as image:
+        return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+
+
+def wait_text(page, selector: str, pattern: str, timeout: float = 120_000) -> str:
+    """Wait until the element's text matches `pattern` (a regex); return that text."""
+    page.wait_for_function(
+        "([sel, pat]) => { const e = document.querySelector(sel); return e && new RegExp(pat).test(e.innerText); }",
+        arg=[selector, pattern], timeout=timeout,
+    )
+    return page.inner_text(selector)
+
+
+def draft(page, prompt: str) -> list[int]:
+    page.fill("#prompt textarea", prompt)
+    page.click("#draft-button")
+    text = wait_text(page, "#draft-status", r"drafts ready|Interrupted")
+    first, last = map(int, re.search(r"ids (\d+)–(\d+)", text).groups())
+    return list(range(first, last + 1))
+
+
+def image_bytes_shown(page, selector: str) -> bytes:
+    src = page.get_attribute(f"{selector} img", "src")
+    response = page.request.get(src)
+    assert response.ok, src
+    return response.body()
+
+
+def test_draft_pick_refine_find_rerun(page, server):
+    gallery = server.gallery()
+    try:
+        assert "demo model with random weights" in page.inner_text("#demo-banner")
+        shot(page, "01-opened")
+
+        ids = draft(page, PROMPT)
+        assert len(ids) == 4
+        assert page.locator("#drafts .thumbnail-item").count() == 4
+        drafts = [gallery.get(i) for i in ids]
+        assert {d.kind for d in drafts} == {"draft"} and all(d.recipe.prompt == PROMPT for d in drafts)
+        assert len({d.recipe.seed for d in drafts}) == 4
+        shot(page, "02-drafts")
+
+        page.locator("#drafts .thumbnail-item").nth(2).click()
+        wait_text(page, "#draft-status", rf"Picked draft #{ids[2]}")
+        assert page.input_value("#selected-draft input") == str(ids[2])
+        shot(page, "03-picked")
+
+        page.click("#refine-button")
+        text = wait_text(page, "#draft-status", r"Refined draft #\d+ → #\d+")
+        refined_id = int(re.search(r"→ #(\d+)", text).group(1))
+        refined = gallery.get(refined_id)
+        assert refined.kind == "refined" and refined.parent_id == ids[2]
+        # The image the browser gets is the gallery's PNG, byte for byte (no webp, metadata intact).
+        shown = image_bytes_shown(page, "#after")
+        assert shown[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shown == refined.image_path.read_bytes()
+        path = shot(page, "04-refined")
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOT)
+
+        page.get_by_role("tab", name="Gallery").click()
+        page.fill("#gallery-search input, #gallery-search textarea", "windswept")
+        page.press("#gallery-search input, #gallery-search textarea", "Enter")
+        wait_text(page, "#gallery-page", r"Page 1 · 5 shown")
+        item = page.locator("#gallery-grid .thumbnail-item", has_text=f"#{refined_id} refined")
+        item.click()
+        wait_text(page, "#detail-lineage", rf"#{refined_id}.*#{ids[2]}")
+        assert page.input_value("#detail-id input") == str(refined_id)
+        assert PROMPT in page.inner_text("#detail-recipe")
+        shot(page, "05-gallery-found")
+
+        page.click("#rerun-button")
+        text = wait_text(page, "#gallery-status", rf"Re-ran #{refined_id} → #\d+")
+        rerun_id = int(re.search(r"→ #(\d+)", text).group(1))
+        rerun = gallery.get(rerun_id)
+        assert rerun.parent_id == refined_id
+        assert pixel_hash(rerun.image_path) == pixel_hash(refined.image_path)
+        shot(page, "06-rerun")
+
+        page.click("#load-into-draft")
+        page.wait_for_selector("#draft-button", state="visible")
+        assert page.input_value("#prompt textarea") == PROMPT
+        assert page.input_value("#seed input") == str(refined.recipe.batch_seeds[0])
+        assert not page.is_checked("#random-seed input")
+        shot(page, "07-loaded-into-draft")
+
+        # Nothing was fetched from anywhere but the app itself (no analytics, fonts or CDNs).
+        assert page.hosts_contacted == {server.url.split("/")[2]}
+    finally:
+        gallery.close()
+
+
+def test_favourite_and_delete_with_confirmation(page, server):
+    ids = draft(page, "a quiet harbour with a single sailboat")
+    page.get_by_role("tab", name="Gallery").click()
+    page.fill("#gallery-search input, #gallery-search textarea", "sailboat")
+    page.press("#gallery-search input, #gallery-search textarea", "Enter")
+    wait_text(page, "#gallery-page", r"Page 1 · 4 shown")
+    page.locator("#gallery-grid .thumbnail-item", has_text=f"#{ids[0]} draft").click()
+    wait_text(page, "#detail-lineage", rf"#{ids[0]}")
+    page.click("#favourite-button")
+    wait_text(page, "#gallery-status", "Added to favourites")
+    gallery = server.gallery()
+    try:
+        assert gallery.get(ids[0]).favourite
+        page.click("#delete-button")
+        page.wait_for_selector("#confirm-delete", state="visible")
+        assert gallery.get(ids[0])  # asking is not deleting
+        shot(page, "08-confirm-delete")
+        page.click("#confirm-delete")
+        wait_text(page, "#gallery-status", rf"Deleted #{ids[0]}")
+        with pytest.raises(ValueError, match="no generation"):
+            gallery.get(ids[0])
+        wait_text(page, "#gallery-page", r"Page 1 · 3 shown")
+    finally:
+        gallery.close()
+
+
+def test_interrupt_stops_a_long_run(page, server):
+    gallery = server.gallery()
+    try:
+        before = gallery.list(limit=1000).items
+        page.fill("#prompt textarea", "a very long run that will be interrupted")
+        page.fill("#steps input[type=number]", "500")
+        page.fill("#width input", "256")
+        page.fill("#height input", "256")
+        page.click("#draft-button")
+        wait_text(page, "#draft-status", r"base model step \d+/\d+")
+        page.click("#interrupt-button")
+        text = wait_text(page, "#draft-status", r"Interrupted", timeout=30_000)
+        step = int(re.search(r"at step (\d+)", text).group(1))
+        assert step < 500
+        shot(page, "09-interrupted")
+        assert gallery.list(limit=1000).items == before  # nothing saved
+    finally:
+        gallery.close()
+
+
+def test_errors_are_readable_messages(page):
+    page.fill("#prompt textarea", "   ")
+    page.click("#draft-button")
+    toast = page.locator(".toast-body", has_text="prompt: type what the image should show")
+    toast.wait_for()
+    assert "Traceback" not in page.inner_text("body")
+    shot(page, "10-error-message")
+
+
+def test_files_outside_the_output_folder_are_refused(page, server):
+    for target in (server.home / "gallery.db", Path("/etc/passwd"), server.home / "files" / ".." / "gallery.db"):
+        response = page.request.get(f"{server.url}/gradio_api/file={target}")
+        assert response.status in (403, 404), (target, response.status)
