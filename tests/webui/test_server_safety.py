@@ -98,9 +98,9 @@ def test_uploads_are_size_limited(server):
 
 
 def test_monitoring_is_off(server):
-    for path in ("/monitoring", "/gradio_api/monitoring"):
-        status, _, _ = fetch(server.url + path)
-        assert status == 404, path
+    for path in ("/monitoring", "/monitoring/summary", "/monitoring/anykey"):
+        status, _, body = fetch(server.url + path)
+        assert status == 403 and b"Monitoring is not enabled" in body, path
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.org"])
