@@ -1,0 +1,96 @@
+"""The base model's part of any mode: which derived pipeline runs, and with which mode arguments.
+
+txt2img → StableDiffusionXLPipeline, img2img → StableDiffusionXLImg2ImgPipeline, and their ControlNet
+forms; every one derived from the base with `from_pipe`, so they hold the base's module objects.
+SDXL's ControlNet img2img pipeline has no `denoising_end`: the engine stops it after the same steps
+(`stop_after`) by interrupting the loop, which leaves the latent exactly where `denoising_end` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from PIL import Image
+
+from pipelines.controlnet import ControlNetLibrary, combined, control_kwargs
+from pipelines.img2img import check_base_steps, fit_to_bucket, stop_at_switch
+from pipelines.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class EditInputs:
+    """Images a recipe refers to by sha256, handed in by the caller (the engine never reads storage)."""
+
+    source: Image.Image | None = None  # img2img: the source, any size (fitted to the recipe's size)
+    control_maps: tuple[Image.Image, ...] = ()  # one per recipe.controlnets unit, already preprocessed
+
+
+@dataclass
+class BaseStage:
+    recipe: Recipe  # with the ControlNets' identities (sha256) filled in
+    pipe: Any
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the mode's own call arguments
+    runs: bool = True  # False: img2img at strength 0, the source latent is the result
+    stop_after: int | None = None  # stop the loop after this many steps (denoising_end emulation)
+    source: Image.Image | None = None  # the fitted source (img2img)
+
+
+def check_inputs(recipe: Recipe, inputs: EditInputs | None) -> EditInputs:
+    """Early, before any model work: the images the recipe needs are there, and only those."""
+    inputs = inputs or EditInputs()
+    if recipe.mode == "img2img" and inputs.source is None:
+        raise ValueError("img2img: no source image given (pass an image file, a gallery id or a draft)")
+    if recipe.mode != "img2img" and inputs.source is not None:
+        raise ValueError("source image: given, but the recipe's mode is txt2img (set mode img2img and a strength)")
+    for image in (inputs.source, *inputs.control_maps):
+        if image is not None and not isinstance(image, Image.Image):
+            raise ValueError(f"images: must be PIL images (got {type(image).__name__})")
+    if len(inputs.control_maps) != len(recipe.controlnets):
+        raise ValueError(f"controlnets: the recipe has {len(recipe.controlnets)} unit(s) but "
+                         f"{len(inputs.control_maps)} control map(s) were given")
+    return inputs
+
+
+def plan(recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetLibrary,
+         derive: Callable[..., Any]) -> BaseStage:
+    """The derived pipeline and its arguments for the base's work on `recipe` (`base`: the loaded base model)."""
+    import torch
+    from diffusers import (
+        StableDiffusionXLControlNetImg2ImgPipeline,
+        StableDiffusionXLControlNetPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
+
+    img2img = recipe.mode == "img2img"
+    size = {"width": recipe.width, "height": recipe.height}
+    denoising_end = {"denoising_end": recipe.switch if recipe.base_stops_early else None}
+    source = fit_to_bucket(inputs.source, recipe.width, recipe.height) if img2img else None
+    if not recipe.controlnets:
+        if not img2img:
+            pipe = derive(StableDiffusionXLPipeline, base, recipe.scheduler)
+            return BaseStage(recipe, pipe, {**size, **denoising_end})
+        pipe = derive(StableDiffusionXLImg2ImgPipeline, base, recipe.scheduler)
+        runs = check_base_steps(pipe.scheduler, recipe)
+        return BaseStage(recipe, pipe, {"image": source, "strength": recipe.strength, **denoising_end}, runs, None, source)
+
+    models, units = [], []
+    dtype = base.unet.dtype
+    device = base.unet.device if base.unet.device.type != "meta" else torch.device("cpu")
+    for unit in recipe.controlnets:
+        model, ref = controlnets.load(unit.model, base.unet, device, dtype)
+        models.append(model)
+        units.append(dataclasses.replace(unit, model=ref))
+    recipe = recipe.replace(controlnets=tuple(units))
+    maps = [fit_to_bucket(m, recipe.width, recipe.height) for m in inputs.control_maps]
+    control = control_kwargs(recipe.controlnets, maps)
+    maps_arg = control.pop("_maps")
+    if not img2img:
+        pipe = derive(StableDiffusionXLControlNetPipeline, base, recipe.scheduler, controlnet=combined(models))
+        return BaseStage(recipe, pipe, {**size, **denoising_end, "image": maps_arg, **control})
+    pipe = derive(StableDiffusionXLControlNetImg2ImgPipeline, base, recipe.scheduler, controlnet=combined(models))
+    runs = check_base_steps(pipe.scheduler, recipe)
+    kwargs = {**size, "image": source, "control_image": maps_arg, "strength": recipe.strength, **control}
+    return BaseStage(recipe, pipe, kwargs, runs, stop_at_switch(recipe, pipe.scheduler), source)
