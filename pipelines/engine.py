@@ -19,8 +19,13 @@ from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipelin
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
+from pipelines import base_stage
+from pipelines.base_stage import EditInputs
+from pipelines.controlnet import ControlNetLibrary
+from pipelines.img2img import encode_source
 from pipelines.kept_latent import KeptLatent
 from pipelines.loading import LoadedModel, ModelCache
+from pipelines.lora import LoraLibrary
 from pipelines.previews import CleanEstimateTap, decode_latents
 from pipelines.prompt_encoding import PromptEncoder
 from pipelines.prompt_syntax import extract_lora_tokens
@@ -68,10 +73,13 @@ class Engine:
         self.models = models
         self.prompts = prompts or PromptEncoder()
         self.app_version = app_version
+        self.loras = LoraLibrary(models.home, models.hashes)
+        self.controlnets = ControlNetLibrary(models.home, models.hashes)
 
     # -- public modes ------------------------------------------------------------------------------
 
-    def draft(self, recipe: Recipe, count: int = 1, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> list[Draft]:
+    def draft(self, recipe: Recipe, count: int = 1, *, inputs: EditInputs | None = None, on_step: OnStep = None,
+              should_cancel: ShouldCancel = None) -> list[Draft]:
         """`count` drafts with seeds seed, seed+1, …; one batch where memory allows.
 
         Each draft's recipe records the batch it was made in (`batch_seeds`), so re-running it replays
@@ -84,14 +92,15 @@ class Engine:
             raise ValueError(f"seed: must leave room for {count} consecutive seeds (got {recipe.seed})")
         template = recipe.replace(stage="draft", batch_seeds=seeds if count > 1 else ())
         template = Recipe.from_dict(template.to_dict())  # full validation of the combination
+        template, inputs = self._prepare(template, inputs)
         try:
-            return self._drafts(template, seeds, on_step, should_cancel)
+            return self._drafts(template, seeds, on_step, should_cancel, inputs)
         except OutOfMemory:
             if count == 1:
                 raise
         # The batch did not fit: make the drafts one at a time, each recorded as made alone.
         return [
-            self._drafts(template.replace(seed=s, batch_seeds=()), (s,), on_step, should_cancel)[0] for s in seeds
+            self._drafts(template.replace(seed=s, batch_seeds=()), (s,), on_step, should_cancel, inputs)[0] for s in seeds
         ]
 
     def refine(self, draft: Draft, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> FinishedImage:
@@ -103,9 +112,10 @@ class Engine:
         refiner_pipe, refiner_ref = self._refiner_pipe(recipe, base)
         if recipe.refine.model is not None:  # record the refiner's resolved identity (sha256)
             recipe = recipe.replace(refine=dataclasses.replace(recipe.refine, model=refiner_ref))
-        prompt_kwargs = self._encode(refiner_pipe, recipe, refiner_ref)
-        tap = CleanEstimateTap(refiner_pipe.scheduler)
-        with self._memory_guard("refining"):
+        own_loras = recipe.loras if refiner_pipe.unet is base.pipe.unet else ()  # the refiner never gets the base's
+        with self.loras.applied(refiner_pipe, own_loras), self._memory_guard("refining"):
+            prompt_kwargs = self._encode(refiner_pipe, recipe, refiner_ref)
+            tap = CleanEstimateTap(refiner_pipe.scheduler)
             latents = refiner_pipe(
                 image=draft.latent.tensor[None].to(self.models.device),
                 num_inference_steps=recipe.steps,
@@ -122,50 +132,56 @@ class Engine:
             image = decode_latents(refiner_pipe, latents)[0]
         return self._finish(recipe.replace(stage="final"), image, latents[0])
 
-    def render(self, recipe: Recipe, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> Draft | FinishedImage:
-        """Make exactly what a recipe describes — how the gallery re-runs any image."""
-        if recipe.mode != "txt2img":
-            raise ValueError(f"mode: {recipe.mode!r} is not supported by this engine yet (txt2img only)")
+    def render(self, recipe: Recipe, *, inputs: EditInputs | None = None, on_step: OnStep = None,
+               should_cancel: ShouldCancel = None) -> Draft | FinishedImage:
+        """Make exactly what a recipe describes — how the gallery re-runs any image. `inputs`: the source
+        image (img2img) and control maps the recipe names by sha256."""
         seeds = recipe.batch_seeds or (recipe.seed,)
-        draft_recipe = recipe.replace(stage="draft")
-        drafts = self._drafts(draft_recipe.replace(seed=seeds[0]), seeds, on_step, should_cancel)
+        draft_recipe, inputs = self._prepare(recipe.replace(stage="draft"), inputs)
+        recipe = recipe.replace(loras=draft_recipe.loras)
+        drafts = self._drafts(draft_recipe.replace(seed=seeds[0]), seeds, on_step, should_cancel, inputs)
         draft = drafts[seeds.index(recipe.seed)]
         if recipe.stage == "draft":
             return draft
         if recipe.refine is None:
-            return self._finish(recipe, self._decode_clean(recipe, draft), draft.latent.tensor)
+            final = draft.recipe.replace(stage="final", watermark_applied=None)  # with the identities it resolved
+            return self._finish(final, self._decode_clean(final, draft), draft.latent.tensor)
         return self.refine(draft, on_step=on_step, should_cancel=should_cancel)
 
-    def rerender(self, draft: Draft, steps: int, **callbacks: Any) -> FinishedImage:
+    def rerender(self, draft: Draft, steps: int, *, inputs: EditInputs | None = None, **callbacks: Any) -> FinishedImage:
         """Re-run a chosen draft's seed alone at more steps, then hand off as usual."""
         recipe = draft.recipe.replace(steps=steps, batch_seeds=(), stage="final")
-        result = self.render(Recipe.from_dict(recipe.to_dict()), **callbacks)
+        result = self.render(Recipe.from_dict(recipe.to_dict()), inputs=inputs, **callbacks)
         assert isinstance(result, FinishedImage)
         return result
 
     # -- stages --------------------------------------------------------------------------------------
 
-    def _drafts(self, template: Recipe, seeds: tuple[int, ...], on_step: OnStep, should_cancel: ShouldCancel) -> list[Draft]:
+    def _drafts(self, template: Recipe, seeds: tuple[int, ...], on_step: OnStep, should_cancel: ShouldCancel,
+                inputs: EditInputs | None = None) -> list[Draft]:
         base = self._load_base(template.model)
         template = template.replace(model=base.ref, app_version=self.app_version or template.app_version)
-        pipe = _derive(StableDiffusionXLPipeline, base.pipe, template.scheduler)
-        prompt_kwargs = self._encode(pipe, template, base.ref)
+        stage = base_stage.plan(template, base.pipe, inputs or EditInputs(), self.controlnets, _derive)
+        template, pipe = stage.recipe, stage.pipe
         tap = CleanEstimateTap(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        with self._memory_guard(f"making {len(seeds)} draft(s) at {template.width}×{template.height}"):
-            latents = pipe(
-                num_inference_steps=template.steps,
-                guidance_scale=template.guidance,
-                width=template.width,
-                height=template.height,
-                num_images_per_prompt=len(seeds),
-                generator=generators if len(generators) > 1 else generators[0],
-                denoising_end=template.switch if template.base_stops_early else None,
-                output_type="latent",
-                callback_on_step_end=self._step_callback("base", tap, on_step, should_cancel),
-                **template.micro.resolved(template.height, template.width),
-                **prompt_kwargs.as_kwargs(),
-            ).images
+        with self.loras.applied(pipe, template.loras), \
+                self._memory_guard(f"making {len(seeds)} draft(s) at {template.width}×{template.height}"):
+            prompt_kwargs = self._encode(pipe, template, base.ref)
+            if not stage.runs:  # img2img at strength 0: the source itself
+                latents = encode_source(pipe, stage.source, len(seeds))
+            else:
+                latents = pipe(
+                    num_inference_steps=template.steps,
+                    guidance_scale=template.guidance,
+                    num_images_per_prompt=len(seeds),
+                    generator=generators if len(generators) > 1 else generators[0],
+                    output_type="latent",
+                    callback_on_step_end=self._step_callback("base", tap, on_step, should_cancel, stage.stop_after),
+                    **template.micro.resolved(template.height, template.width),
+                    **prompt_kwargs.as_kwargs(),
+                    **stage.kwargs,
+                ).images
             # A noisy latent shows noise: preview the model's own estimate of the finished image.
             shown = tap.latest if template.base_stops_early else latents
             previews = decode_latents(pipe, shown)
@@ -187,6 +203,13 @@ class Engine:
         return FinishedImage(recipe.replace(watermark_applied=applied), image, latent.detach().to("cpu"))
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _prepare(self, recipe: Recipe, inputs: EditInputs | None) -> tuple[Recipe, EditInputs]:
+        """Checks that need files but no model: LoRAs found and pinned, ControlNets found, images present."""
+        inputs = base_stage.check_inputs(recipe, inputs)
+        for unit in recipe.controlnets:
+            self.controlnets.locate(unit.model.name)
+        return self.loras.resolve(recipe), inputs
 
     def _load_base(self, wanted: ModelRef) -> LoadedModel:
         loaded = self.models.load_base(wanted.name)
@@ -217,8 +240,11 @@ class Engine:
         return apply_watermark(image) if recipe.watermark else (image, False)
 
     @staticmethod
-    def _step_callback(stage: str, tap: CleanEstimateTap, on_step: OnStep, should_cancel: ShouldCancel):
+    def _step_callback(stage: str, tap: CleanEstimateTap, on_step: OnStep, should_cancel: ShouldCancel,
+                       stop_after: int | None = None):
         def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if stop_after is not None and i + 1 >= stop_after:
+                pipe._interrupt = True  # the switch point, for pipelines without denoising_end
             if on_step is not None:
                 on_step(StepInfo(stage, i + 1, pipe.num_timesteps, tap.latest))
             if should_cancel is not None and should_cancel():
@@ -241,14 +267,15 @@ class Engine:
             ) from None
 
 
-def _derive(pipeline_class: Any, source: Any, scheduler_name: str) -> Any:
+def _derive(pipeline_class: Any, source: Any, scheduler_name: str, **modules: Any) -> Any:
     """A pipeline of `pipeline_class` sharing every module of `source`, with a fresh scheduler."""
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # from_pipe warns about its (no-op) dtype cast on every call
     try:
         # dtype must be given: from_pipe otherwise casts the shared modules to float32.
         return pipeline_class.from_pipe(
-            source, scheduler=make_scheduler(scheduler_name, source.scheduler.config), dtype=source.dtype, add_watermarker=False
+            source, scheduler=make_scheduler(scheduler_name, source.scheduler.config), dtype=source.dtype, add_watermarker=False,
+            **modules,
         )
     finally:
         diffusers_logging.set_verbosity(verbosity)
