@@ -308,3 +308,13 @@ def test_malformed_metadata_is_a_clear_value_error(data, message):
 def test_missing_file_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="cannot read the file"):
         read_png(tmp_path / "nope.png")
+
+
+def test_recipe_read_from_a_saved_png_reruns_to_the_same_pixels(engine, tiny_recipe):
+    """Render with the tiny model, save with metadata, read the PNG back, render again."""
+    first = engine.render(tiny_recipe(prompt="a (lighthouse)1.2 at dusk", steps=4))
+    assert first.recipe.watermark_applied is False  # 64 px: too small to mark, and the Recipe says so
+    back = read_png(encode_png(first.image, first.recipe))
+    assert back.recipe == first.recipe
+    again = engine.render(back.recipe.replace(watermark_applied=None))
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))
