@@ -90,9 +90,9 @@ def engine_figures(home: Path, *, model: str = "tiny", refiner: str = "tiny", si
     }
     engine.draft(recipe, 1)  # warm-up: first calls allocate
 
-    # Exact counts for one request: N drafts, then one of them refined.
+    # Exact counts for one request: N drafts, then one of them refined (a prompt not yet cached).
     with _metered(_modules(base, ref)) as meter:
-        made = engine.draft(recipe, drafts)
+        made = engine.draft(recipe.replace(prompt=recipe.prompt + ", counted"), drafts)
         draft_counts = dict(meter.calls)
         engine.refine(made[0])
     counts = meter.calls
