@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-PROMPT_SYNTAXES = ("compel", "a1111")
+from pipelines.recipe import PROMPT_SYNTAXES
 
 _ROUND_MULTIPLIER = 1.1
 _SQUARE_MULTIPLIER = 1 / 1.1
