@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from storage_checks import make_latent, make_png, make_recipe
+# pytest runs in importlib mode: make the helpers beside this file importable by the test modules.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from storage_checks import make_latent, make_png, make_recipe  # noqa: E402
 
 
 @pytest.fixture()
