@@ -152,7 +152,8 @@ def render_generation_controls(d: Defaults) -> GenerationControls:
         negative_original_w, negative_original_h, negative_target_w, negative_target_h, negative_crop_top,
         negative_crop_left, aesthetic, negative_aesthetic, tuple(names), tuple(weights),
     )
-    size_preset.change(_preset_to_size, inputs=size_preset, outputs=[width, height], queue=False, show_progress="hidden")
+    size_preset.change(_preset_to_size, inputs=size_preset, outputs=[width, height], queue=False, show_progress="hidden",
+                       api_visibility="private")
     return controls
 
 
