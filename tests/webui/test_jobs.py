@@ -1,0 +1,88 @@
+"""The GPU job runner: previews while running, Interrupt at the next step, errors as readable messages."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gradio as gr
+import pytest
+
+from pipelines.engine import GenerationCancelled, OutOfMemory, StepInfo
+from webui.jobs import Done, GpuJobs, Interrupted, Step, readable_error
+
+
+def stepping(steps: int, delay: float, seen: list):
+    """Work that reports `steps` steps and, like the engine, stops when told to."""
+    def work(on_step, should_cancel):
+        for i in range(1, steps + 1):
+            time.sleep(delay)
+            seen.append(i)
+            on_step(StepInfo("base", i, steps, None))
+            if should_cancel():
+                raise GenerationCancelled(f"cancelled during the base at step {i}")
+        return "finished"
+    return work
+
+
+def test_steps_then_result():
+    events = list(GpuJobs().stream("s", stepping(6, 0.1, [])))
+    assert isinstance(events[-1], Done) and events[-1].result == "finished"
+    steps = [e.info.step for e in events if isinstance(e, Step)]
+    assert steps and steps == sorted(steps) and len(steps) < 6 + 1  # throttled, in order
+
+
+def test_interrupt_stops_that_session_at_the_next_step():
+    jobs, seen = GpuJobs(), []
+    assert not jobs.interrupt("a")  # nothing running
+    stream = jobs.stream("a", stepping(1000, 0.01, seen))
+    next(stream)  # running now
+    assert not jobs.interrupt("someone-else")
+    assert jobs.interrupt("a")
+    rest = list(stream)
+    assert isinstance(rest[-1], Interrupted) and "at step" in rest[-1].message
+    assert len(seen) < 1000
+
+
+def test_closing_the_stream_cancels_the_job():
+    jobs, seen = GpuJobs(), []
+    stream = jobs.stream("a", stepping(1000, 0.01, seen))
+    next(stream)
+    stream.close()  # the browser went away
+    done = len(seen)
+    time.sleep(0.1)
+    assert len(seen) == done < 1000
+
+
+def test_one_job_at_a_time():
+    jobs, active, most = GpuJobs(), [0], [0]
+    lock = threading.Lock()
+
+    def work(on_step, should_cancel):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+
+    threads = [threading.Thread(target=lambda: list(jobs.stream("s", work))) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert most[0] == 1
+
+
+@pytest.mark.parametrize("error, title, text", [
+    (ValueError("steps: must be an integer from 1 to 500 (got 0)"), "Cannot do that", "steps: must be"),
+    (OutOfMemory("Out of memory on cuda"), "Cannot do that", "Out of memory"),
+    (RuntimeError("<b>boom</b>"), "Something went wrong", "RuntimeError: &lt;b&gt;boom&lt;/b&gt;"),
+])
+def test_errors_become_messages(error, title, text):
+    def work(on_step, should_cancel):
+        raise error
+
+    with pytest.raises(gr.Error) as raised:
+        list(GpuJobs().stream("s", work))
+    assert raised.value.title == title and text in raised.value.message
+    assert "Traceback" not in raised.value.message
+    assert readable_error(raised.value) is raised.value
