@@ -2,6 +2,7 @@
 
 txt2img → StableDiffusionXLPipeline, img2img → StableDiffusionXLImg2ImgPipeline, and their ControlNet
 forms; every one derived from the base with `from_pipe`, so they hold the base's module objects.
+img2img at strength 1 runs as txt2img (diffusers would still mix a trace of the source into its noise).
 SDXL's ControlNet img2img pipeline has no `denoising_end`: the engine stops it after the same steps
 (`stop_after`) by interrupting the loop, which leaves the latent exactly where `denoising_end` would.
 """
@@ -64,7 +65,8 @@ def plan(recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetL
         StableDiffusionXLPipeline,
     )
 
-    img2img = recipe.mode == "img2img"
+    # Strength 1 re-noises completely: the source must not leak into the result, so it is not used at all.
+    img2img = recipe.mode == "img2img" and recipe.strength < 1.0
     size = {"width": recipe.width, "height": recipe.height}
     denoising_end = {"denoising_end": recipe.switch if recipe.base_stops_early else None}
     source = fit_to_bucket(inputs.source, recipe.width, recipe.height) if img2img else None
