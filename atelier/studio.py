@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from atelier import __version__
+from atelier.edit_inputs import InputFiles, stored_inputs
 from pipelines.engine import Draft, Engine, FinishedImage
 from pipelines.kept_latent import KeptLatent
 from pipelines.loading import ModelCache
@@ -55,27 +56,40 @@ class Studio:
 
     # -- generation ----------------------------------------------------------------------------------
 
-    def draft(self, recipe: Recipe, count: int, **callbacks: Any) -> list[Saved]:
-        drafts = self.engine.draft(recipe, count, **callbacks)
+    def draft(self, recipe: Recipe, count: int, *, inputs: InputFiles | None = None, parent_id: int | None = None,
+              **callbacks: Any) -> list[Saved]:
+        inputs = inputs or InputFiles()
+        drafts = self.engine.draft(recipe, count, inputs=inputs.images, **callbacks)
         batch_id = uuid.uuid4().hex if len(drafts) > 1 and drafts[0].recipe.batch_seeds else None
-        return [self._save_draft(d, batch_id=batch_id) for d in drafts]
+        return [self._save_draft(d, batch_id=batch_id, parent_id=parent_id, inputs=inputs) for d in drafts]
+
+    def edit(self, recipe: Recipe, inputs: InputFiles, *, parent_id: int | None = None, **callbacks: Any) -> Saved:
+        """One img2img or ControlNet image made to the end (refined when the recipe says so); `parent_id`:
+        the gallery image it was made from."""
+        result = self.engine.render(recipe, inputs=inputs.images, **callbacks)
+        if isinstance(result, Draft):
+            return self._save_draft(result, parent_id=parent_id, inputs=inputs)
+        return self._save_final(result, _kind(result.recipe), parent_id=parent_id, inputs=inputs)
 
     def refine(self, draft_id: int, **callbacks: Any) -> Saved:
         finished = self.engine.refine(self.load_draft(draft_id), **callbacks)
         return self._save_final(finished, "refined", parent_id=draft_id)
 
     def rerender(self, draft_id: int, steps: int, **callbacks: Any) -> Saved:
-        finished = self.engine.rerender(self.load_draft(draft_id), steps, **callbacks)
+        draft = self.load_draft(draft_id)
+        inputs = stored_inputs(draft.recipe, self.gallery.read_file)
+        finished = self.engine.rerender(draft, steps, inputs=inputs.images, **callbacks)
         return self._save_final(finished, "refined", parent_id=draft_id)
 
     def rerun(self, generation_id: int, **callbacks: Any) -> Saved:
         """The recipe of `generation_id` made again: a new generation whose parent is the original."""
         original = self.gallery.get(generation_id)
-        result = self.engine.render(original.recipe.replace(watermark_applied=None), **callbacks)
+        inputs = stored_inputs(original.recipe, self.gallery.read_file)
+        result = self.engine.render(original.recipe.replace(watermark_applied=None), inputs=inputs.images, **callbacks)
         if isinstance(result, Draft):
-            return self._save_draft(result, parent_id=generation_id)
-        kind = original.kind if original.kind != "imported" else ("refined" if result.recipe.refine else "txt2img")
-        return self._save_final(result, kind, parent_id=generation_id)
+            return self._save_draft(result, parent_id=generation_id, inputs=inputs)
+        kind = original.kind if original.kind != "imported" else ("refined" if result.recipe.refine else _kind(result.recipe))
+        return self._save_final(result, kind, parent_id=generation_id, inputs=inputs)
 
     def import_png(self, path: Path) -> Saved:
         """An Atelier or A1111/InvokeAI PNG becomes a gallery entry with its (closest) recipe; bytes unchanged."""
@@ -97,16 +111,26 @@ class Studio:
             preview.load()
         return Draft(generation.recipe, latent, preview)
 
-    def _save_draft(self, draft: Draft, *, batch_id: str | None = None, parent_id: int | None = None) -> Saved:
+    def _save_draft(self, draft: Draft, *, batch_id: str | None = None, parent_id: int | None = None,
+                    inputs: InputFiles | None = None) -> Saved:
         generation = self.gallery.save(
             draft.recipe, "draft", encode_png(draft.preview, draft.recipe), parent_id=parent_id, batch_id=batch_id,
-            latent=draft.latent.to_bytes(draft.recipe.to_json()),
+            latent=draft.latent.to_bytes(draft.recipe.to_json()), inputs=inputs.files if inputs else None,
         )
         return _saved(generation)
 
-    def _save_final(self, finished: FinishedImage, kind: str, *, parent_id: int | None) -> Saved:
-        generation = self.gallery.save(finished.recipe, kind, encode_png(finished.image, finished.recipe), parent_id=parent_id)
+    def _save_final(self, finished: FinishedImage, kind: str, *, parent_id: int | None,
+                    inputs: InputFiles | None = None) -> Saved:
+        generation = self.gallery.save(finished.recipe, kind, encode_png(finished.image, finished.recipe),
+                                       parent_id=parent_id, inputs=inputs.files if inputs else None)
         return _saved(generation)
+
+
+def _kind(recipe: Recipe) -> str:
+    """The gallery kind of a finished image made in one go (not a refined draft)."""
+    if recipe.mode == "img2img":
+        return "img2img"
+    return "controlnet" if recipe.controlnets else "txt2img"
 
 
 def _saved(generation: Generation) -> Saved:
