@@ -13,28 +13,12 @@ from pipelines.recipe import MAX_DRAFTS, PROMPT_SYNTAXES, SCHEDULERS, MicroCondi
 def register(subparsers) -> None:
     draft = subparsers.add_parser("draft", help="make drafts: the base stops at the switch point, its noisy latent kept")
     _add_device_options(draft)
-    draft.add_argument("--model", help="tiny, a hub id, a diffusers folder, a .safetensors file, or a name in the models "
-                                       "folder (default: SDXL weights found locally, else the tiny demo model)")
-    draft.add_argument("--refiner", help="like --model; 'base' lets the base refine its own drafts")
-    draft.add_argument("--prompt", required=True)
-    draft.add_argument("--negative", default="")
-    draft.add_argument("--syntax", choices=PROMPT_SYNTAXES, default="compel", help="prompt weighting syntax")
+    add_recipe_arguments(draft)
     draft.add_argument("--count", type=int, default=4, help=f"number of drafts, 1 to {MAX_DRAFTS}")
-    draft.add_argument("--seed", type=int, help="first seed (default: random); draft i gets seed+i")
-    draft.add_argument("--steps", type=int, default=20)
-    draft.add_argument("--switch", type=float, default=0.8, help="fraction of the schedule the base runs, (0, 1]")
-    draft.add_argument("--width", type=int, default=1024)
-    draft.add_argument("--height", type=int, default=1024)
-    draft.add_argument("--guidance", type=float, default=5.0)
-    draft.add_argument("--scheduler", choices=SCHEDULERS, default="Euler", metavar="NAME", help=", ".join(SCHEDULERS))
-    draft.add_argument("--strength", type=float, default=0.3, help="refine strength, used only when --switch is 1.0")
-    for name in ("original-size", "target-size", "negative-original-size", "negative-target-size"):
-        draft.add_argument(f"--{name}", type=_pair, metavar="HxW", help="SDXL size conditioning, height x width")
-    for name in ("crop", "negative-crop"):
-        draft.add_argument(f"--{name}", type=_pair, metavar="TOPxLEFT", help="SDXL crop conditioning")
-    draft.add_argument("--aesthetic-score", type=float, default=6.0, help="refiner conditioning")
-    draft.add_argument("--negative-aesthetic-score", type=float, default=2.5)
-    draft.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
+    # --lora / --control (repeatable): atelier/commands/editing.py
+    from atelier.commands.editing import add_edit_arguments
+
+    add_edit_arguments(draft)
     draft.add_argument("--json", action="store_true")
     draft.set_defaults(func=run_draft)
 
@@ -55,6 +39,32 @@ def register(subparsers) -> None:
     importer.add_argument("file", type=Path)
     importer.add_argument("--json", action="store_true")
     importer.set_defaults(func=run_import)
+
+
+def add_recipe_arguments(draft: argparse.ArgumentParser, refine_strength_flag: str = "--strength") -> None:
+    """The recipe options of every generating command (draft, img2img)."""
+    draft.add_argument("--model", help="tiny, a hub id, a diffusers folder, a .safetensors file, or a name in the models "
+                                       "folder (default: SDXL weights found locally, else the tiny demo model)")
+    draft.add_argument("--refiner", help="like --model; 'base' lets the base refine its own drafts")
+    draft.add_argument("--prompt", required=True)
+    draft.add_argument("--negative", default="")
+    draft.add_argument("--syntax", choices=PROMPT_SYNTAXES, default="compel", help="prompt weighting syntax")
+    draft.add_argument("--seed", type=int, help="first seed (default: random); draft i gets seed+i")
+    draft.add_argument("--steps", type=int, default=20)
+    draft.add_argument("--switch", type=float, default=0.8, help="fraction of the schedule the base runs, (0, 1]")
+    draft.add_argument("--width", type=int, default=1024)
+    draft.add_argument("--height", type=int, default=1024)
+    draft.add_argument("--guidance", type=float, default=5.0)
+    draft.add_argument("--scheduler", choices=SCHEDULERS, default="Euler", metavar="NAME", help=", ".join(SCHEDULERS))
+    draft.add_argument(refine_strength_flag, dest="refine_strength", type=float, default=0.3,
+                       help="refine strength, used only when --switch is 1.0")
+    for name in ("original-size", "target-size", "negative-original-size", "negative-target-size"):
+        draft.add_argument(f"--{name}", type=_pair, metavar="HxW", help="SDXL size conditioning, height x width")
+    for name in ("crop", "negative-crop"):
+        draft.add_argument(f"--{name}", type=_pair, metavar="TOPxLEFT", help="SDXL crop conditioning")
+    draft.add_argument("--aesthetic-score", type=float, default=6.0, help="refiner conditioning")
+    draft.add_argument("--negative-aesthetic-score", type=float, default=2.5)
+    draft.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +104,7 @@ def recipe_from_args(args, home: Path) -> Recipe:
         model=ModelRef(choice.base), prompt=args.prompt, negative_prompt=args.negative, prompt_syntax=args.syntax,
         seed=secrets.randbelow(2**32) if args.seed is None else args.seed, steps=args.steps, guidance=args.guidance,
         scheduler=args.scheduler, width=args.width, height=args.height, micro=micro, switch=args.switch,
-        refine=RefineSettings(model=refiner, strength=args.strength), watermark=not args.no_watermark,
+        refine=RefineSettings(model=refiner, strength=args.refine_strength), watermark=not args.no_watermark,
     )
 
 
@@ -109,7 +119,10 @@ def run_draft(args) -> int:
     recipe = recipe_from_args(args, args.home)  # every value validated before any model is loaded
     studio = _studio(args)
     try:
-        saved = studio.draft(recipe, args.count)
+        from atelier.commands.editing import edit_inputs_from_args
+
+        recipe, inputs = edit_inputs_from_args(args, recipe, studio)  # --lora, --control
+        saved = studio.draft(recipe, args.count, inputs=inputs)
     finally:
         studio.close()
     _print(args, {"drafts": [s.as_json() for s in saved]},
