@@ -1,0 +1,103 @@
+"""Images an edit needs, as the engine wants them (PIL) and as the gallery stores them (bytes by role).
+
+A source image is stored as the user gave it (its bytes, their sha256 in the recipe); the engine fits
+it to the recipe's size the same way every time. A control image is stored as given too, and the map
+the ControlNet saw is stored as a PNG: re-runs use that stored map, so a newer preprocessor can never
+change an old image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.base_stage import EditInputs
+from pipelines.img2img import fit_to_bucket
+from pipelines.recipe import ControlUnit, ModelRef, Recipe
+
+
+@dataclass(frozen=True)
+class InputFiles:
+    images: EditInputs = field(default_factory=EditInputs)  # for the engine
+    files: dict[str, bytes] = field(default_factory=dict)  # gallery roles: source, control:N, map:N
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    """One `--control` unit before preprocessing."""
+
+    model: str
+    preprocessor: str
+    image: bytes
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    params: dict[str, float] = field(default_factory=dict)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_image(data: bytes, what: str) -> Image.Image:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{what}: not an image Pillow can read ({error})") from None
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def with_inputs(recipe: Recipe, source: bytes | None = None, controls: list[ControlRequest] = (),
+                annotators_dir: Path | None = None) -> tuple[Recipe, InputFiles]:
+    """The recipe with its input hashes recorded, and the images for the engine and the gallery."""
+    from pipelines.preprocessors import check_params, preprocess
+
+    files: dict[str, bytes] = {}
+    source_image = None
+    if source is not None:
+        source_image = open_image(source, "source image")
+        files["source"] = source
+        recipe = recipe.replace(source_image_sha256=sha256_hex(source))
+    units, maps = [], []
+    for i, request in enumerate(controls):
+        params = check_params(request.preprocessor, request.params)  # unknown preprocessor or setting: early
+        fitted = fit_to_bucket(open_image(request.image, f"control image {i + 1}"), recipe.width, recipe.height)
+        control_map = preprocess(request.preprocessor, fitted, params, annotators_dir)
+        map_png = png_bytes(control_map)
+        files[f"control:{i}"], files[f"map:{i}"] = request.image, map_png
+        maps.append(control_map)
+        units.append(ControlUnit(model=ModelRef(request.model), preprocessor=request.preprocessor,
+                                 image_sha256=sha256_hex(request.image), map_sha256=sha256_hex(map_png),
+                                 scale=request.scale, start=request.start, end=request.end, params=params))
+    if controls:
+        recipe = recipe.replace(controlnets=tuple(units))
+    return recipe, InputFiles(EditInputs(source=source_image, control_maps=tuple(maps)), files)
+
+
+def stored_inputs(recipe: Recipe, read_file) -> InputFiles:
+    """A recipe's inputs read back from the gallery by sha256 (`read_file(sha256) -> bytes`), for a re-run."""
+    files: dict[str, bytes] = {}
+    source = None
+    if recipe.source_image_sha256:
+        files["source"] = read_file(recipe.source_image_sha256)
+        source = open_image(files["source"], "stored source image")
+    maps = []
+    for i, unit in enumerate(recipe.controlnets):
+        if not unit.map_sha256:
+            raise ValueError(f"controlnets[{i}]: the recipe records no control map, so it cannot be re-run")
+        files[f"map:{i}"] = read_file(unit.map_sha256)
+        if unit.image_sha256:
+            files[f"control:{i}"] = read_file(unit.image_sha256)
+        maps.append(open_image(files[f"map:{i}"], f"stored control map {i + 1}"))
+    return InputFiles(EditInputs(source=source, control_maps=tuple(maps)), files)
