@@ -336,7 +336,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         if key in _NESTED and isinstance(value, dict):
             value = _build(_NESTED[key], value, f"{prefix}{key}.")
-        elif key in _NESTED_LISTS and isinstance(value, list):
+        elif key in _NESTED_LISTS and isinstance(value, (list, tuple)):  # JSON lists, or to_dict() tuples
             value = tuple(
                 _build(_NESTED_LISTS[key], item, f"{prefix}{key}.") if isinstance(item, dict) else item
                 for item in value
