@@ -34,7 +34,7 @@ def start_serve(home: Path, *args: str, size: int = 64, log: Path | None = None)
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", ATELIER_UI_SIZE=str(size),
                PYTHONUNBUFFERED="1")
-    for name in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE"):
+    for name in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE", "ATELIER_MODELS", "ATELIER_DATABASE_URL"):
         env.pop(name, None)
     out = log.open("wb") if log else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "atelier.cli", "serve", "--home", str(home), "--port", str(port), *args],

@@ -21,3 +21,13 @@ class Context:
 
 def session_of(request: gr.Request | None) -> str:
     return (request.session_hash if request is not None else None) or "no-session"
+
+
+def interrupt_handler(ctx: Context):
+    """For an Interrupt button: stop this browser session's running job at its next step."""
+
+    def interrupt(request: gr.Request) -> None:
+        if not ctx.jobs.interrupt(session_of(request)):
+            gr.Info("Nothing of yours is running.")
+
+    return interrupt

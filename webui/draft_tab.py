@@ -8,7 +8,7 @@ import gradio as gr
 
 from pipelines.previews import fast_preview
 from webui import bindings
-from webui.context import Context, session_of
+from webui.context import Context, interrupt_handler, session_of
 from webui.jobs import GPU, Done, Interrupted, Step, guarded, progress_text
 
 IMAGE_HEIGHT = 420
@@ -111,11 +111,6 @@ def render(ctx: Context) -> DraftTab:
             raise gr.Error("Re-render: steps must be a whole number of at least 1.", title="Cannot do that")
         yield from finish(draft_id, steps, request, f"Re-rendering at {int(steps)} steps")
 
-    def interrupt_job(request: gr.Request):
-        stopped = ctx.jobs.interrupt(session_of(request))
-        if not stopped:
-            gr.Info("Nothing of yours is running.")
-
     outputs = {status, drafts, draft_ids}
     gpu = dict(concurrency_id=GPU, concurrency_limit=1)
     draft_button.click(run_drafts, inputs=controls.inputs(), outputs=outputs, api_name="draft", **gpu)
@@ -124,5 +119,5 @@ def render(ctx: Context) -> DraftTab:
     finished = {before, after, status}
     refine_button.click(refine, inputs=selected, outputs=finished, api_name="refine", **gpu)
     rerender_button.click(rerender, inputs=[selected, rerender_steps], outputs=finished, api_name="rerender", **gpu)
-    interrupt.click(interrupt_job, inputs=None, outputs=None, queue=False, api_name="interrupt")
+    interrupt.click(interrupt_handler(ctx), inputs=None, outputs=None, queue=False, api_name="interrupt")
     return DraftTab(controls, selected, send_to_img2img, draft_button, interrupt)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,53 +29,18 @@ class Server:
         return Gallery.open(self.home)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_server(home: Path, *extra: str, size: int = 64) -> Server:
+    from webui.bench import start_serve, wait_until_served
 
-
-def wait_until_served(url: str, process: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"atelier serve exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"atelier serve did not answer within {timeout} s:\n{log.read_text()[-4000:]}")
-
-
-def start_server(home: Path, *extra: str, size: str = "64") -> Server:
-    port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", ATELIER_UI_SIZE=size,
-               PYTHONUNBUFFERED="1")
-    for name in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE", "ATELIER_MODELS", "ATELIER_DATABASE_URL"):
-        env.pop(name, None)
-    log = home.parent / f"serve-{port}.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "atelier.cli", "serve", "--home", str(home), "--port", str(port), *extra],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
+    home.parent.mkdir(parents=True, exist_ok=True)
+    log = home.parent / f"serve-{home.name}.log"
+    process, url = start_serve(home, *extra, size=size, log=log)
     try:
-        wait_until_served(url + "/", process, log)
+        wait_until_served(url, process, START_TIMEOUT_S, log)
     except BaseException:
         process.kill()
         raise
     return Server(url, home, process, log)
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +48,9 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve") / "home"
     running = start_server(home)
     yield running
-    stop_server(running)
+    from webui.bench import stop
+
+    stop(running.process)
 
 
 @pytest.fixture(scope="session")

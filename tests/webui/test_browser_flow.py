@@ -170,3 +170,66 @@ def test_files_outside_the_output_folder_are_refused(page, server):
     for target in (server.home / "gallery.db", Path("/etc/passwd"), server.home / "files" / ".." / "gallery.db"):
         response = page.request.get(f"{server.url}/gradio_api/file={target}")
         assert response.status in (403, 404), (target, response.status)
+
+
+@pytest.mark.parametrize("kind", ["atelier", "a1111"])
+def test_dropping_a_png_loads_its_recipe(page, server, tmp_path, kind):
+    from PIL.PngImagePlugin import PngInfo
+
+    from pipelines.png_metadata import encode_png
+    from pipelines.recipe import ModelRef, Recipe
+
+    prompt = f"a marble statue in a {kind} garden"
+    image = Image.new("RGB", (64, 64), (90, 120, 150))
+    path = tmp_path / f"{kind}.png"
+    if kind == "atelier":
+        path.write_bytes(encode_png(image, Recipe(model=ModelRef("tiny"), prompt=prompt, seed=987, steps=12,
+                                                  width=64, height=64)))
+    else:
+        info = PngInfo()
+        info.add_text("parameters", f"{prompt}\nNegative prompt: fog\nSteps: 12, Sampler: Euler, CFG scale: 6, "
+                                    "Seed: 987, Size: 64x64, Model: sd_xl_base_1.0")
+        image.save(path, pnginfo=info)
+    page.get_by_role("tab", name="Gallery").click()
+    page.set_input_files("#png-drop input[type=file]", str(path))
+    text = wait_text(page, "#detail-lineage", r"#\d+ \(imported\)")
+    imported_id = int(re.search(r"#(\d+) \(imported\)", text).group(1))
+    gallery = server.gallery()
+    try:
+        imported = gallery.get(imported_id)
+        assert imported.image_path.read_bytes() == path.read_bytes()  # kept byte for byte
+    finally:
+        gallery.close()
+    assert page.input_value("#prompt textarea") == prompt
+    assert page.input_value("#seed input") == "987"
+    shot(page, f"11-dropped-{kind}-png")
+
+
+def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
+    ids = draft(page, "a copper kettle on a stove")
+    page.locator("#drafts .thumbnail-item").nth(0).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{ids[0]}")
+    page.click("#draft-to-img2img")
+    page.wait_for_selector("#img2img-button", state="visible")
+    assert page.input_value("#img2img-parent input") == str(ids[0])
+    page.click("#img2img-button")
+    text = wait_text(page, "#img2img-status", r"Made \*?\*?#\d+|Made #\d+")
+    made_id = int(re.search(r"#(\d+)", text).group(1))
+    gallery = server.gallery()
+    try:
+        made = gallery.get(made_id)
+        assert made.kind == "img2img" and made.parent_id == ids[0] and made.recipe.strength == 0.6
+        assert image_bytes_shown(page, "#img2img-result") == made.image_path.read_bytes()
+        shot(page, "12-img2img-from-draft")
+
+        upload = tmp_path / "upload.png"
+        Image.new("RGB", (80, 48), (10, 200, 60)).save(upload)
+        page.set_input_files("#img2img-source input[type=file]", str(upload))
+        page.wait_for_function("document.querySelector('#img2img-parent input').value === ''")
+        page.click("#img2img-button")
+        text = wait_text(page, "#img2img-status", rf"Made \*?\*?#(?!{made_id}\b)\d+|Made #(?!{made_id}\b)\d+")
+        second = gallery.get(int(re.search(r"#(\d+)", text).group(1)))
+        assert second.kind == "img2img" and second.parent_id is None and dict(second.inputs).get("source")
+        shot(page, "13-img2img-upload")
+    finally:
+        gallery.close()

@@ -1,0 +1,91 @@
+"""Img2Img: remake an image (uploaded, or sent from Draft or the Gallery) at a denoise strength.
+
+The prompt, size, sampler, LoRAs and the rest come from the Draft & Refine controls (one set of
+controls for every mode); this tab adds the source image and the strength.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines.previews import fast_preview
+from pipelines.recipe import Recipe
+from webui import bindings
+from webui.context import Context, interrupt_handler, session_of
+from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
+from webui.jobs import GPU, Done, Interrupted, Step, guarded, progress_text
+
+
+@dataclass
+class Img2ImgTab:
+    source: gr.Image
+    parent: gr.Number  # the gallery id the source came from (lineage), if any
+
+
+def img2img_recipe(controls: bindings.GenerationControls, values: dict, ctx: Context, strength: float) -> Recipe:
+    recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)
+    recipe = recipe.replace(mode="img2img", strength=float(strength))
+    return Recipe.from_dict(recipe.to_dict())  # the whole combination validated before any model work
+
+
+def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
+    gr.Markdown("Prompt, size and sampler come from **Draft & Refine**. 0 keeps the source, 1 ignores it.")
+    with gr.Row():
+        with gr.Column():
+            source = gr.Image(label="Source image", type="filepath", format="png", image_mode="RGB",
+                              sources=["upload", "clipboard"], height=IMAGE_HEIGHT, elem_id="img2img-source")
+            parent = gr.Number(None, label="From gallery #", precision=0, interactive=False, elem_id="img2img-parent")
+            strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Denoise strength", elem_id="img2img-strength")
+            with gr.Row():
+                run = gr.Button("Make image", variant="primary", elem_id="img2img-button")
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="img2img-interrupt")
+        with gr.Column():
+            status = gr.Markdown("", elem_id="img2img-status")
+            result = gr.Image(label="Result", height=IMAGE_HEIGHT, elem_id="img2img-result", **PNG_OUT)
+
+    def make(values: dict, request: gr.Request):
+        path, from_id, strength_value = values[source], values[parent], values[strength]
+        if not path:
+            raise gr.Error("Upload a source image, or send one from Draft or the Gallery.", title="No source image")
+        from atelier.edit_inputs import with_inputs
+
+        recipe = guarded(img2img_recipe)(controls, values, ctx, strength_value)
+        recipe, inputs = guarded(with_inputs)(recipe, Path(path).read_bytes())
+        parent_id = int(from_id) if from_id else None
+        yield {status: f"Img2img at strength {strength_value}…"}
+
+        def work(on_step, should_cancel):
+            return ctx.studio.edit(recipe, inputs, parent_id=parent_id, on_step=on_step, should_cancel=should_cancel)
+
+        for event in ctx.jobs.stream(session_of(request), work):
+            if isinstance(event, Step):
+                update = {status: progress_text(event.info, "Img2img")}
+                if event.info.clean_estimate is not None:
+                    update[result] = fast_preview(event.info.clean_estimate[:1])[0]
+                yield update
+            elif isinstance(event, Interrupted):
+                yield {status: f"**{event.message}** — nothing was saved."}
+            elif isinstance(event, Done):
+                yield {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
+
+    inputs = controls.inputs() | {source, parent, strength}
+    run.click(make, inputs=inputs, outputs={status, result}, api_name="img2img", concurrency_id=GPU, concurrency_limit=1)
+    interrupt.click(interrupt_handler(ctx), inputs=None, outputs=None, queue=False, api_visibility="private")
+    source.upload(lambda: None, outputs=parent, queue=False, api_visibility="private")  # an upload has no gallery parent
+    return Img2ImgTab(source, parent)
+
+
+def send_from_gallery(ctx: Context, tab: Img2ImgTab, tabs: gr.Tabs, tab_id: str):
+    """A handler: the generation with this id becomes the img2img source (and its parent)."""
+
+    @guarded
+    def send(generation_id):
+        if generation_id is None:
+            raise ValueError("Pick an image first.")
+        generation = ctx.studio.gallery.get(int(generation_id))
+        return {tab.source: str(generation.image_path), tab.parent: generation.id, tabs: gr.Tabs(selected=tab_id)}
+
+    return send
