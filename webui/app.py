@@ -12,7 +12,7 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from atelier.studio import ModelChoice, Studio  # noqa: E402
-from webui import draft_tab, gallery_tab, img2img_tab, security  # noqa: E402
+from webui import controlnet_tab, draft_tab, gallery_tab, img2img_tab, security  # noqa: E402
 from webui.bindings import Defaults, default_size  # noqa: E402
 from webui.context import Context  # noqa: E402
 from webui.jobs import GpuJobs  # noqa: E402
@@ -50,6 +50,8 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 draft = draft_tab.render(ctx)
             with gr.Tab("Img2Img", id="img2img"):
                 img2img = img2img_tab.render(ctx, draft.controls)
+            with gr.Tab("ControlNet", id="controlnet"):
+                controlnet_tab.render(ctx, draft.controls)
             with gr.Tab("Gallery", id="gallery") as gallery_tab_item:
                 gallery = gallery_tab.render(ctx, draft.controls, tabs, "draft", gallery_tab_item)
         send = img2img_tab.send_from_gallery(ctx, img2img, tabs, "img2img")

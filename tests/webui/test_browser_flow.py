@@ -233,3 +233,48 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
         shot(page, "13-img2img-upload")
     finally:
         gallery.close()
+
+
+def install_tiny_controlnet(home: Path) -> str:
+    """A zero-initialised ControlNet made from the tiny base UNet, put in <home>/models/ControlNet."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from pipelines.loading import ModelCache
+
+    unet = UNet2DConditionModel.from_pretrained(ModelCache(home, device="cpu").resolve("tiny", "base").path / "unet")
+    folder = home / "models" / "ControlNet"
+    folder.mkdir(parents=True, exist_ok=True)
+    (home / "models" / "Lora").mkdir(exist_ok=True)  # marks an A1111-style models folder
+    state = {k: v.contiguous() for k, v in ControlNetModel.from_unet(unet).state_dict().items()}
+    save_file(state, str(folder / "tiny-canny.safetensors"))
+    return "tiny-canny"
+
+
+def test_controlnet_tab_previews_the_map_and_makes_an_image(page, server, tmp_path):
+    name = install_tiny_controlnet(server.home)
+    control = tmp_path / "control.png"
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((0, 0, 0), (16, 16, 48, 48))
+    image.save(control)
+    page.fill("#prompt textarea", "a black square on white paper")
+    page.get_by_role("tab", name="ControlNet").click()
+    page.click("#cn-refresh")
+    page.set_input_files("#cn-image-0 input[type=file]", str(control))
+    page.click("#cn-preview")
+    page.wait_for_selector("#cn-map-0 img")
+    with Image.open(io.BytesIO(image_bytes_shown(page, "#cn-map-0"))) as shown_map:
+        edges = shown_map.convert("L")
+        assert edges.getextrema() == (0, 255)  # canny found the square's edges
+    page.click("#cn-button")
+    text = wait_text(page, "#cn-status", r"Made \*?\*?#\d+|Made #\d+")
+    made_id = int(re.search(r"#(\d+)", text).group(1))
+    gallery = server.gallery()
+    try:
+        made = gallery.get(made_id)
+        assert made.kind == "controlnet"
+        assert [(u.model.name, u.preprocessor) for u in made.recipe.controlnets] == [(name, "canny")]
+        assert image_bytes_shown(page, "#cn-result") == made.image_path.read_bytes()
+    finally:
+        gallery.close()
+    shot(page, "14-controlnet")

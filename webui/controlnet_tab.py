@@ -1,0 +1,146 @@
+"""ControlNet: guide a txt2img image with one or more control maps (canny, shuffle, lineart, …).
+
+The prompt and settings come from the Draft & Refine controls; each unit adds a control image, a
+preprocessor (its map previewed before any model work), a ControlNet model, scale and start/end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines.previews import fast_preview
+from pipelines.recipe import Recipe
+from webui import bindings
+from webui.context import Context, interrupt_handler, session_of
+from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
+from webui.jobs import GPU, Done, Interrupted, Step, guarded, progress_text
+
+UNITS = 2
+
+
+@dataclass
+class Unit:
+    image: gr.Image
+    preprocessor: gr.Dropdown
+    model: gr.Dropdown
+    scale: gr.Slider
+    start: gr.Slider
+    end: gr.Slider
+    preview: gr.Image
+
+    def inputs(self) -> set:
+        return {self.image, self.preprocessor, self.model, self.scale, self.start, self.end}
+
+
+def _preprocessors() -> list[str]:
+    from pipelines.preprocessors import available
+
+    return [row["name"] for row in available() if row["ready"]]
+
+
+def _models(ctx: Context) -> list[str]:
+    return [row["name"] for row in ctx.studio.engine.controlnets.available()]
+
+
+def _requests(units: list[Unit], values: dict) -> list:
+    from atelier.edit_inputs import ControlRequest
+
+    requests = []
+    for i, unit in enumerate(units):
+        path = values[unit.image]
+        if not path:
+            continue
+        if not values[unit.model]:
+            raise ValueError(f"ControlNet unit {i + 1}: choose a ControlNet model (put them in models/ControlNet)")
+        requests.append(ControlRequest(values[unit.model], values[unit.preprocessor], Path(path).read_bytes(),
+                                       float(values[unit.scale]), float(values[unit.start]), float(values[unit.end])))
+    if not requests:
+        raise ValueError("Add a control image to at least one unit.")
+    return requests
+
+
+def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
+    gr.Markdown("Prompt, size and sampler come from **Draft & Refine**. Each unit with an image guides the result.")
+    preprocessors, models = _preprocessors(), _models(ctx)
+    units: list[Unit] = []
+    with gr.Row():
+        with gr.Column(scale=3):
+            for i in range(UNITS):
+                with gr.Group():
+                    gr.Markdown(f"**Unit {i + 1}**")
+                    with gr.Row():
+                        image = gr.Image(label="Control image", type="filepath", format="png", image_mode="RGB",
+                                         sources=["upload", "clipboard"], height=220, elem_id=f"cn-image-{i}")
+                        preview = gr.Image(label="Map", height=220, elem_id=f"cn-map-{i}", **PNG_OUT)
+                    with gr.Row():
+                        preprocessor = gr.Dropdown(preprocessors, value="canny" if "canny" in preprocessors else None,
+                                                   label="Preprocessor", elem_id=f"cn-pre-{i}")
+                        model = gr.Dropdown(models, value=models[0] if models else None, label="ControlNet model",
+                                            allow_custom_value=True, elem_id=f"cn-model-{i}")
+                    with gr.Row():
+                        scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
+                        start = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Start")
+                        end = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End")
+                units.append(Unit(image, preprocessor, model, scale, start, end, preview))
+            with gr.Row():
+                preview_button = gr.Button("Preview maps", elem_id="cn-preview")
+                refresh = gr.Button("Refresh model list", elem_id="cn-refresh")
+        with gr.Column(scale=2):
+            with gr.Row():
+                run = gr.Button("Make image", variant="primary", elem_id="cn-button")
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="cn-interrupt")
+            status = gr.Markdown("", elem_id="cn-status")
+            result = gr.Image(label="Result", height=IMAGE_HEIGHT, elem_id="cn-result", **PNG_OUT)
+
+    unit_inputs = set().union(*(u.inputs() for u in units))
+
+    def prepared(values: dict):
+        from atelier.edit_inputs import with_inputs
+
+        recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)
+        recipe = Recipe.from_dict(recipe.to_dict())
+        return with_inputs(recipe, None, _requests(units, values), _annotators(ctx))
+
+    @guarded
+    def show_maps(values: dict):
+        _, inputs = prepared(values)
+        maps = iter(inputs.images.control_maps)
+        return {u.preview: (next(maps) if values[u.image] else None) for u in units}
+
+    def make(values: dict, request: gr.Request):
+        recipe, inputs = guarded(prepared)(values)
+        yield {status: f"ControlNet with {len(recipe.controlnets)} unit(s)…"}
+
+        def work(on_step, should_cancel):
+            return ctx.studio.edit(recipe, inputs, on_step=on_step, should_cancel=should_cancel)
+
+        for event in ctx.jobs.stream(session_of(request), work):
+            if isinstance(event, Step):
+                update = {status: progress_text(event.info, "ControlNet")}
+                if event.info.clean_estimate is not None:
+                    update[result] = fast_preview(event.info.clean_estimate[:1])[0]
+                yield update
+            elif isinstance(event, Interrupted):
+                yield {status: f"**{event.message}** — nothing was saved."}
+            elif isinstance(event, Done):
+                yield {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
+
+    def refresh_models():
+        names = _models(ctx)
+        return [gr.Dropdown(choices=names, value=names[0] if names else None) for _ in units]
+
+    all_inputs = controls.inputs() | unit_inputs
+    preview_button.click(show_maps, inputs=all_inputs, outputs={u.preview for u in units}, api_visibility="private")
+    refresh.click(refresh_models, outputs=[u.model for u in units], api_visibility="private")
+    run.click(make, inputs=all_inputs, outputs={status, result}, api_name="controlnet", concurrency_id=GPU,
+              concurrency_limit=1)
+    interrupt.click(interrupt_handler(ctx), inputs=None, outputs=None, queue=False, api_visibility="private")
+    return units
+
+
+def _annotators(ctx: Context) -> Path | None:
+    folder = ctx.studio.engine.controlnets.folder()
+    return folder.parent / "annotators" if folder is not None else None
