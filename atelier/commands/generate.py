@@ -48,7 +48,8 @@ def add_recipe_arguments(draft: argparse.ArgumentParser, refine_strength_flag: s
     draft.add_argument("--refiner", help="like --model; 'base' lets the base refine its own drafts")
     draft.add_argument("--prompt", required=True)
     draft.add_argument("--negative", default="")
-    draft.add_argument("--syntax", choices=PROMPT_SYNTAXES, default="compel", help="prompt weighting syntax")
+    draft.add_argument("--syntax", choices=PROMPT_SYNTAXES, default=None,
+                       help="prompt weighting syntax (default: $ATELIER_PROMPT_SYNTAX, else compel)")
     draft.add_argument("--seed", type=int, help="first seed (default: random); draft i gets seed+i")
     draft.add_argument("--steps", type=int, default=20)
     draft.add_argument("--switch", type=float, default=0.8, help="fraction of the schedule the base runs, (0, 1]")
@@ -90,6 +91,7 @@ def _studio(args):
 
 
 def recipe_from_args(args, home: Path) -> Recipe:
+    from atelier.settings import default_prompt_syntax
     from atelier.studio import choose_models
 
     choice = choose_models(home, args.model, args.refiner)
@@ -101,7 +103,7 @@ def recipe_from_args(args, home: Path) -> Recipe:
     )
     refiner = ModelRef(choice.refiner) if choice.refiner else None
     return Recipe(
-        model=ModelRef(choice.base), prompt=args.prompt, negative_prompt=args.negative, prompt_syntax=args.syntax,
+        model=ModelRef(choice.base), prompt=args.prompt, negative_prompt=args.negative, prompt_syntax=args.syntax or default_prompt_syntax(),
         seed=secrets.randbelow(2**32) if args.seed is None else args.seed, steps=args.steps, guidance=args.guidance,
         scheduler=args.scheduler, width=args.width, height=args.height, micro=micro, switch=args.switch,
         refine=RefineSettings(model=refiner, strength=args.refine_strength), watermark=not args.no_watermark,
