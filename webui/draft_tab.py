@@ -9,7 +9,7 @@ import gradio as gr
 from pipelines.previews import fast_preview
 from webui import bindings
 from webui.context import Context, interrupt_handler, session_of
-from webui.jobs import GPU, Done, Interrupted, Step, guarded, progress_text
+from webui.jobs import GPU, Done, Interrupted, Step, guarded, one_image_updates, progress_text
 
 IMAGE_HEIGHT = 420
 # Images leave the app as PNG files from the gallery (metadata and watermark intact); no share button.
@@ -90,18 +90,10 @@ def render(ctx: Context) -> DraftTab:
                 return ctx.studio.refine(draft_id, on_step=on_step, should_cancel=should_cancel)
             return ctx.studio.rerender(draft_id, int(steps), on_step=on_step, should_cancel=should_cancel)
 
-        for event in ctx.jobs.stream(session_of(request), work):
-            if isinstance(event, Step):
-                estimate = event.info.clean_estimate
-                update = {status: progress_text(event.info, doing)}
-                if estimate is not None:
-                    update[after] = fast_preview(estimate[:1])[0]
-                yield update
-            elif isinstance(event, Interrupted):
-                yield {status: f"**{event.message}** — nothing was saved."}
-            elif isinstance(event, Done):
-                yield {after: str(event.result.image),
-                       status: f"Refined draft #{draft_id} → **#{event.result.id}** (seed {event.result.recipe.seed})."}
+        for update in one_image_updates(ctx.jobs.stream(session_of(request), work), status, after, doing):
+            if after in update and status in update and isinstance(update[after], str):
+                update[status] = f"Refined draft #{draft_id} → " + update[status].removeprefix("Made ")
+            yield update
 
     def refine(draft_id, request: gr.Request):
         yield from finish(draft_id, None, request, "Refining")

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.previews import fast_preview
 from pipelines.recipe import Recipe
 from webui import bindings
 from webui.context import Context, interrupt_handler, session_of
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
-from webui.jobs import GPU, Done, Interrupted, Step, guarded, progress_text
+from webui.jobs import GPU, guarded, one_image_updates
 
 
 @dataclass
@@ -60,16 +59,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
         def work(on_step, should_cancel):
             return ctx.studio.edit(recipe, inputs, parent_id=parent_id, on_step=on_step, should_cancel=should_cancel)
 
-        for event in ctx.jobs.stream(session_of(request), work):
-            if isinstance(event, Step):
-                update = {status: progress_text(event.info, "Img2img")}
-                if event.info.clean_estimate is not None:
-                    update[result] = fast_preview(event.info.clean_estimate[:1])[0]
-                yield update
-            elif isinstance(event, Interrupted):
-                yield {status: f"**{event.message}** — nothing was saved."}
-            elif isinstance(event, Done):
-                yield {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
+        yield from one_image_updates(ctx.jobs.stream(session_of(request), work), status, result, "Img2img")
 
     inputs = controls.inputs() | {source, parent, strength}
     run.click(make, inputs=inputs, outputs={status, result}, api_name="img2img", concurrency_id=GPU, concurrency_limit=1)

@@ -142,3 +142,19 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
 def progress_text(info: StepInfo, doing: str) -> str:
     stage = "base model" if info.stage == "base" else "refiner"
     return f"{doing}: {stage} step {info.step}/{info.total}"
+
+
+def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, result: Any, doing: str) -> Iterator[dict]:
+    """Page updates for a job that makes one image: progress and a fast preview, then the saved PNG."""
+    from pipelines.previews import fast_preview
+
+    for event in events:
+        if isinstance(event, Step):
+            update = {status: progress_text(event.info, doing)}
+            if event.info.clean_estimate is not None:
+                update[result] = fast_preview(event.info.clean_estimate[:1])[0]
+            yield update
+        elif isinstance(event, Interrupted):
+            yield {status: f"**{event.message}** — nothing was saved."}
+        elif isinstance(event, Done):
+            yield {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
