@@ -100,9 +100,10 @@ class LoraLibrary:
             return []
         found = []
         for name in models.list_models("lora"):
-            path = models.resolve("lora", name)
-            entry: dict[str, Any] = {"name": name.removesuffix(".safetensors"), "path": str(path)}
+            entry: dict[str, Any] = {"name": name.removesuffix(".safetensors")}
             try:
+                path = models.resolve("lora", name)  # a symlink leading outside is listed as unusable
+                entry["path"] = str(path)
                 entry["format"], entry["layers"] = lora_format(path, read_safetensors_header(path))
             except ValueError as error:
                 entry["error"] = str(error)
@@ -171,8 +172,8 @@ class LoraLibrary:
         try:
             pipe.load_lora_weights(dict(state), adapter_name=adapter)
         except Exception as error:  # diffusers/peft raise OSError, RuntimeError, ValueError and their own types
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{found.path}: could not be applied to this SDXL model as a LoRA ({first})") from None
+            raise ValueError(f"{found.path}: could not be applied to this SDXL model as a LoRA ({_reason(error)}); "
+                             "is it an SDXL LoRA?") from None
         reached = _adapted_layers(pipe, adapter)
         if reached < found.layers:
             detail = "none" if reached == 0 else f"only {reached}"
@@ -199,6 +200,13 @@ class LoraLibrary:
         while len(self._state_dicts) > CACHED_FILES:
             self._state_dicts.popitem(last=False)
         return state
+
+
+def _reason(error: BaseException) -> str:
+    """The telling line of a loading error (torch puts "size mismatch for …" on the second line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = next((line for line in lines if "mismatch" in line), lines[0] if lines else type(error).__name__)
+    return telling if len(telling) <= 300 else telling[:300] + "…"
 
 
 def _adapted_layers(pipe: Any, adapter: str) -> int:
