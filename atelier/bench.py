@@ -165,10 +165,14 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_all(home: Path | None = None, *, gallery_rows: int = 100_000, **engine_kwargs: Any) -> dict[str, Any]:
+def run_all(home: Path | None = None, *, gallery_rows: int = 100_000, ui: bool = True, **engine_kwargs: Any) -> dict[str, Any]:
     from storage.bench import gallery_figures
 
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as tmp:
         figures = {"engine": engine_figures(home or Path(tmp) / "home", **engine_kwargs)}
         figures["gallery"] = gallery_figures(Path(tmp) / "gallery", rows=gallery_rows)
+    if ui:
+        from webui.bench import ui_figures  # imported here: the CLI starts without gradio
+
+        figures["ui"] = ui_figures(repeats=3)
     return figures

@@ -14,6 +14,7 @@ def register(subparsers) -> None:
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--gallery-rows", type=int, default=100_000)
+    bench.add_argument("--no-ui", action="store_true", help="skip the web UI figures (they start a server)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=run)
 
@@ -22,7 +23,7 @@ def run(args) -> int:
     from atelier.bench import run_all
 
     home = args.home if args.model != "tiny" else None  # the tiny model is built in a scratch home
-    figures = run_all(home, gallery_rows=args.gallery_rows, model=args.model, refiner=args.refiner, size=args.size,
+    figures = run_all(home, gallery_rows=args.gallery_rows, ui=not args.no_ui, model=args.model, refiner=args.refiner, size=args.size,
                       steps=args.steps, repeats=args.repeats, device=args.device)
     print(json.dumps(figures, indent=None if args.json else 2))
     return 0
