@@ -111,17 +111,18 @@ def read_image_arg(value: str, gallery) -> tuple[bytes, int | None]:
 def edit_inputs_from_args(args, recipe: Recipe, studio, source: bytes | None = None) -> tuple[Recipe, InputFiles]:
     """--lora, --control and --control-param applied to a recipe; images preprocessed and hashed."""
     from atelier.edit_inputs import ControlRequest, with_inputs
-    from pipelines.preprocessors import OFFLINE
+    from pipelines.preprocessors import OFFLINE, check_params
 
     recipe = recipe.replace(loras=recipe.loras + tuple(args.lora))
     params = dict(args.control_param)
     controls, used = [], set()
     for text in args.control:
         kind, model, image, numbers = parse_control(text)
+        own = {k: v for k, v in params.items() if k in OFFLINE.get(kind, {})}
+        check_params(kind, own)  # an unknown preprocessor or setting, before anything is read
         data, _ = read_image_arg(image, studio.gallery)
         scale = numbers[0] if numbers else 1.0
         start, end = numbers[1:] if len(numbers) == 3 else (0.0, 1.0)
-        own = {k: v for k, v in params.items() if k in OFFLINE.get(kind, {})}
         used |= set(own)
         model = model or pick_controlnet(kind, studio.engine.controlnets.available())
         controls.append(ControlRequest(model, kind, data, scale, start, end, own))

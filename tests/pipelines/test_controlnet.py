@@ -4,12 +4,14 @@ offline preprocessors, against diffusers and controlnet-aux/OpenCV called direct
 from __future__ import annotations
 
 import pickle
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+from diffusers import StableDiffusionXLControlNetPipeline
 from diffusers.models import MultiControlNetModel
 from PIL import Image
 from safetensors.torch import save_file
@@ -20,26 +22,11 @@ from pipelines.controlnet import ControlNetLibrary
 from pipelines.engine import Engine, _derive
 from pipelines.recipe import ControlUnit, ModelRef
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
+
+from edit_models import pattern, tiny_controlnet  # noqa: E402
+
 SHARED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-
-
-def tiny_controlnet(unet, seed):
-    """from_unet is zero-initialised (no effect at all): give every weight a small random value."""
-    model = ControlNetModel.from_unet(unet)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
-def pattern(seed, size=64):
-    rng = np.random.RandomState(seed)
-    img = np.zeros((size, size, 3), np.uint8)
-    for _ in range(4):
-        x, y, w = rng.randint(0, size - 16, 3)
-        img[y : y + 12 + w % 8, x : x + 12 + w % 8] = rng.randint(60, 255, 3)
-    return Image.fromarray(img)
 
 
 MAP_A, MAP_B = pattern(1), pattern(2)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,14 +15,12 @@ from pipelines.base_stage import EditInputs
 from pipelines.img2img import fit_to_bucket, nearest_bucket, refine_any_recipe
 from pipelines.recipe import ModelRef, RefineSettings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
 
-def source_image(seed: int, size=(96, 64)) -> Image.Image:
-    rng = np.random.RandomState(seed)
-    smooth = rng.rand(size[1] // 8, size[0] // 8, 3)
-    return Image.fromarray((smooth * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+from edit_models import smooth_image  # noqa: E402
 
 
-SOURCE, OTHER = source_image(1), source_image(2)
+SOURCE, OTHER = smooth_image(1), smooth_image(2)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_an_img2img_draft_refines_and_reruns_to_the_same_pixels(engine, edit):
 
 
 def test_fit_to_bucket_scales_to_cover_and_crops_the_centre():
-    wide = source_image(3, size=(128, 64))
+    wide = smooth_image(3, size=(128, 64))
     assert np.array_equal(np.asarray(fit_to_bucket(wide, 64, 64)), np.asarray(wide.crop((32, 0, 96, 64))))
     assert fit_to_bucket(Image.new("L", (10, 30)), 64, 128).size == (64, 128)
     assert nearest_bucket(1920, 1080) == (1344, 768) and nearest_bucket(800, 800) == (1024, 1024)

@@ -3,55 +3,21 @@
 from __future__ import annotations
 
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from pipelines.engine import Draft, Engine
 from pipelines.lora import LoraLibrary
 from pipelines.recipe import LoraRef
 
-UNET_TARGETS = (
-    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
-    "mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
-    "up_blocks.0.attentions.0.transformer_blocks.0.ff.net.2",
-)
-TE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")  # of the first text encoder (flat in transformers 5)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
 
-
-def lora_matrices(module, seed, rank=4):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(rank, module.in_features, generator=g) * 0.3, torch.randn(module.out_features, rank, generator=g) * 0.3
-
-
-def write_peft(path, unet, seed, targets=UNET_TARGETS):
-    modules = dict(unet.named_modules())
-    tensors = {}
-    for i, target in enumerate(targets):
-        a, b = lora_matrices(modules[target], seed + i)
-        tensors[f"unet.{target}.lora_A.weight"], tensors[f"unet.{target}.lora_B.weight"] = a, b
-    save_file(tensors, str(path))
-
-
-def write_kohya(path, unet, seed, text_encoder=None, targets=UNET_TARGETS):
-    """kohya's naming with alpha = rank (scale 1), so it equals the peft file made from the same seed."""
-    modules = dict(unet.named_modules())
-    tensors = {}
-    for i, target in enumerate(targets):
-        a, b = lora_matrices(modules[target], seed + i)
-        key = "lora_unet_" + target.replace(".", "_")
-        tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = a, b
-        tensors[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
-    if text_encoder is not None:  # real kohya files adapt all four attention projections
-        te_modules = dict(text_encoder.named_modules())
-        for j, proj in enumerate(TE_PROJECTIONS):
-            a, b = lora_matrices(te_modules[f"encoder.layers.0.self_attn.{proj}"], seed + 99 + j)
-            key = f"lora_te1_text_model_encoder_layers_0_self_attn_{proj}"
-            tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"] = a, b
-            tensors[f"{key}.alpha"] = torch.tensor(4.0)
-    save_file(tensors, str(path))
+from edit_models import UNET_TARGETS, write_kohya, write_peft  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +37,7 @@ def setup(model_cache, tmp_path_factory):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(folder / "checkpoint.safetensors"))
     # SD 1.5-style layers this SDXL has not got (down_blocks.0 has no attention here) plus one that fits:
     write_kohya(folder / "partial.safetensors", unet, seed=5, targets=UNET_TARGETS[:1])
-    partial = {k: v for k, v in __import__("safetensors.torch", fromlist=["load_file"]).load_file(
-        str(folder / "partial.safetensors")).items()}
+    partial = load_file(str(folder / "partial.safetensors"))
     key = "lora_unet_down_blocks_0_attentions_0_proj_in"
     partial[f"{key}.lora_down.weight"], partial[f"{key}.lora_up.weight"] = torch.randn(4, 32), torch.randn(32, 4)
     save_file(partial, str(folder / "partial.safetensors"))
