@@ -54,6 +54,12 @@ class Studio:
     def close(self) -> None:
         self.gallery.close()
 
+    def __enter__(self) -> "Studio":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- generation ----------------------------------------------------------------------------------
 
     def draft(self, recipe: Recipe, count: int, *, inputs: InputFiles | None = None, parent_id: int | None = None,

@@ -133,15 +133,8 @@ def _vae():
 def _scheduler():
     from diffusers import EulerDiscreteScheduler
 
-    return EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
+    # SDXL's own schedule (betas, spacing, offset), from the config skeleton shipped for single files.
+    return EulerDiscreteScheduler.from_pretrained(Path(__file__).parent / "model_configs" / "sdxl_base" / "scheduler")
 
 
 def write_tiny_model(directory: Path) -> tuple[Path, Path]:

@@ -151,8 +151,7 @@ def run_img2img(args) -> int:
     from atelier.edit_inputs import open_image
     from pipelines.img2img import nearest_bucket, refine_any_recipe
 
-    studio = _studio(args)
-    try:
+    with _studio(args) as studio:
         source, parent_id = read_image_arg(args.image, studio.gallery)
         if args.width is None or args.height is None:
             args.width, args.height = nearest_bucket(*open_image(source, "source image").size)
@@ -165,8 +164,6 @@ def run_img2img(args) -> int:
         recipe = Recipe.from_dict(recipe.to_dict())  # the whole combination validated before any model work
         recipe, inputs = edit_inputs_from_args(args, recipe, studio, source)
         saved = studio.edit(recipe, inputs, parent_id=parent_id)
-    finally:
-        studio.close()
     _print(args, {"id": saved.id, "seed": saved.recipe.seed, "image": str(saved.image), "parent_id": parent_id},
            [f"img2img {saved.id}  seed {saved.recipe.seed}  {saved.image}"])
     return 0

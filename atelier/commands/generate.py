@@ -119,35 +119,26 @@ def _print(args, payload: dict, lines: list[str]) -> None:
 
 def run_draft(args) -> int:
     recipe = recipe_from_args(args, args.home)  # every value validated before any model is loaded
-    studio = _studio(args)
-    try:
-        from atelier.commands.editing import edit_inputs_from_args
+    from atelier.commands.editing import edit_inputs_from_args
 
+    with _studio(args) as studio:
         recipe, inputs = edit_inputs_from_args(args, recipe, studio)  # --lora, --control
         saved = studio.draft(recipe, args.count, inputs=inputs)
-    finally:
-        studio.close()
     _print(args, {"drafts": [s.as_json() for s in saved]},
            [f"draft {s.id}  seed {s.recipe.seed}  {s.image}" for s in saved])
     return 0
 
 
 def run_refine(args) -> int:
-    studio = _studio(args)
-    try:
+    with _studio(args) as studio:
         saved = studio.rerender(args.draft_id, args.steps) if args.steps else studio.refine(args.draft_id)
-    finally:
-        studio.close()
     _print(args, {"id": saved.id, "image": str(saved.image)}, [f"refined {saved.id}  {saved.image}"])
     return 0
 
 
 def run_rerun(args) -> int:
-    studio = _studio(args)
-    try:
+    with _studio(args) as studio:
         saved = studio.rerun(args.id)
-    finally:
-        studio.close()
     _print(args, {"id": saved.id, "image": str(saved.image)}, [f"re-run {args.id} → {saved.id}  {saved.image}"])
     return 0
 
@@ -157,10 +148,7 @@ def run_import(args) -> int:
 
     if not args.file.is_file():
         raise ValueError(f"{args.file}: no such file")
-    studio = Studio(args.home)
-    try:
+    with Studio(args.home) as studio:
         saved = studio.import_png(args.file)
-    finally:
-        studio.close()
     _print(args, {"id": saved.id, "image": str(saved.image)}, [f"imported {args.file} as {saved.id}"])
     return 0
