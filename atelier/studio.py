@@ -78,14 +78,18 @@ class Studio:
         return self._save_final(result, _kind(result.recipe), parent_id=parent_id, inputs=inputs)
 
     def refine(self, draft_id: int, **callbacks: Any) -> Saved:
-        finished = self.engine.refine(self.load_draft(draft_id), **callbacks)
-        return self._save_final(finished, "refined", parent_id=draft_id)
+        draft = self.load_draft(draft_id)
+        # The refiner needs only the latent, but the refined entry must reference its draft's source and
+        # control files too: they are what a re-run of it needs, even after the draft is deleted.
+        inputs = stored_inputs(draft.recipe, self.gallery.read_file)
+        finished = self.engine.refine(draft, **callbacks)
+        return self._save_final(finished, "refined", parent_id=draft_id, inputs=inputs)
 
     def rerender(self, draft_id: int, steps: int, **callbacks: Any) -> Saved:
         draft = self.load_draft(draft_id)
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
         finished = self.engine.rerender(draft, steps, inputs=inputs.images, **callbacks)
-        return self._save_final(finished, "refined", parent_id=draft_id)
+        return self._save_final(finished, "refined", parent_id=draft_id, inputs=inputs)
 
     def rerun(self, generation_id: int, **callbacks: Any) -> Saved:
         """The recipe of `generation_id` made again: a new generation whose parent is the original."""

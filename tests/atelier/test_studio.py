@@ -76,3 +76,16 @@ def test_refine_needs_a_draft_with_its_latent(studio, tiny_recipe):
     draft.latent.unlink()
     with pytest.raises(ValueError, match="lost its kept latent"):
         studio.refine(draft.id)
+
+
+def test_a_refined_edit_still_reruns_after_its_draft_is_deleted(studio, tiny_recipe):
+    from atelier.edit_inputs import png_bytes, with_inputs
+
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    recipe, inputs = with_inputs(tiny_recipe(mode="img2img", strength=0.6, seed=11), png_bytes(source))
+    draft = studio.draft(recipe, 1, inputs=inputs)[0]
+    refined = studio.refine(draft.id)
+    studio.gallery.delete(draft.id)
+    assert studio.gallery.read_file(recipe.source_image_sha256)  # still referenced by the refined entry
+    rerun = studio.rerun(refined.id)
+    assert pixel_hash(rerun.image) == pixel_hash(refined.image)
