@@ -1,10 +1,11 @@
-"""LoRAs: found in the models folder by name, checked by header, applied to the base for one run.
+"""LoRAs: found in the models folder by name, checked by header, kept loaded in the base model.
 
-A LoRA is applied only around the base model's work (prompt encoding and denoising) and unloaded
-afterwards, so the refiner, which shares `text_encoder_2`, never sees it, and the next plain run
-equals the baseline bit-exactly. File contents are read once and cached by sha256; the adapters are
-named after the sha256, so the prompt-encoding cache (keyed by adapter state) cannot mix two files
-that share a name.
+Each file is loaded into the base once, as a peft adapter named after its sha256 (so the prompt-encoding
+cache, keyed by adapter state, cannot mix two files that share a name), and stays resident: a run
+switches exactly its adapters on with their weights, and every adapter is off outside a run and in
+runs without LoRAs (disabled peft layers compute the base layer alone: bit-exact baseline). The
+refiner, which shares `text_encoder_2`, therefore never sees them. At most `max_resident` stay loaded
+(least recently used ones are deleted); another base model starts afresh.
 
 diffusers loads a file whose keys it does not recognise as *nothing*, silently, and loads only the
 matching part of a file made for another architecture. Both are detected here by counting the
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ DIFFUSERS_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")
 # One of these per adapted layer: the count of layers a file means to change.
 DOWN_SUFFIXES = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_linear_layer.down.weight")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-CACHED_FILES = 8
+RESIDENT_ADAPTERS = 8  # LoRAs kept loaded in the base (least recently used ones are deleted)
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,16 @@ def merge_prompt_loras(recipe: Recipe) -> Recipe:
 class LoraLibrary:
     """The LoRA folder of the models folder ($ATELIER_MODELS, else <home>/models), and loaded files."""
 
-    def __init__(self, home: Path, hashes: HashCache | None = None, models_root: Path | str | None = None) -> None:
+    def __init__(self, home: Path, hashes: HashCache | None = None, models_root: Path | str | None = None,
+                 max_resident: int = RESIDENT_ADAPTERS) -> None:
         self.home = Path(home)
         self.hashes = hashes or HashCache(self.home)
         self.models_root = models_root
-        self._state_dicts: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.file_reads = 0  # how often a file's tensors were read from disk (the cache saves the rest)
+        self.max_resident = max_resident
+        self._resident: OrderedDict[str, None] = OrderedDict()  # adapter names, least recently used first
+        self._owner: tuple[weakref.ref, ...] = ()  # the modules they live in (weak: ModelCache.release frees them)
+        self.file_reads = 0  # how often a file's tensors were read from disk
+        self.adapter_loads = 0  # how often a file was loaded into the base as an adapter
 
     # -- the folder ------------------------------------------------------------------------------
 
@@ -146,48 +153,91 @@ class LoraLibrary:
 
     # -- applying --------------------------------------------------------------------------------
 
+    def resident(self) -> list[str]:
+        """Adapter names loaded into the base, least recently used first."""
+        return list(self._resident)
+
     @contextlib.contextmanager
     def applied(self, pipe: Any, loras: tuple[LoraRef, ...]) -> Iterator[None]:
-        """The recipe's LoRAs active on `pipe` (the base) inside the block, none after it.
+        """Exactly the recipe's LoRAs active on `pipe` inside the block; every adapter of `pipe` off after it.
 
-        `loras` must come from `resolve` (sha256 set). A file that fails to load raises ValueError
-        naming it, with the pipeline as it was before.
+        `loras` must come from `resolve` (sha256 set). Each file is loaded into the base once and stays
+        resident under a name made from its sha256; a run only switches adapters on and sets weights.
+        With no LoRAs, every adapter on `pipe`'s modules is off (peft's disabled layers skip the LoRA
+        branch: bit-exact base output) — how the refiner encodes with the shared `text_encoder_2`.
+        A file that fails to load raises ValueError naming it, with the pipeline as it was before.
         """
-        if not loras:
-            yield
-            return
-        _check_clean(pipe)
         try:
-            names = [self._load(pipe, ref) for ref in loras]
-            pipe.set_adapters(names, [float(ref.weight) for ref in loras])
+            if loras:
+                names = self._make_resident(pipe, loras)
+                pipe.set_adapters(names, [float(ref.weight) for ref in loras])
+                for module in _modules(pipe):  # set_adapters does not switch disabled layers back on
+                    _set_enabled(module, bool(_adapter_names(module) & set(names)))
+            else:
+                for module in _modules(pipe):
+                    _set_enabled(module, False)
             yield
         finally:
-            pipe.unload_lora_weights()
+            for module in _modules(pipe):
+                _set_enabled(module, False)
 
-    def _load(self, pipe: Any, ref: LoraRef) -> str:
-        assert ref.sha256 is not None, "LoRAs must be resolved before they are applied"
-        found = self.find(ref.name)
-        adapter = f"lora_{ref.sha256[:16]}"
-        state = self._state_dict(found.path, ref.sha256)
+    def unload_all(self) -> None:
+        """Remove every adapter from the base these LoRAs were loaded into (if it is still alive)."""
+        for ref in self._owner:
+            module = ref()
+            if module is not None and _has_peft_layers(module):
+                _strip(module)
+        self._owner, self._resident = (), OrderedDict()
+
+    def _make_resident(self, pipe: Any, loras: tuple[LoraRef, ...]) -> list[str]:
+        """Adapter names for `loras`, loading the files not yet resident; on failure, those loaded now are removed."""
+        if not self._owner or self._owner[0]() is not pipe.unet:  # another base model: start afresh
+            self.unload_all()
+            self._owner = tuple(weakref.ref(m) for m in _modules(pipe))
+        present = set().union(*(_adapter_names(m) for m in _modules(pipe)))
+        for gone in [name for name in self._resident if name not in present]:  # unloaded by someone else
+            del self._resident[gone]
+        names, loaded_now = [], []
         try:
-            pipe.load_lora_weights(dict(state), adapter_name=adapter)
+            for ref in loras:
+                assert ref.sha256 is not None, "LoRAs must be resolved before they are applied"
+                name = adapter_name(ref.sha256)
+                if name not in self._resident:
+                    self._load(pipe, ref, name)
+                    loaded_now.append(name)
+                self._resident[name] = None
+                self._resident.move_to_end(name)
+                names.append(name)
+        except BaseException:
+            for name in loaded_now:
+                self._resident.pop(name, None)
+                _delete_adapter(pipe, name)
+            raise
+        for old in [n for n in self._resident if n not in names][: max(0, len(self._resident) - self.max_resident)]:
+            del self._resident[old]
+            _delete_adapter(pipe, old)
+        return names
+
+    def _load(self, pipe: Any, ref: LoraRef, adapter: str) -> None:
+        found = self.find(ref.name)
+        state = self._read(found.path)
+        try:
+            pipe.load_lora_weights(state, adapter_name=adapter)
         except Exception as error:  # diffusers/peft raise OSError, RuntimeError, ValueError and their own types
+            _delete_adapter(pipe, adapter)  # a half-loaded adapter must not stay
             raise ValueError(f"{found.path}: could not be applied to this SDXL model as a LoRA ({_reason(error)}); "
                              "is it an SDXL LoRA?") from None
+        self.adapter_loads += 1
         reached = _adapted_layers(pipe, adapter)
         if reached < found.layers:
+            _delete_adapter(pipe, adapter)
             detail = "none" if reached == 0 else f"only {reached}"
             raise ValueError(
                 f"{found.path}: {detail} of its {found.layers} LoRA layers match a layer of this model — it was "
                 "made for another architecture (an SD 1.5 or SD 2 LoRA?) or is damaged; use an SDXL LoRA"
             )
-        return adapter
 
-    def _state_dict(self, path: Path, sha256: str) -> dict[str, Any]:
-        cached = self._state_dicts.get(sha256)
-        if cached is not None:
-            self._state_dicts.move_to_end(sha256)
-            return cached
+    def _read(self, path: Path) -> dict[str, Any]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -196,10 +246,11 @@ class LoraLibrary:
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path}: could not be read as .safetensors ({error})") from None
         self.file_reads += 1
-        self._state_dicts[sha256] = state
-        while len(self._state_dicts) > CACHED_FILES:
-            self._state_dicts.popitem(last=False)
         return state
+
+
+def adapter_name(sha256: str) -> str:
+    return f"lora_{sha256[:16]}"
 
 
 def _reason(error: BaseException) -> str:
@@ -209,23 +260,57 @@ def _reason(error: BaseException) -> str:
     return telling if len(telling) <= 300 else telling[:300] + "…"
 
 
+def _modules(pipe: Any) -> list[Any]:
+    """The LoRA-carrying modules of a pipeline (the refiner: its own UNet and the shared text_encoder_2)."""
+    return [m for m in (getattr(pipe, c, None) for c in COMPONENTS) if m is not None]
+
+
+def _tuner_layers(module: Any) -> Iterator[Any]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return (sub for sub in module.modules() if isinstance(sub, BaseTunerLayer))
+
+
+def _has_peft_layers(module: Any) -> bool:
+    return next(_tuner_layers(module), None) is not None or bool(getattr(module, "peft_config", None))
+
+
+def _adapter_names(module: Any) -> set[str]:
+    return set(getattr(module, "peft_config", None) or {})
+
+
+def _set_enabled(module: Any, enabled: bool) -> None:
+    for layer in _tuner_layers(module):
+        layer.enable_adapters(enabled)
+
+
 def _adapted_layers(pipe: Any, adapter: str) -> int:
-    count = 0
-    for component in COMPONENTS:
-        module = getattr(pipe, component, None)
-        if module is None:
+    return sum(1 for module in _modules(pipe) for layer in _tuner_layers(module) if adapter in getattr(layer, "lora_A", {}))
+
+
+def _delete_adapter(pipe: Any, adapter: str) -> None:
+    """Remove one adapter from every module; a module left without adapters loses its LoRA layers too."""
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
+    for module in _modules(pipe):
+        if adapter not in _adapter_names(module) and not any(adapter in getattr(layer, "lora_A", {}) for layer in _tuner_layers(module)):
             continue
-        for sub in module.modules():
-            lora_a = getattr(sub, "lora_A", None)
-            if lora_a is not None and adapter in lora_a:
-                count += 1
-    return count
+        with warnings.catch_warnings():  # peft announces the adapter it activates instead: all are off here anyway
+            warnings.simplefilter("ignore")
+            delete_adapter_layers(module, adapter)
+        config = getattr(module, "peft_config", None)
+        if config is not None:
+            config.pop(adapter, None)
+        if not _adapter_names(module) and not any(len(getattr(layer, "lora_A", {})) for layer in _tuner_layers(module)):
+            _strip(module)
 
 
-def _check_clean(pipe: Any) -> None:
-    """LoRAs are scoped to one run: adapters left over from elsewhere would leak into this one."""
-    for component in COMPONENTS:
-        module = getattr(pipe, component, None)
-        if module is not None and getattr(module, "peft_config", None):
-            pipe.unload_lora_weights()
-            return
+def _strip(module: Any) -> None:
+    """All LoRA layers out of one module, as `unload_lora_weights` does for each component."""
+    from diffusers.utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(module)
+    if hasattr(module, "peft_config"):
+        del module.peft_config
+    if hasattr(module, "_hf_peft_config_loaded"):
+        module._hf_peft_config_loaded = None
