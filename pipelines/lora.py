@@ -15,6 +15,7 @@ layers the adapter really reached.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import warnings
 import weakref
@@ -219,8 +220,9 @@ class LoraLibrary:
         return names
 
     def _load(self, pipe: Any, ref: LoraRef, adapter: str) -> None:
+        assert ref.sha256 is not None
         found = self.find(ref.name)
-        state = self._read(found.path)
+        state = self._read(found.path, ref.sha256)
         try:
             pipe.load_lora_weights(state, adapter_name=adapter)
         except Exception as error:  # diffusers/peft raise OSError, RuntimeError, ValueError and their own types
@@ -237,16 +239,20 @@ class LoraLibrary:
                 "made for another architecture (an SD 1.5 or SD 2 LoRA?) or is damaged; use an SDXL LoRA"
             )
 
-    def _read(self, path: Path) -> dict[str, Any]:
+    def _read(self, path: Path, sha256: str) -> dict[str, Any]:
+        """The file's tensors, from the very bytes that hash to `sha256` (the adapter's name stays true)."""
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         try:
-            state = load_file(str(path))
+            data = path.read_bytes()
+            self.file_reads += 1
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise ValueError(f"{path}: changed while it was being used (its sha256 is no longer {sha256[:12]}…); "
+                                 "run again")
+            return load(data)
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path}: could not be read as .safetensors ({error})") from None
-        self.file_reads += 1
-        return state
 
 
 def adapter_name(sha256: str) -> str:

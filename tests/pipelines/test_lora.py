@@ -3,6 +3,7 @@ evicted, unloaded cleanly), base only, every bad file refused."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 import sys
 from pathlib import Path
@@ -164,6 +165,8 @@ def test_a_run_without_loras_equals_the_baseline_bit_exactly_while_adapters_stay
     assert active_layers(*modules) == 0  # …but off
     assert torch.equal(after.latent.tensor, plain.latent.tensor)
     assert np.array_equal(np.asarray(after.preview), np.asarray(plain.preview))
+    base.pipe.enable_lora()  # switched on outside the engine: a run without LoRAs still switches them off
+    assert active_layers(*modules) > 0 and torch.equal(run(engine, make()), plain.latent.tensor)
     engine.loras.unload_all()  # the clean unload: no layer, no config left
     for module in modules:
         assert peft_layers(module) == 0 and not getattr(module, "peft_config", None)
@@ -188,6 +191,33 @@ def test_the_least_recently_used_adapters_are_deleted_beyond_the_limit(setup, ma
     loads = engine.loras.adapter_loads
     assert torch.equal(run(engine, make(LoraRef("style_peft", weight=0.8))), first)  # loaded again, same result
     assert engine.loras.adapter_loads == loads + 1 and len(engine.loras.resident()) == 2
+
+
+def test_another_base_model_starts_afresh_and_the_previous_one_is_left_without_adapters(setup, make):
+    engine, base, _, _ = setup
+    from diffusers import StableDiffusionXLPipeline
+
+    engine.loras.unload_all()
+    copies = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in base.pipe.components.items()}
+    other = StableDiffusionXLPipeline(**copies, add_watermarker=False)
+    run(engine, make(LoraRef("with_text", weight=1.0)))
+    loras = engine.loras.resolve(make(LoraRef("style_peft", weight=1.0))).loras
+    with engine.loras.applied(other, loras):
+        assert active_layers(other.unet) == 3
+        for module in (base.pipe.unet, base.pipe.text_encoder, base.pipe.text_encoder_2):
+            assert peft_layers(module) == 0 and not getattr(module, "peft_config", None)
+    assert engine.loras.resident() == [adapter_name(loras[0].sha256)]
+    engine.loras.unload_all()
+    assert peft_layers(other.unet) == 0
+
+
+def test_a_file_whose_bytes_no_longer_match_the_recipe_is_not_loaded(setup, make):
+    engine, base, _, _ = setup
+    engine.loras.unload_all()
+    with pytest.raises(ValueError, match=r"style_peft\.safetensors: changed while"):
+        with engine.loras.applied(base.pipe, (LoraRef("style_peft", sha256="0" * 64),)):
+            pass
+    assert peft_layers(base.pipe.unet) == 0 and engine.loras.resident() == []
 
 
 def test_the_refiner_never_gets_the_base_loras(setup, make, model_cache):
