@@ -19,6 +19,7 @@ from webui.jobs import GpuJobs  # noqa: E402
 
 DEMO_BANNER = "demo model with random weights — set --model to an SDXL checkpoint"
 QUEUE_SIZE = 16  # jobs waiting at most; one more is told the queue is full
+QUEUE_SIZE_ENV = "ATELIER_QUEUE_SIZE"
 CSS = """
 #demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px; padding: 4px 12px; }
 """
@@ -30,6 +31,16 @@ def set_environment(home: Path) -> None:
     cache = Path(home).expanduser().resolve() / "ui-cache"
     os.environ.setdefault("GRADIO_TEMP_DIR", str(cache / "uploads"))
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(cache / "examples"))
+
+
+def queue_size_default() -> int:
+    """$ATELIER_QUEUE_SIZE if set (a whole number of at least 1), else QUEUE_SIZE."""
+    text = os.environ.get(QUEUE_SIZE_ENV, "").strip()
+    if not text:
+        return QUEUE_SIZE
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{QUEUE_SIZE_ENV}: expected a whole number of at least 1 (got {text!r})")
+    return int(text)
 
 
 def make_context(studio: Studio, choice: ModelChoice) -> Context:
@@ -93,5 +104,7 @@ def launch(demo: gr.Blocks, ctx: Context, *, host: str = "127.0.0.1", port: int 
         allowed_paths=[str(files)],  # the gallery's own files; nothing else of the home folder
         max_file_size=security.MAX_UPLOAD, enable_monitoring=False, strict_cors=True, ssr_mode=False,
         mcp_server=False, run_history=False, footer_links=[], show_error=False, quiet=True,
-        app_kwargs={"middleware": [Middleware(security.SameOriginOnly)]}, theme=theme(), css=CSS,
+        app_kwargs={"middleware": [Middleware(security.SameOriginOnly),
+                                   Middleware(security.QueueFullMessage, max_size=demo._queue.max_size)]},
+        theme=theme(), css=CSS,
     )

@@ -67,10 +67,11 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _api_draft_args(client, prompt: str, steps: int) -> list[Any]:
-    """The /draft endpoint's arguments: defaults, with the prompt, one draft, a fixed seed and the steps."""
+def api_draft_args(client, prompt: str, steps: int, **by_label: Any) -> list[Any]:
+    """The /draft endpoint's arguments: defaults, with the prompt, one draft, a fixed seed and the steps;
+    `by_label` sets other controls by their label with spaces as underscores (Width=256)."""
     wanted = {"Prompt": prompt, "Drafts": 1, "Random seed": False, "Seed": 1, "Draft steps": steps,
-              "Invisible watermark": False}
+              "Invisible watermark": False, **{k.replace("_", " "): v for k, v in by_label.items()}}
     parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/draft"]["parameters"]
     return [wanted.get(p["label"], p.get("parameter_default")) for p in parameters]
 
@@ -90,7 +91,7 @@ def ui_figures(*, size: int = 64, steps: int = 20, repeats: int = 5, home: Path 
             wait_until_served(url, process)
             ready = time.perf_counter() - started
             client = Client(url + "/", verbose=False)
-            args = _api_draft_args(client, "a lighthouse on a cliff at dusk, oil painting", steps)
+            args = api_draft_args(client, "a lighthouse on a cliff at dusk, oil painting", steps)
 
             def through_app() -> None:
                 status = client.predict(*args, api_name="/draft")[0]

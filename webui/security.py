@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = {"localhost"}
@@ -81,3 +82,46 @@ class SameOriginOnly:
         await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class QueueFullMessage:
+    """ASGI middleware: a browser whose job finds the queue full is told so, in those words.
+
+    Gradio answers a full queue with 503, which its page shows as "This application is currently
+    busy"; it shows the `detail` of other error statuses. Browsers (they send Sec-Fetch-Mode) get
+    429 with a message naming the limit; API clients keep the 503 that gradio_client turns into
+    its own "Queue is full" error.
+    """
+
+    def __init__(self, app, max_size: int | None) -> None:
+        self.app = app
+        self.message = f"The queue is full ({max_size} waiting at most). Try again when a job has finished."
+
+    async def __call__(self, scope, receive, send) -> None:
+        from_browser = any(k.lower() == b"sec-fetch-mode" for k, _ in scope.get("headers", []))
+        if scope["type"] != "http" or not scope.get("path", "").endswith("/queue/join") or not from_browser:
+            await self.app(scope, receive, send)
+            return
+        held: list[dict] = []  # a 503's start and body, until the body says why
+
+        async def rewrite(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                held.append(message)
+                return
+            if not held:
+                await send(message)
+                return
+            held.append(message)
+            if message.get("more_body"):
+                return
+            body = b"".join(m.get("body", b"") for m in held[1:])
+            if b"Queue is full" not in body:  # e.g. "Queue is stopped": passed on as it was
+                for m in held:
+                    await send(m)
+                return
+            body = json.dumps({"detail": self.message}).encode()
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, rewrite)

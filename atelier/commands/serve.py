@@ -13,6 +13,8 @@ def register(subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; other than loopback needs --auth")
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--auth", metavar="USER:PASS", help="require this login (needed with a non-loopback --host)")
+    serve.add_argument("--queue-size", type=int, help="jobs that may wait for the GPU; one more is told the queue is "
+                                                      "full (default: $ATELIER_QUEUE_SIZE, else 16)")
     serve.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
     serve.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on GPUs, float32 on CPU")
     serve.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, move each to the GPU when used")
@@ -28,8 +30,11 @@ def run_serve(args) -> int:
     check_listen(args.host, auth)  # refused before anything heavy is loaded
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port: must be from 1 to 65535 (got {args.port})")
+    from webui.app import queue_size_default, set_environment
 
-    from webui.app import set_environment
+    queue_size = queue_size_default() if args.queue_size is None else args.queue_size
+    if queue_size < 1:
+        raise ValueError(f"--queue-size: must be at least 1 (got {queue_size})")
 
     set_environment(args.home)
     from atelier.studio import Studio, choose_models
@@ -43,7 +48,7 @@ def run_serve(args) -> int:
         if choice.demo:
             print("atelier serve: no SDXL weights found; using the demo model with random weights "
                   "(set --model to an SDXL checkpoint)", file=sys.stderr)
-        demo = build_app(ctx)
+        demo = build_app(ctx, queue_size=queue_size)
         if not args.no_warm_up:
             warm_up(ctx)
         print(f"atelier serve: http://{args.host}:{args.port}", file=sys.stderr, flush=True)

@@ -65,21 +65,27 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture()
-def page(chromium, server, request):
-    """A fresh browser page on the app; records every host it contacts in `page.hosts_contacted`."""
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+def open_page(browser, url: str):
+    """A page in a fresh browser context (its own Gradio session) on the app, once the Prompt box shows;
+    records every host it contacts in `page.hosts_contacted`."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(60_000)
     hosts: set[str] = set()
     page.on("request", lambda r: hosts.add(r.url.split("/")[2]) if "://" in r.url else None)
     page.hosts_contacted = hosts
-    page.goto(server.url + "/")
+    page.goto(url + "/")
     page.wait_for_selector("#prompt textarea")
+    return page
+
+
+@pytest.fixture()
+def page(chromium, server, request):
+    """A fresh browser page on the app (see open_page)."""
+    page = open_page(chromium, server.url)
     yield page
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-last.png"), full_page=True)
-    context.close()
+    shot(page, f"{request.node.name}-last")
+    page.context.close()
 
 
 def shot(page, name: str) -> Path:
@@ -87,3 +93,12 @@ def shot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def wait_text(page, selector: str, pattern: str, timeout: float = 120_000) -> str:
+    """Wait until the element's text matches `pattern` (a regex); return that text."""
+    page.wait_for_function(
+        "([sel, pat]) => { const e = document.querySelector(sel); return e && new RegExp(pat).test(e.innerText); }",
+        arg=[selector, pattern], timeout=timeout,
+    )
+    return page.inner_text(selector)

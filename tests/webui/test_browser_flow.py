@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.webui.conftest import shot
+from tests.webui.conftest import shot, wait_text
 
 pytestmark = pytest.mark.browser
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-draft-refine.png"
@@ -22,15 +22,6 @@ PROMPT = "a red lighthouse on a windswept cliff"
 def pixel_hash(path: Path) -> str:
     with Image.open(path) as image:
         return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
-
-
-def wait_text(page, selector: str, pattern: str, timeout: float = 120_000) -> str:
-    """Wait until the element's text matches `pattern` (a regex); return that text."""
-    page.wait_for_function(
-        "([sel, pat]) => { const e = document.querySelector(sel); return e && new RegExp(pat).test(e.innerText); }",
-        arg=[selector, pattern], timeout=timeout,
-    )
-    return page.inner_text(selector)
 
 
 def draft(page, prompt: str) -> list[int]:
