@@ -63,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"atelier {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not isinstance(exc, _worded_faults()):
+            raise
+        print(f"atelier {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _worded_faults() -> tuple[type, ...]:
+    """Faults whose message is meant for the user: a full disk, a lost file, out of memory, a failed
+    migration. Only modules already loaded are asked, so the CLI still starts without torch."""
+    kinds: list[type] = [OSError]
+    for module, name in (("pipelines.engine", "OutOfMemory"), ("storage.migrate", "MigrationError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return tuple(kinds)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ from atelier import __version__
 from atelier.edit_inputs import InputFiles, stored_inputs
 from pipelines.engine import Draft, Engine, FinishedImage
 from pipelines.kept_latent import KeptLatent
-from pipelines.loading import ModelCache
+from pipelines.loading import DEFAULT_BASE, DEFAULT_REFINER, ModelCache
 from pipelines.png_metadata import encode_png, read_png
 from pipelines.recipe import Recipe
-from storage.gallery import Gallery, Generation
+from storage.gallery import Gallery, Generation, NotFoundError
 
 TINY = "tiny"
-DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,8 @@ class Studio:
         draft = self.load_draft(draft_id)
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
         finished = self.engine.rerender(draft, steps, inputs=inputs.images, **callbacks)
-        return self._save_final(finished, "refined", parent_id=draft_id, inputs=inputs)
+        kind = "refined" if finished.recipe.refine else _kind(finished.recipe)
+        return self._save_final(finished, kind, parent_id=draft_id, inputs=inputs)
 
     def rerun(self, generation_id: int, **callbacks: Any) -> Saved:
         """The recipe of `generation_id` made again: a new generation whose parent is the original."""
@@ -131,8 +130,15 @@ class Studio:
 
     def _save_final(self, finished: FinishedImage, kind: str, *, parent_id: int | None,
                     inputs: InputFiles | None = None) -> Saved:
-        generation = self.gallery.save(finished.recipe, kind, encode_png(finished.image, finished.recipe),
-                                       parent_id=parent_id, inputs=inputs.files if inputs else None)
+        png = encode_png(finished.image, finished.recipe)
+        files = inputs.files if inputs else None
+        try:
+            generation = self.gallery.save(finished.recipe, kind, png, parent_id=parent_id, inputs=files)
+        except NotFoundError:
+            if parent_id is None:
+                raise
+            # The parent was deleted while this image was being made: keep the image, without lineage.
+            generation = self.gallery.save(finished.recipe, kind, png, inputs=files)
         return _saved(generation)
 
 

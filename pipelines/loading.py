@@ -47,6 +47,14 @@ class Location:
     repo: str | None = None
 
 
+def _recorded_name(spec: str, location: Location) -> str:
+    """The name a recipe keeps: a path as an absolute path (so re-runs do not depend on the current
+    folder); "tiny", hub ids and models-folder names as given (portable between machines)."""
+    if location.path is not None and Path(spec).expanduser().exists():
+        return str(location.path)
+    return spec
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -236,11 +244,11 @@ class ModelCache:
             from pipelines.single_file import load_single_file
 
             pipe = load_single_file(path, pipeline_class, dtype=self.dtype, **components)[0]
-            ref = ModelRef(spec, sha256=self.hashes.sha256(path))
+            ref = ModelRef(_recorded_name(spec, location), sha256=self.hashes.sha256(path))
         else:
             variant = self._variant(path)
             pipe = self._from_folder(path, pipeline_class, variant, components)
-            ref = ModelRef(spec, sha256=folder_digest(path, self.hashes, variant), revision=revision)
+            ref = ModelRef(_recorded_name(spec, location), sha256=folder_digest(path, self.hashes, variant), revision=revision)
         self._place(pipe)
         return LoadedModel(pipe, ref, location.source, vae_override)
 

@@ -346,6 +346,8 @@ def recipe_from_invokeai(metadata: str | dict) -> ReadBack:
     if values["model"].name == "unknown" and "model" not in metadata:
         unmapped.append("model: (missing)")
     scheduler = take("scheduler", "euler")
+    if not isinstance(scheduler, str):
+        raise ValueError(f"{source}: scheduler must be a name (got {scheduler!r})")
     values["scheduler"] = INVOKEAI_SCHEDULERS.get(scheduler, "Euler")
     if scheduler not in INVOKEAI_SCHEDULERS:
         unmapped.append(f"scheduler: {scheduler}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 DATABASE_URL_ENV = "ATELIER_DATABASE_URL"
@@ -76,7 +77,10 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        try:
+            self.engine = make_engine(url)
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            raise ValueError(f"database URL {url!r}: cannot be used ({exc}); SQLite and PostgreSQL URLs are supported") from None
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         writer = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine

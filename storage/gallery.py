@@ -77,10 +77,12 @@ class Gallery:
         """
         home = Path(home).expanduser()
         home.mkdir(parents=True, exist_ok=True)
+        url = resolve_database_url(home, database_url)
         lock = HomeLock(home / "gallery.lock")
         exclusive = lock.acquire()
-        db = Database(resolve_database_url(home, database_url))
+        db = None
         try:
+            db = Database(url)
             report = None
             if exclusive:
                 migrate.upgrade(db)
@@ -92,7 +94,8 @@ class Gallery:
                     "close that process and start again"
                 )
         except BaseException:
-            db.close()
+            if db is not None:
+                db.close()
             lock.release()
             raise
         return cls(home, db, lock, report)

@@ -89,3 +89,21 @@ def test_a_refined_edit_still_reruns_after_its_draft_is_deleted(studio, tiny_rec
     assert studio.gallery.read_file(recipe.source_image_sha256)  # still referenced by the refined entry
     rerun = studio.rerun(refined.id)
     assert pixel_hash(rerun.image) == pixel_hash(refined.image)
+
+
+def test_a_refine_whose_draft_is_deleted_meanwhile_is_kept(studio, tiny_recipe):
+    draft = studio.draft(tiny_recipe(seed=5), 1)[0]
+    deleted = []
+
+    def delete_the_draft(info):
+        if not deleted:
+            deleted.append(studio.gallery.delete(draft.id))
+
+    refined = studio.refine(draft.id, on_step=delete_the_draft)
+    entry = studio.gallery.get(refined.id)
+    assert deleted and entry.parent_id is None and entry.image_path.exists()
+
+
+def test_rerender_without_a_refine_stage_is_not_called_refined(studio, tiny_recipe):
+    draft = studio.draft(tiny_recipe(switch=1.0, refine=None), 1)[0]
+    assert studio.gallery.get(studio.rerender(draft.id, 12).id).kind == "txt2img"

@@ -296,6 +296,7 @@ def _jpeg() -> bytes:
         (png_with_chunks(invokeai_metadata=json.dumps({k: v for k, v in INVOKEAI.items() if k != "positive_prompt"})),
          "positive_prompt must be a string"),
         (png_with_chunks(invokeai_metadata=json.dumps(INVOKEAI | {"seed": "lucky"})), "seed must be a whole number"),
+        (png_with_chunks(invokeai_metadata=json.dumps(INVOKEAI | {"scheduler": ["euler"]})), "scheduler must be a name"),
         (png_with_chunks(invokeai_metadata=json.dumps(INVOKEAI | {"model": "juggernaut"})), "model must be an object"),
         (png_with_chunks(invokeai_metadata=json.dumps({k: v for k, v in INVOKEAI.items() if k != "steps"})), "no steps"),
     ],

@@ -149,3 +149,12 @@ def test_write_transactions_take_the_write_lock_at_begin(gallery, home):
             other.execute("ROLLBACK")
     finally:
         other.close()
+
+
+def test_an_unusable_database_url_is_a_clear_error_and_frees_the_home(tmp_path):
+    from storage.gallery import Gallery
+
+    with pytest.raises(ValueError, match="database URL 'foo://x': cannot be used"):
+        Gallery.open(tmp_path, "foo://x")
+    with Gallery.open(tmp_path) as gallery:  # the failed open left no lock or connection behind
+        assert gallery.sweep_report is not None  # this process got the home exclusively
