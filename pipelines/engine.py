@@ -160,7 +160,8 @@ class Engine:
     def _drafts(self, template: Recipe, seeds: tuple[int, ...], on_step: OnStep, should_cancel: ShouldCancel,
                 inputs: EditInputs | None = None) -> list[Draft]:
         base = self._load_base(template.model)
-        template = template.replace(model=base.ref, app_version=self.app_version or template.app_version)
+        template = template.replace(model=base.ref, vae=_vae_in_use(template, base),
+                                    app_version=self.app_version or template.app_version)
         stage = base_stage.plan(template, base.pipe, inputs or EditInputs(), self.controlnets, _derive)
         template, pipe = stage.recipe, stage.pipe
         tap = CleanEstimateTap(pipe.scheduler)
@@ -283,6 +284,17 @@ def _derive(pipeline_class: Any, source: Any, scheduler_name: str, **modules: An
 
 def _model_key(ref: ModelRef) -> str:
     return f"{ref.name}@{ref.sha256 or ref.revision or ''}"
+
+
+def _vae_in_use(recipe: Recipe, base: LoadedModel) -> ModelRef | None:
+    """The VAE that will decode: None for the model's own. A recipe being re-run (its model already
+    resolved to a sha256) must get the same VAE it was made with; a swap would change its pixels."""
+    used = ModelRef(base.vae_override) if base.vae_override else None
+    if recipe.model.sha256 and recipe.vae != used:
+        made, here = (recipe.vae.name if recipe.vae else "the model's own VAE"), (used.name if used else "the model's own VAE")
+        raise ValueError(f"vae: the recipe was decoded with {made}, but here {here} would be used — "
+                         "run it where that VAE is (or is not) in the Hugging Face cache, as when it was made")
+    return used
 
 
 def _check_identity(field: str, wanted: ModelRef, loaded: ModelRef) -> None:

@@ -205,6 +205,7 @@ class Recipe:
     model: ModelRef
     prompt: str
     seed: int
+    vae: ModelRef | None = None  # a VAE that replaced the model's own (the fp16-fix VAE on CUDA fp16)
     negative_prompt: str = ""
     prompt_syntax: str = "compel"
     mode: str = "txt2img"
@@ -232,6 +233,8 @@ class Recipe:
             _fail("schema_version", f"{SCHEMA_VERSION} (older recipes are upgraded by from_json)", self.schema_version)
         if not isinstance(self.model, ModelRef):
             _fail("model", "a ModelRef", self.model)
+        if self.vae is not None and not isinstance(self.vae, ModelRef):
+            _fail("vae", "a ModelRef or null", self.vae)
         for name in ("prompt", "negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 _fail(name, "a string", getattr(self, name))
@@ -323,7 +326,7 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-_NESTED = {"model": ModelRef, "micro": MicroConditioning, "refine": RefineSettings}
+_NESTED = {"model": ModelRef, "vae": ModelRef, "micro": MicroConditioning, "refine": RefineSettings}
 _NESTED_LISTS = {"loras": LoraRef, "controlnets": ControlUnit}
 
 

@@ -158,3 +158,17 @@ def test_a_changed_model_is_named_never_substituted(engine, tiny_recipe):
     assert loaded.sha256, "the loader must record the weights' sha256"
     with pytest.raises(ValueError, match="model: 'tiny' now has sha256"):
         engine.render(tiny_recipe(model=wrong))
+
+
+def test_a_swapped_vae_is_recorded_and_required_on_rerun(engine, tiny_recipe, model_cache, monkeypatch):
+    import dataclasses
+
+    first = engine.draft(tiny_recipe(), 1)[0]
+    assert first.recipe.vae is None  # the model's own VAE
+    base = model_cache.load_base("tiny")
+    swapped = dataclasses.replace(base, vae_override="madebyollin/sdxl-vae-fp16-fix")
+    monkeypatch.setattr(model_cache, "load_base", lambda spec: swapped)
+    with pytest.raises(ValueError, match="vae: the recipe was decoded with the model's own VAE, but here madebyollin"):
+        engine.render(first.recipe)
+    fresh = engine.draft(tiny_recipe(), 1)[0]  # a new request records the VAE it was decoded with
+    assert fresh.recipe.vae == ModelRef("madebyollin/sdxl-vae-fp16-fix")
