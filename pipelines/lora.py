@@ -5,7 +5,9 @@ cache, keyed by adapter state, cannot mix two files that share a name), and stay
 switches exactly its adapters on with their weights, and every adapter is off outside a run and in
 runs without LoRAs (disabled peft layers compute the base layer alone: bit-exact baseline). The
 refiner, which shares `text_encoder_2`, therefore never sees them. At most `max_resident` stay loaded
-(least recently used ones are deleted); another base model starts afresh.
+(least recently used ones are deleted); another base model starts afresh. Only weak references to the
+modules are kept, so ModelCache.release frees them, adapters included. Code that loads its own adapters
+into the same modules must call `unload_all()` first: disabled layers stay disabled for it too.
 
 diffusers loads a file whose keys it does not recognise as *nothing*, silently, and loads only the
 matching part of a file made for another architecture. Both are detected here by counting the
@@ -285,13 +287,18 @@ def _adapter_names(module: Any) -> set[str]:
     return set(getattr(module, "peft_config", None) or {})
 
 
+def _layer_adapters(module: Any) -> set[str]:
+    """Adapters held by the module's LoRA layers (normally the same as its peft_config)."""
+    return {name for layer in _tuner_layers(module) for name in getattr(layer, "lora_A", {})}
+
+
 def _set_enabled(module: Any, enabled: bool) -> None:
     for layer in _tuner_layers(module):
         layer.enable_adapters(enabled)
 
 
 def _adapted_layers(pipe: Any, adapter: str) -> int:
-    return sum(1 for module in _modules(pipe) for layer in _tuner_layers(module) if adapter in getattr(layer, "lora_A", {}))
+    return sum(1 for m in _modules(pipe) for layer in _tuner_layers(m) if adapter in getattr(layer, "lora_A", {}))
 
 
 def _delete_adapter(pipe: Any, adapter: str) -> None:
@@ -299,7 +306,7 @@ def _delete_adapter(pipe: Any, adapter: str) -> None:
     from diffusers.utils.peft_utils import delete_adapter_layers
 
     for module in _modules(pipe):
-        if adapter not in _adapter_names(module) and not any(adapter in getattr(layer, "lora_A", {}) for layer in _tuner_layers(module)):
+        if adapter not in _adapter_names(module) | _layer_adapters(module):
             continue
         with warnings.catch_warnings():  # peft announces the adapter it activates instead: all are off here anyway
             warnings.simplefilter("ignore")
@@ -307,7 +314,7 @@ def _delete_adapter(pipe: Any, adapter: str) -> None:
         config = getattr(module, "peft_config", None)
         if config is not None:
             config.pop(adapter, None)
-        if not _adapter_names(module) and not any(len(getattr(layer, "lora_A", {})) for layer in _tuner_layers(module)):
+        if not _adapter_names(module) | _layer_adapters(module):
             _strip(module)
 
 
