@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -29,7 +30,7 @@ from pipelines.lora import LoraLibrary
 from pipelines.previews import CleanEstimateTap, decode_latents
 from pipelines.prompt_encoding import PromptEncoder
 from pipelines.prompt_syntax import extract_lora_tokens
-from pipelines.recipe import MAX_DRAFTS, ModelRef, Recipe
+from pipelines.recipe import MAX_DRAFTS, MAX_SEED, ModelRef, Recipe
 from pipelines.schedulers import make_scheduler
 from pipelines.watermark import apply_watermark
 
@@ -75,6 +76,7 @@ class Engine:
         self.app_version = app_version
         self.loras = LoraLibrary(models.home, models.hashes)
         self.controlnets = ControlNetLibrary(models.home, models.hashes)
+        self._base_pipe: Callable[[], Any] = lambda: None
 
     # -- public modes ------------------------------------------------------------------------------
 
@@ -88,10 +90,9 @@ class Engine:
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DRAFTS:
             raise ValueError(f"count: must be an integer from 1 to {MAX_DRAFTS} (got {count!r})")
         seeds = tuple(recipe.seed + i for i in range(count))
-        if seeds[-1] > 2**63 - 1:
+        if seeds[-1] > MAX_SEED:
             raise ValueError(f"seed: must leave room for {count} consecutive seeds (got {recipe.seed})")
         template = recipe.replace(stage="draft", batch_seeds=seeds if count > 1 else ())
-        template = Recipe.from_dict(template.to_dict())  # full validation of the combination
         template, inputs = self._prepare(template, inputs)
         try:
             return self._drafts(template, seeds, on_step, should_cancel, inputs)
@@ -151,7 +152,7 @@ class Engine:
     def rerender(self, draft: Draft, steps: int, *, inputs: EditInputs | None = None, **callbacks: Any) -> FinishedImage:
         """Re-run a chosen draft's seed alone at more steps, then hand off as usual."""
         recipe = draft.recipe.replace(steps=steps, batch_seeds=(), stage="final")
-        result = self.render(Recipe.from_dict(recipe.to_dict()), inputs=inputs, **callbacks)
+        result = self.render(recipe, inputs=inputs, **callbacks)
         assert isinstance(result, FinishedImage)
         return result
 
@@ -215,6 +216,9 @@ class Engine:
     def _load_base(self, wanted: ModelRef) -> LoadedModel:
         loaded = self.models.load_base(wanted.name)
         _check_identity("model", wanted, loaded.ref)
+        if self._base_pipe() is not loaded.pipe:  # another base: ControlNets built for the old one go
+            self.controlnets.clear()
+            self._base_pipe = weakref.ref(loaded.pipe)  # weak: ModelCache.release must free the model
         return loaded
 
     def _refiner_pipe(self, recipe: Recipe, base: LoadedModel) -> tuple[Any, ModelRef]:

@@ -161,7 +161,6 @@ def run_img2img(args) -> int:
             if recipe.refine is None:
                 raise ValueError("--refine-only: needs a refine stage (a --refiner, or 'base')")
             recipe = refine_any_recipe(recipe, recipe.refine)
-        recipe = Recipe.from_dict(recipe.to_dict())  # the whole combination validated before any model work
         recipe, inputs = edit_inputs_from_args(args, recipe, studio, source)
         saved = studio.edit(recipe, inputs, parent_id=parent_id)
     _print(args, {"id": saved.id, "seed": saved.recipe.seed, "image": str(saved.image), "parent_id": parent_id},

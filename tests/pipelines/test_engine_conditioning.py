@@ -172,3 +172,17 @@ def test_a_swapped_vae_is_recorded_and_required_on_rerun(engine, tiny_recipe, mo
         engine.render(first.recipe)
     fresh = engine.draft(tiny_recipe(), 1)[0]  # a new request records the VAE it was decoded with
     assert fresh.recipe.vae == ModelRef("madebyollin/sdxl-vae-fp16-fix")
+
+
+def test_controlnets_built_for_one_base_are_dropped_when_the_base_changes(engine, model_cache, tiny_recipe, monkeypatch):
+    import dataclasses
+
+    engine.draft(tiny_recipe(), 1)
+    engine.controlnets._loaded[("marker", 0)] = (object(), ModelRef("marker"))
+    engine.draft(tiny_recipe(), 1)  # same base: kept
+    assert ("marker", 0) in engine.controlnets._loaded
+    base = model_cache.load_base("tiny")
+    other = dataclasses.replace(base, pipe=base.pipe.__class__.from_pipe(base.pipe, dtype=base.pipe.dtype, add_watermarker=False))
+    monkeypatch.setattr(model_cache, "load_base", lambda spec: other)
+    engine.draft(tiny_recipe(), 1)
+    assert ("marker", 0) not in engine.controlnets._loaded
