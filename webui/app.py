@@ -66,7 +66,7 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             with gr.Tab("Gallery", id="gallery") as gallery_tab_item:
                 gallery = gallery_tab.render(ctx, draft.controls, tabs, "draft", gallery_tab_item)
         send = img2img_tab.send_from_gallery(ctx, img2img, tabs, "img2img")
-        for button, generation_id in ((draft.send_to_img2img, draft.selected), (gallery.send_to_img2img, gallery.detail_id)):
+        for button, generation_id in ((draft.send_to_img2img, draft.shown), (gallery.send_to_img2img, gallery.detail_id)):
             button.click(send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private")
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     return demo

@@ -23,6 +23,7 @@ from pipelines.recipe import (
 )
 
 CUSTOM_SIZE = "Custom"
+SOURCE_SIZE = "Nearest bucket to the source"  # img2img: the SDXL bucket closest to the source's aspect
 LORA_SLOTS = 3
 NO_LORA = ""
 SIZE_ENV = "ATELIER_UI_SIZE"  # default image side in the UI, e.g. "256" or "512x384" (width x height)
@@ -55,6 +56,48 @@ class Defaults:
     height: int
     steps: int = 20
     loras: tuple[str, ...] = ()  # LoRA names found in the models folder
+
+
+@dataclass
+class SizeControls:
+    preset: gr.Dropdown
+    width: gr.Number
+    height: gr.Number
+
+    def inputs(self) -> set[gr.components.Component]:
+        return {self.preset, self.width, self.height}
+
+
+def render_size_controls(width: int, height: int, *, elem_prefix: str = "", from_source: bool = False) -> SizeControls:
+    """A size preset (SDXL buckets, Custom; with `from_source` first "nearest bucket to the source") and
+    width/height boxes. A preset fills the boxes; typing in a box makes the preset Custom."""
+    if from_source:
+        presets, preset = [SOURCE_SIZE, *SIZE_PRESETS], SOURCE_SIZE
+    else:
+        presets, preset = SIZE_PRESETS, bucket_label(width, height) if (width, height) in SDXL_BUCKETS else CUSTOM_SIZE
+    with gr.Row():
+        size_preset = gr.Dropdown(presets, value=preset, label="Size (SDXL buckets)", elem_id=f"{elem_prefix}size-preset")
+        width_box = gr.Number(width, label="Width", minimum=MIN_SIDE, maximum=MAX_SIDE, step=8, precision=0,
+                              elem_id=f"{elem_prefix}width")
+        height_box = gr.Number(height, label="Height", minimum=MIN_SIDE, maximum=MAX_SIDE, step=8, precision=0,
+                               elem_id=f"{elem_prefix}height")
+    quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
+    size_preset.change(_preset_to_size, inputs=size_preset, outputs=[width_box, height_box], **quiet)
+    for box in (width_box, height_box):  # .input: the user's own typing, not a preset filling the box
+        box.input(lambda: CUSTOM_SIZE, outputs=size_preset, **quiet)
+    return SizeControls(size_preset, width_box, height_box)
+
+
+def size_from_values(c: SizeControls, values: dict, source_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(width, height): the nearest SDXL bucket to `source_size` (width, height) when the preset says
+    so (as `atelier img2img` without --width/--height), else the boxes."""
+    if values[c.preset] == SOURCE_SIZE:
+        if source_size is None:
+            raise ValueError("size: no source image to take the size from; add one, or choose a size")
+        from pipelines.img2img import nearest_bucket
+
+        return nearest_bucket(*source_size)
+    return _int(values, c.width, "width"), _int(values, c.height, "height")
 
 
 @dataclass
@@ -103,13 +146,10 @@ class GenerationControls:
 
 def render_generation_controls(d: Defaults) -> GenerationControls:
     """Create the controls in the current Blocks context (prompt first, details in accordions)."""
-    preset = bucket_label(d.width, d.height) if (d.width, d.height) in SDXL_BUCKETS else CUSTOM_SIZE
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", placeholder="a lighthouse on a cliff at dusk, oil painting")
     negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
-    with gr.Row():
-        size_preset = gr.Dropdown(SIZE_PRESETS, value=preset, label="Size (SDXL buckets)", elem_id="size-preset")
-        width = gr.Number(d.width, label="Width", minimum=MIN_SIDE, maximum=MAX_SIDE, step=8, precision=0, elem_id="width")
-        height = gr.Number(d.height, label="Height", minimum=MIN_SIDE, maximum=MAX_SIDE, step=8, precision=0, elem_id="height")
+    size = render_size_controls(d.width, d.height)
+    size_preset, width, height = size.preset, size.width, size.height
     with gr.Row():
         count = gr.Slider(1, MAX_DRAFTS, value=4, step=1, label="Drafts", elem_id="count")
         steps = gr.Slider(1, MAX_STEPS, value=d.steps, step=1, label="Draft steps", elem_id="steps")
@@ -152,8 +192,6 @@ def render_generation_controls(d: Defaults) -> GenerationControls:
         negative_original_w, negative_original_h, negative_target_w, negative_target_h, negative_crop_top,
         negative_crop_left, aesthetic, negative_aesthetic, tuple(names), tuple(weights),
     )
-    size_preset.change(_preset_to_size, inputs=size_preset, outputs=[width, height], queue=False, show_progress="hidden",
-                       api_visibility="private")
     return controls
 
 

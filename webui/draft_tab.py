@@ -20,6 +20,7 @@ PNG_OUT = dict(type="filepath", format="png", interactive=False, buttons=["downl
 class DraftTab:
     controls: bindings.GenerationControls
     selected: gr.Number  # the gallery id of the picked draft (also the API's way to name one)
+    shown: gr.State  # the gallery id of the newest result on show: refined/re-rendered, else the picked draft
     send_to_img2img: gr.Button
     draft_button: gr.Button
     interrupt: gr.Button
@@ -41,6 +42,7 @@ def render(ctx: Context) -> DraftTab:
             drafts = gr.Gallery(label="Drafts (click one to pick it)", columns=4, height="auto", format="png",
                                 allow_preview=False, buttons=[], elem_id="drafts", interactive=False)
             draft_ids = gr.State([])
+            shown = gr.State(None)
             with gr.Row():
                 selected = gr.Number(None, label="Picked draft", precision=0, interactive=False, elem_id="selected-draft")
                 refine_button = gr.Button("Refine", variant="primary", elem_id="refine-button")
@@ -73,10 +75,12 @@ def render(ctx: Context) -> DraftTab:
 
     def pick(ids: list[int], evt: gr.SelectData):
         if evt.index is None or not 0 <= evt.index < len(ids):
-            return gr.update(), gr.update(), gr.update()
+            return {}
         draft_id = ids[evt.index]
         image = ctx.studio.gallery.get(draft_id).image_path
-        return draft_id, str(image), f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps."
+        # A refined image of another draft no longer belongs beside this one.
+        return {selected: draft_id, shown: draft_id, before: str(image), after: None,
+                status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps."}
 
     def finish(draft_id, steps: int | None, request: gr.Request, doing: str):
         if draft_id is None:
@@ -90,7 +94,7 @@ def render(ctx: Context) -> DraftTab:
                 return ctx.studio.refine(draft_id, on_step=on_step, should_cancel=should_cancel)
             return ctx.studio.rerender(draft_id, int(steps), on_step=on_step, should_cancel=should_cancel)
 
-        for update in one_image_updates(ctx.jobs.stream(session_of(request), work), status, after, doing):
+        for update in one_image_updates(ctx.jobs.stream(session_of(request), work), status, after, doing, shown):
             if after in update and status in update and isinstance(update[after], str):
                 update[status] = f"Refined draft #{draft_id} → " + update[status].removeprefix("Made ")
             yield update
@@ -107,9 +111,9 @@ def render(ctx: Context) -> DraftTab:
     gpu = dict(concurrency_id=GPU, concurrency_limit=1)
     draft_button.click(run_drafts, inputs=controls.inputs(), outputs=outputs, api_name="draft", **gpu)
     controls.prompt.submit(run_drafts, inputs=controls.inputs(), outputs=outputs, api_visibility="private", **gpu)
-    drafts.select(pick, inputs=draft_ids, outputs=[selected, before, status], api_visibility="private")
-    finished = {before, after, status}
+    drafts.select(pick, inputs=draft_ids, outputs={selected, shown, before, after, status}, api_visibility="private")
+    finished = {before, after, status, shown}
     refine_button.click(refine, inputs=selected, outputs=finished, api_name="refine", **gpu)
     rerender_button.click(rerender, inputs=[selected, rerender_steps], outputs=finished, api_name="rerender", **gpu)
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=None, queue=False, api_name="interrupt")
-    return DraftTab(controls, selected, send_to_img2img, draft_button, interrupt)
+    return DraftTab(controls, selected, shown, send_to_img2img, draft_button, interrupt)

@@ -144,8 +144,10 @@ def progress_text(info: StepInfo, doing: str) -> str:
     return f"{doing}: {stage} step {info.step}/{info.total}"
 
 
-def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, result: Any, doing: str) -> Iterator[dict]:
-    """Page updates for a job that makes one image: progress and a fast preview, then the saved PNG."""
+def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, result: Any, doing: str,
+                      result_id: Any = None) -> Iterator[dict]:
+    """Page updates for a job that makes one image: progress and a fast preview, then the saved PNG
+    (and its gallery id into `result_id`, if given)."""
     from pipelines.previews import fast_preview
 
     for event in events:
@@ -157,4 +159,7 @@ def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, 
         elif isinstance(event, Interrupted):
             yield {status: f"**{event.message}** — nothing was saved."}
         elif isinstance(event, Done):
-            yield {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
+            update = {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
+            if result_id is not None:
+                update[result_id] = event.result.id
+            yield update

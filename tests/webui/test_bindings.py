@@ -72,3 +72,42 @@ def test_default_size_setting(monkeypatch):
     monkeypatch.setenv(bindings.SIZE_ENV, "big")
     with pytest.raises(ValueError, match=bindings.SIZE_ENV):
         bindings.default_size(demo=True)
+
+
+@pytest.fixture(scope="module")
+def img2img_size():
+    with gr.Blocks():
+        return bindings.render_size_controls(256, 256, elem_prefix="img2img-", from_source=True)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ((80, 48), (1344, 768)), ((64, 64), (1024, 1024)), ((1080, 1920), (768, 1344)), ((3000, 1000), (1536, 640)),
+])
+def test_img2img_size_follows_the_source_by_default(img2img_size, source, expected):
+    assert img2img_size.preset.value == bindings.SOURCE_SIZE
+    values = {c: c.value for c in img2img_size.inputs()}
+    assert bindings.size_from_values(img2img_size, values, source) == expected
+
+
+@pytest.mark.parametrize("preset", [bindings.CUSTOM_SIZE, "832×1216"])
+def test_a_chosen_img2img_size_is_kept(img2img_size, preset):
+    values = {img2img_size.preset: preset, img2img_size.width: 832, img2img_size.height: 1216}
+    assert bindings.size_from_values(img2img_size, values, (80, 48)) == (832, 1216)
+
+
+def test_following_the_source_needs_one(img2img_size):
+    values = {c: c.value for c in img2img_size.inputs()}
+    with pytest.raises(ValueError, match="no source image"):
+        bindings.size_from_values(img2img_size, values, None)
+
+
+@pytest.mark.parametrize("text, expected", [("", 16), ("3", 3), ("0", ValueError), ("many", ValueError)])
+def test_queue_size_setting(monkeypatch, text, expected):
+    from webui.app import QUEUE_SIZE_ENV, queue_size_default
+
+    monkeypatch.setenv(QUEUE_SIZE_ENV, text)
+    if expected is ValueError:
+        with pytest.raises(ValueError, match=QUEUE_SIZE_ENV):
+            queue_size_default()
+    else:
+        assert queue_size_default() == expected

@@ -197,6 +197,20 @@ def test_dropping_a_png_loads_its_recipe(page, server, tmp_path, kind):
     shot(page, f"11-dropped-{kind}-png")
 
 
+def img2img_size(page) -> tuple[str, int, int]:
+    return (page.input_value("#img2img-size-preset input"), int(page.input_value("#img2img-width input")),
+            int(page.input_value("#img2img-height input")))
+
+
+def wait_value(page, selector: str, value: str) -> None:
+    page.wait_for_function("([sel, v]) => document.querySelector(sel)?.value === v", arg=[selector, value])
+
+
+def wait_img2img_size(page, width: int, height: int) -> None:
+    wait_value(page, "#img2img-width input", str(width))
+    wait_value(page, "#img2img-height input", str(height))
+
+
 def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
     ids = draft(page, "a copper kettle on a stove")
     page.locator("#drafts .thumbnail-item").nth(0).click()
@@ -204,6 +218,13 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
     page.click("#draft-to-img2img")
     page.wait_for_selector("#img2img-button", state="visible")
     assert page.input_value("#img2img-parent input") == str(ids[0])
+    # The size follows the source (a square draft: the square SDXL bucket), as `atelier img2img` does ...
+    wait_img2img_size(page, 1024, 1024)
+    assert img2img_size(page)[0] == "Nearest bucket to the source"
+    # ... until the user types a size of their own (small here: the tiny model is slow at 1024 px).
+    page.fill("#img2img-width input", "128")
+    page.fill("#img2img-height input", "64")
+    wait_value(page, "#img2img-size-preset input", "Custom")
     page.click("#img2img-button")
     text = wait_text(page, "#img2img-status", r"Made \*?\*?#\d+|Made #\d+")
     made_id = int(re.search(r"#(\d+)", text).group(1))
@@ -211,6 +232,7 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
     try:
         made = gallery.get(made_id)
         assert made.kind == "img2img" and made.parent_id == ids[0] and made.recipe.strength == 0.6
+        assert (made.recipe.width, made.recipe.height) == (128, 64)
         assert image_bytes_shown(page, "#img2img-result") == made.image_path.read_bytes()
         shot(page, "12-img2img-from-draft")
 
@@ -218,11 +240,44 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
         Image.new("RGB", (80, 48), (10, 200, 60)).save(upload)
         page.set_input_files("#img2img-source input[type=file]", str(upload))
         page.wait_for_function("document.querySelector('#img2img-parent input').value === ''")
+        assert img2img_size(page) == ("Custom", 128, 64)  # the user's own size stays
         page.click("#img2img-button")
         text = wait_text(page, "#img2img-status", rf"Made \*?\*?#(?!{made_id}\b)\d+|Made #(?!{made_id}\b)\d+")
         second = gallery.get(int(re.search(r"#(\d+)", text).group(1)))
         assert second.kind == "img2img" and second.parent_id is None and dict(second.inputs).get("source")
+        assert (second.recipe.width, second.recipe.height) == (128, 64)
         shot(page, "13-img2img-upload")
+
+        page.click("#img2img-size-preset input")  # back to following the source: 80×48 is nearest 1344×768
+        page.get_by_role("option", name="Nearest bucket to the source").click()
+        wait_img2img_size(page, 1344, 768)
+    finally:
+        gallery.close()
+
+
+def test_send_to_img2img_sends_the_image_on_show(page, server):
+    """The refined image once there is one (the newest result on show), else the picked draft."""
+    ids = draft(page, "a tin robot in a meadow")
+    page.locator("#drafts .thumbnail-item").nth(1).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{ids[1]}")
+    page.click("#refine-button")
+    text = wait_text(page, "#draft-status", r"Refined draft #\d+ → #\d+")
+    refined_id = int(re.search(r"→ #(\d+)", text).group(1))
+    page.click("#draft-to-img2img")
+    wait_value(page, "#img2img-parent input", str(refined_id))
+    image_shown = image_bytes_shown(page, "#img2img-source")
+    gallery = server.gallery()
+    try:
+        assert image_shown == gallery.get(refined_id).image_path.read_bytes()
+        shot(page, "17-refined-sent-to-img2img")
+
+        page.get_by_role("tab", name="Draft & Refine").click()
+        page.locator("#drafts .thumbnail-item").nth(2).click()
+        wait_text(page, "#draft-status", rf"Picked draft #{ids[2]}")
+        page.wait_for_selector("#after img", state="detached")  # another draft's refined image is not shown beside it
+        page.click("#draft-to-img2img")
+        wait_value(page, "#img2img-parent input", str(ids[2]))
+        assert image_bytes_shown(page, "#img2img-source") == gallery.get(ids[2]).image_path.read_bytes()
     finally:
         gallery.close()
 
@@ -254,7 +309,7 @@ def test_controlnet_tab_previews_the_map_and_makes_an_image(page, server, tmp_pa
     page.click("#cn-refresh")
     page.set_input_files("#cn-image-0 input[type=file]", str(control))
     page.click("#cn-preview")
-    page.wait_for_selector("#cn-map-0 img")
+    page.wait_for_selector("#cn-map-0 img", timeout=120_000)  # the first preview imports controlnet_aux (slow)
     with Image.open(io.BytesIO(image_bytes_shown(page, "#cn-map-0"))) as shown_map:
         edges = shown_map.convert("L")
         assert edges.getextrema() == (0, 255)  # canny found the square's edges
