@@ -5,7 +5,6 @@ Used by the command line and the web UI alike, so both save, refine and re-run t
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,10 +165,10 @@ def choose_models(home: Path, base: str | None = None, refiner: str | None = Non
     Looks in the models folder (A1111 or ComfyUI layout, under $ATELIER_MODELS or <home>/models)
     and in the Hugging Face cache; never downloads.
     """
-    from pipelines.model_files import find_models_root
+    from pipelines.model_files import models_root
 
     if base is None:
-        models = find_models_root(os.environ.get("ATELIER_MODELS"), Path(home) / "models")
+        models = models_root(home)
         checkpoints = models.list_models("checkpoint") if models else []
         if checkpoints:
             base = str(models.resolve_checkpoint(checkpoints[0]))

@@ -9,12 +9,11 @@ config.json instead).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.model_files import HashCache, find_models_root, read_safetensors_header
+from pipelines.model_files import HashCache, hub_offline, models_root, read_safetensors_header
 from pipelines.recipe import ControlUnit, ModelRef
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -31,11 +30,11 @@ class ControlNetLibrary:
         self._loaded: dict[tuple[str, int], tuple[Any, ModelRef]] = {}
 
     def folder(self) -> Path | None:
-        root = find_models_root(self.models_root, os.environ.get("ATELIER_MODELS"), self.home / "models")
+        root = models_root(self.home, self.models_root)
         return root.folder("controlnet") if root is not None else None
 
     def available(self) -> list[dict[str, Any]]:
-        root = find_models_root(self.models_root, os.environ.get("ATELIER_MODELS"), self.home / "models")
+        root = models_root(self.home, self.models_root)
         if root is None or root.folder("controlnet") is None:
             return []
         return [{"name": n.removesuffix(".safetensors"), "path": str(root.resolve("controlnet", n))}
@@ -47,7 +46,7 @@ class ControlNetLibrary:
             raise ValueError(f"controlnet: must be a folder, a .safetensors file, a hub id or a name (got {spec!r})")
         path = Path(spec).expanduser()
         if not path.exists():
-            root = find_models_root(self.models_root, os.environ.get("ATELIER_MODELS"), self.home / "models")
+            root = models_root(self.home, self.models_root)
             if root is not None and root.folder("controlnet") is not None and not path.is_absolute():
                 try:
                     path = root.resolve("controlnet", spec)  # refuses names reaching outside the folder
@@ -163,7 +162,7 @@ def _from_single_file(path: Path, unet: Any, dtype: Any) -> Any:
 def _hub_folder(repo: str) -> Path:
     import huggingface_hub
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     try:
         folder = huggingface_hub.snapshot_download(repo, local_files_only=offline,
                                                    allow_patterns=["config.json", "*.safetensors"])

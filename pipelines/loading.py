@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.model_files import HashCache, find_models_root, folder_digest, read_safetensors_header
+from pipelines.model_files import HashCache, folder_digest, hub_offline, models_root, read_safetensors_header
 from pipelines.recipe import ModelRef
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -53,10 +53,6 @@ def _recorded_name(spec: str, location: Location) -> str:
     if location.path is not None and Path(spec).expanduser().exists():
         return str(location.path)
     return spec
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def pick_device(device: str | None):
@@ -190,7 +186,7 @@ class ModelCache:
             return self._local(path)
         looks_like_path = spec.startswith((".", "/", "~", "\\")) or Path(spec).suffix.lower() in (
             ".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-        root = find_models_root(os.environ.get("ATELIER_MODELS"), self.home / "models", self.home)
+        root = models_root(self.home)
         if root is not None and root.folder("checkpoint") is not None and not path.is_absolute():
             try:
                 return self._local(root.resolve_checkpoint(spec))
@@ -291,7 +287,7 @@ class ModelCache:
         """The local snapshot folder of a hub repo (downloaded unless HF_HUB_OFFLINE=1) and its commit."""
         import huggingface_hub
 
-        offline = _env_true("HF_HUB_OFFLINE") or huggingface_hub.constants.HF_HUB_OFFLINE
+        offline = hub_offline()
         cache_dir = os.environ.get("HF_HUB_CACHE") or None
         try:
             if offline:

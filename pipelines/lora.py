@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import warnings
 import weakref
 from collections import OrderedDict
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.model_files import HashCache, ModelsFolder, find_models_root, read_safetensors_header
+from pipelines.model_files import HashCache, ModelsFolder, models_root, read_safetensors_header
 from pipelines.prompt_syntax import extract_lora_tokens
 from pipelines.recipe import LoraRef, Recipe
 
@@ -96,7 +95,7 @@ class LoraLibrary:
     # -- the folder ------------------------------------------------------------------------------
 
     def models(self) -> ModelsFolder | None:
-        root = find_models_root(self.models_root, os.environ.get("ATELIER_MODELS"), self.home / "models")
+        root = models_root(self.home, self.models_root)
         return root if root is not None and root.folder("lora") is not None else None
 
     def folder(self) -> Path | None:

@@ -269,3 +269,16 @@ def find_models_root(*candidates: Path | str | None) -> ModelsFolder | None:
             if layout:
                 return ModelsFolder(path.resolve(), layout)
     return None
+
+
+def models_root(home: Path, explicit: Path | str | None = None) -> ModelsFolder | None:
+    """The models folder Atelier uses: `explicit`, else $ATELIER_MODELS, else <home>/models (or <home>)."""
+    return find_models_root(explicit, os.environ.get("ATELIER_MODELS"), Path(home) / "models", home)
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (HF_HUB_OFFLINE set, as in tests and offline use)."""
+    import huggingface_hub
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return flag or bool(huggingface_hub.constants.HF_HUB_OFFLINE)
