@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.model_files import HashCache, hub_offline, models_root, read_safetensors_header
+from pipelines.model_files import PICKLE_SUFFIXES, HashCache, hub_offline, models_root, read_safetensors_header
 from pipelines.recipe import ControlUnit, ModelRef
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -125,7 +125,7 @@ def _folder_weights(folder: Path) -> Path:
                 raise ValueError(f"{folder}: a ControlNet folder needs its config.json")
             read_safetensors_header(folder / name)
             return folder / name
-    pickles = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth"))
+    pickles = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLE_SUFFIXES)
     detail = f" (only pickle weights: {', '.join(pickles)}; refused)" if pickles else ""
     raise ValueError(f"{folder}: no ControlNet .safetensors weights (diffusion_pytorch_model.safetensors){detail}")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.model_files import HashCache, folder_digest, hub_offline, models_root, read_safetensors_header
+from pipelines.model_files import PICKLE_SUFFIXES, HashCache, folder_digest, hub_offline, models_root, read_safetensors_header
 from pipelines.recipe import ModelRef
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -185,7 +185,7 @@ class ModelCache:
         if path.exists():
             return self._local(path)
         looks_like_path = spec.startswith((".", "/", "~", "\\")) or Path(spec).suffix.lower() in (
-            ".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+            ".safetensors", *PICKLE_SUFFIXES)
         root = models_root(self.home)
         if root is not None and root.folder("checkpoint") is not None and not path.is_absolute():
             try:
@@ -258,7 +258,7 @@ class ModelCache:
             sub = folder / name
             if value[0] in ("diffusers", "transformers") and (sub / "config.json").exists():
                 if not list(sub.glob("*.safetensors")):
-                    found = sorted(p.name for p in sub.iterdir() if p.suffix in (".bin", ".ckpt", ".pt", ".pth"))
+                    found = sorted(p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES)
                     detail = f" (only pickle weights: {', '.join(found)}; refused)" if found else ""
                     raise ValueError(f"{sub}: no .safetensors weights{detail}")
         for weight in folder_weight_files(folder, variant):

@@ -90,10 +90,6 @@ def read_safetensors_header(path: Path) -> dict:
     return header
 
 
-def tensor_names(path: Path) -> list[str]:
-    return [k for k in read_safetensors_header(path) if k != "__metadata__"]
-
-
 # --- hashing ----------------------------------------------------------------------------------
 
 
