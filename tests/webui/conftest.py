@@ -102,3 +102,13 @@ def wait_text(page, selector: str, pattern: str, timeout: float = 120_000) -> st
         arg=[selector, pattern], timeout=timeout,
     )
     return page.inner_text(selector)
+
+
+def start_long_draft(page, prompt: str) -> None:
+    """Draft at 500 steps and 256 px (far longer than any test waits) and wait until it is running."""
+    page.fill("#prompt textarea", prompt)
+    page.fill("#steps input[type=number]", "500")
+    page.fill("#width input", "256")
+    page.fill("#height input", "256")
+    page.click("#draft-button")
+    wait_text(page, "#draft-status", r"base model step \d+/\d+")

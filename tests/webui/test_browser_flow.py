@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.webui.conftest import shot, wait_text
+from tests.webui.conftest import shot, start_long_draft, wait_text
 
 pytestmark = pytest.mark.browser
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-draft-refine.png"
@@ -133,12 +133,7 @@ def test_interrupt_stops_a_long_run(page, server):
     gallery = server.gallery()
     try:
         before = gallery.list(limit=1000).items
-        page.fill("#prompt textarea", "a very long run that will be interrupted")
-        page.fill("#steps input[type=number]", "500")
-        page.fill("#width input", "256")
-        page.fill("#height input", "256")
-        page.click("#draft-button")
-        wait_text(page, "#draft-status", r"base model step \d+/\d+")
+        start_long_draft(page, "a very long run that will be interrupted")
         page.click("#interrupt-button")
         text = wait_text(page, "#draft-status", r"Interrupted", timeout=30_000)
         step = int(re.search(r"at step (\d+)", text).group(1))

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.webui.conftest import open_page, shot, start_server, wait_text
+from tests.webui.conftest import open_page, shot, start_long_draft, start_server, wait_text
 
 pytestmark = pytest.mark.browser
 QUEUE_SIZE = 2
@@ -94,12 +94,7 @@ def test_a_second_browser_sees_its_own_place(small_queue, chromium):
     first = open_page(chromium, small_queue.url)
     second = open_page(chromium, small_queue.url)
     try:
-        first.fill("#prompt textarea", "the first browser's long job")
-        first.fill("#steps input[type=number]", "500")
-        first.fill("#width input", "256")
-        first.fill("#height input", "256")
-        first.click("#draft-button")
-        wait_text(first, "#draft-status", r"base model step \d+/\d+")
+        start_long_draft(first, "the first browser's long job")
 
         _, ahead = submit_draft(small_queue, "an API job in line before the second browser", 2)
         assert wait_status(ahead, "IN_QUEUE").rank == 0
