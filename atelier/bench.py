@@ -172,7 +172,7 @@ def run_all(home: Path | None = None, *, gallery_rows: int = 100_000, ui: bool =
         figures = {"engine": engine_figures(home or Path(tmp) / "home", **engine_kwargs)}
         figures["gallery"] = gallery_figures(Path(tmp) / "gallery", rows=gallery_rows)
     if ui:
-        from webui.bench import ui_figures  # imported here: the CLI starts without gradio
+        from atelier.ui_bench import ui_figures  # it starts `atelier serve` in a subprocess
 
         figures["ui"] = ui_figures(repeats=3)
     return figures

@@ -15,6 +15,8 @@ FORBIDDEN = {
     "pipelines.engine": {"gradio", "storage", "webui", "atelier", "sqlalchemy"},
     "storage.gallery": {"torch", "diffusers", "transformers", "gradio", "webui", "atelier"},
     "atelier.studio": {"gradio", "webui"},
+    "atelier.bench": {"gradio", "webui"},
+    "atelier.ui_bench": {"gradio", "webui"},
     "atelier.cli": {"torch", "gradio", "diffusers"},  # the CLI starts light; commands import what they need
 }
 

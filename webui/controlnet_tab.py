@@ -11,7 +11,6 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.recipe import Recipe
 from webui import bindings
 from webui.context import Context, interrupt_handler, session_of
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
@@ -34,10 +33,10 @@ class Unit:
         return {self.image, self.preprocessor, self.model, self.scale, self.start, self.end}
 
 
-def _preprocessors() -> list[str]:
+def _preprocessors(ctx: Context) -> list[str]:
     from pipelines.preprocessors import available
 
-    return [row["name"] for row in available() if row["ready"]]
+    return [row["name"] for row in available(_annotators(ctx)) if row["ready"]]
 
 
 def _models(ctx: Context) -> list[str]:
@@ -63,7 +62,7 @@ def _requests(units: list[Unit], values: dict) -> list:
 
 def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
     gr.Markdown("Prompt, size and sampler come from **Draft & Refine**. Each unit with an image guides the result.")
-    preprocessors, models = _preprocessors(), _models(ctx)
+    preprocessors, models = _preprocessors(ctx), _models(ctx)
     units: list[Unit] = []
     with gr.Row():
         with gr.Column(scale=3):
@@ -100,7 +99,6 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
         from atelier.edit_inputs import with_inputs
 
         recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)
-        recipe = Recipe.from_dict(recipe.to_dict())
         return with_inputs(recipe, None, _requests(units, values), _annotators(ctx))
 
     @guarded

@@ -33,12 +33,24 @@ def source_size(path: str | None) -> tuple[int, int] | None:
     return open_image(Path(path).read_bytes(), "source image").size if path else None
 
 
+def source_bytes(ctx: Context, path: str, parent_id: int | None) -> bytes:
+    """What to store as the source: the gallery's own file when the image is that gallery entry (the
+    browser's copy is a re-encode, with another sha256 and without its metadata), else the upload."""
+    data = Path(path).read_bytes()
+    if parent_id:
+        from atelier.edit_inputs import open_image
+
+        original = ctx.studio.gallery.read_file(ctx.studio.gallery.get(parent_id).image_sha256)
+        if open_image(original, "gallery image").convert("RGB").tobytes() == open_image(data, "source image").convert("RGB").tobytes():
+            return original
+    return data
+
+
 def img2img_recipe(controls: bindings.GenerationControls, size: bindings.SizeControls, values: dict, ctx: Context,
                    strength: float, source: str | None) -> Recipe:
     recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)
     width, height = bindings.size_from_values(size, values, source_size(source))
-    recipe = recipe.replace(mode="img2img", strength=float(strength), width=width, height=height)
-    return Recipe.from_dict(recipe.to_dict())  # the whole combination validated before any model work
+    return recipe.replace(mode="img2img", strength=float(strength), width=width, height=height)  # validates
 
 
 def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
@@ -65,8 +77,8 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
         from atelier.edit_inputs import with_inputs
 
         recipe = guarded(img2img_recipe)(controls, size, values, ctx, strength_value, path)
-        recipe, inputs = guarded(with_inputs)(recipe, Path(path).read_bytes())
         parent_id = int(from_id) if from_id else None
+        recipe, inputs = guarded(with_inputs)(recipe, guarded(source_bytes)(ctx, path, parent_id))
         yield {status: f"Img2img at strength {strength_value}…"}
 
         def work(on_step, should_cancel):

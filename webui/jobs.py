@@ -72,16 +72,18 @@ class GpuJobs:
         outcome: dict[str, Any] = {}
 
         def run() -> None:
+            # Registered before waiting for the device, so Interrupt also reaches a job still waiting.
+            self._cancel[session] = cancel
             try:
                 with self._lock:
-                    self._cancel[session] = cancel
-                    try:
-                        outcome["result"] = work(lambda info: events.put(info), cancel.is_set)
-                    finally:
-                        self._cancel.pop(session, None)
+                    if cancel.is_set():
+                        raise GenerationCancelled("before it started")
+                    outcome["result"] = work(lambda info: events.put(info), cancel.is_set)
             except BaseException as exc:  # handed to the generator, which reports it
                 outcome["error"] = exc
             finally:
+                if self._cancel.get(session) is cancel:
+                    self._cancel.pop(session, None)
                 events.put(None)
 
         thread = threading.Thread(target=run, name="atelier-gpu-job", daemon=True)

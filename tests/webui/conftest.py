@@ -30,7 +30,7 @@ class Server:
 
 
 def start_server(home: Path, *extra: str, size: int = 64) -> Server:
-    from webui.bench import start_serve, wait_until_served
+    from atelier.ui_bench import start_serve, wait_until_served
 
     home.parent.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"serve-{home.name}.log"
@@ -48,7 +48,7 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve") / "home"
     running = start_server(home)
     yield running
-    from webui.bench import stop
+    from atelier.ui_bench import stop
 
     stop(running.process)
 

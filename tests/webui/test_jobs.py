@@ -86,3 +86,28 @@ def test_errors_become_messages(error, title, text):
     assert raised.value.title == title and text in raised.value.message
     assert "Traceback" not in raised.value.message
     assert readable_error(raised.value) is raised.value
+
+
+def test_interrupt_reaches_a_job_still_waiting_for_the_device():
+    jobs, seen, holding = GpuJobs(), [], threading.Event()
+    release = threading.Event()
+
+    def warm_up():  # e.g. loading models outside the queue
+        holding.set()
+        release.wait(5)
+
+    holder = threading.Thread(target=jobs.run_now, args=(warm_up,))
+    holder.start()
+    holding.wait(5)
+    stream = jobs.stream("a", stepping(5, 0.01, seen))
+    first = []
+    reader = threading.Thread(target=lambda: first.extend(stream))
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not jobs.interrupt("a"):  # the job registers itself before it gets the device
+        assert time.monotonic() < deadline, "a waiting job could not be interrupted"
+        time.sleep(0.01)
+    release.set()
+    holder.join()
+    reader.join(5)
+    assert isinstance(first[-1], Interrupted) and seen == []  # it never ran a step

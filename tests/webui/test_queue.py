@@ -19,7 +19,7 @@ LONG = dict(Width=256, Height=256)  # with 500 steps: far longer than any test w
 
 @pytest.fixture(scope="module")
 def small_queue(tmp_path_factory):
-    from webui.bench import stop
+    from atelier.ui_bench import stop
 
     running = start_server(tmp_path_factory.mktemp("serve-queue") / "home", "--queue-size", str(QUEUE_SIZE))
     yield running
@@ -34,7 +34,7 @@ def client(server):
 
 def submit_draft(server, prompt: str, steps: int, **controls):
     """A /draft job from a new API client (its own session); returns (client, job)."""
-    from webui.bench import api_draft_args
+    from atelier.ui_bench import api_draft_args
 
     api = client(server)
     return api, api.submit(*api_draft_args(api, prompt, steps, **controls), api_name="/draft")
