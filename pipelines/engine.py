@@ -145,8 +145,8 @@ class Engine:
         if recipe.stage == "draft":
             return draft
         if recipe.refine is None:
-            final = draft.recipe.replace(stage="final", watermark_applied=None)  # with the identities it resolved
-            return self._finish(final, self._decode_clean(final, draft), draft.latent.tensor)
+            # The base ran to the end: its draft preview is already the decoded, watermarked final image.
+            return FinishedImage(draft.recipe.replace(stage="final"), draft.preview, draft.latent.tensor)
         return self.refine(draft, on_step=on_step, should_cancel=should_cancel)
 
     def rerender(self, draft: Draft, steps: int, *, inputs: EditInputs | None = None, **callbacks: Any) -> FinishedImage:
@@ -194,11 +194,6 @@ class Engine:
             kept = KeptLatent(latent.detach().to("cpu"), template.switch)
             drafts.append(Draft(recipe.replace(watermark_applied=applied), kept, preview))
         return drafts
-
-    def _decode_clean(self, recipe: Recipe, draft: Draft) -> Image.Image:
-        base = self._load_base(recipe.model)
-        with self._memory_guard("decoding"):
-            return decode_latents(base.pipe, draft.latent.tensor[None].to(self.models.device))[0]
 
     def _finish(self, recipe: Recipe, image: Image.Image, latent: torch.Tensor) -> FinishedImage:
         image, applied = self._watermark(recipe, image)

@@ -170,10 +170,12 @@ def test_rerender_at_more_steps_then_hands_off(engine, tiny_recipe, direct, coun
     assert np.array_equal(pixels(again.image), pixels(finished.image))
 
 
-def test_final_without_refine_stage_runs_the_base_to_the_end(engine, tiny_recipe, direct):
-    _, _, ref_base, _ = direct
+def test_final_without_refine_stage_runs_the_base_to_the_end(engine, tiny_recipe, direct, count_calls):
+    base, _, ref_base, _ = direct
     recipe = tiny_recipe(switch=1.0, refine=None)
-    finished = engine.render(recipe)
+    with count_calls(decode=base.pipe.vae.decoder) as calls:
+        finished = engine.render(recipe)
+    assert calls["decode"] == 1
     expected = ref_base(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, num_inference_steps=recipe.steps,
                         guidance_scale=recipe.guidance, width=64, height=64, output_type="latent",
                         generator=torch.Generator("cpu").manual_seed(recipe.seed)).images[0]
