@@ -19,6 +19,12 @@ DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-dra
 PROMPT = "a red lighthouse on a windswept cliff"
 
 
+def made_id_in(page, status: str) -> int:
+    """The gallery id a tab's status line reports once its image is made ("Made #N")."""
+    text = wait_text(page, status, r"Made \*?\*?#\d+|Made #\d+")
+    return int(re.search(r"#(\d+)", text).group(1))
+
+
 def pixel_hash(path: Path) -> str:
     with Image.open(path) as image:
         return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
@@ -221,8 +227,7 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
     page.fill("#img2img-height input", "64")
     wait_value(page, "#img2img-size-preset input", "Custom")
     page.click("#img2img-button")
-    text = wait_text(page, "#img2img-status", r"Made \*?\*?#\d+|Made #\d+")
-    made_id = int(re.search(r"#(\d+)", text).group(1))
+    made_id = made_id_in(page, "#img2img-status")
     gallery = server.gallery()
     try:
         made = gallery.get(made_id)
@@ -309,8 +314,7 @@ def test_controlnet_tab_previews_the_map_and_makes_an_image(page, server, tmp_pa
         edges = shown_map.convert("L")
         assert edges.getextrema() == (0, 255)  # canny found the square's edges
     page.click("#cn-button")
-    text = wait_text(page, "#cn-status", r"Made \*?\*?#\d+|Made #\d+")
-    made_id = int(re.search(r"#(\d+)", text).group(1))
+    made_id = made_id_in(page, "#cn-status")
     gallery = server.gallery()
     try:
         made = gallery.get(made_id)
