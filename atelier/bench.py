@@ -16,9 +16,9 @@ from typing import Any, Iterator
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-import pipelines.engine as engine_module
-from pipelines.engine import Engine
-from pipelines.loading import ModelCache
+import pipelines.engine.engine as engine_module
+from pipelines.engine.engine import Engine
+from pipelines.models.loading import ModelCache
 from pipelines.recipe import ModelRef, Recipe, RefineSettings
 
 

@@ -74,7 +74,7 @@ def _worded_faults() -> tuple[type, ...]:
     """Faults whose message is meant for the user: a full disk, a lost file, out of memory, a failed
     migration. Only modules already loaded are asked, so the CLI still starts without torch."""
     kinds: list[type] = [OSError]
-    for module, name in (("pipelines.engine", "OutOfMemory"), ("storage.migrate", "MigrationError")):
+    for module, name in (("pipelines.engine.engine", "OutOfMemory"), ("storage.migrate", "MigrationError")):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return tuple(kinds)

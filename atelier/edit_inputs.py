@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.base_stage import EditInputs
-from pipelines.img2img import fit_to_bucket
+from pipelines.engine.base_stage import EditInputs
+from pipelines.sizes import fit_to_bucket
 from pipelines.recipe import ControlUnit, ModelRef, Recipe
 
 
@@ -61,7 +61,7 @@ def png_bytes(image: Image.Image) -> bytes:
 def with_inputs(recipe: Recipe, source: bytes | None = None, controls: list[ControlRequest] = (),
                 annotators_dir: Path | None = None) -> tuple[Recipe, InputFiles]:
     """The recipe with its input hashes recorded, and the images for the engine and the gallery."""
-    from pipelines.preprocessors import check_params, preprocess
+    from pipelines.models.preprocessors import check_params, preprocess
 
     files: dict[str, bytes] = {}
     source_image = None

@@ -14,10 +14,11 @@ from PIL import Image
 
 from atelier import __version__
 from atelier.edit_inputs import InputFiles, stored_inputs
-from pipelines.engine import Draft, Engine, FinishedImage
-from pipelines.kept_latent import KeptLatent
-from pipelines.loading import DEFAULT_BASE, DEFAULT_REFINER, ModelCache
-from pipelines.png_metadata import encode_png, read_png
+from atelier.requests import ModelChoice
+from pipelines.engine.engine import Draft, Engine, FinishedImage
+from pipelines.engine.kept_latent import KeptLatent
+from pipelines.models.loading import DEFAULT_BASE, DEFAULT_REFINER, ModelCache
+from pipelines.provenance.png_metadata import encode_png, read_png
 from pipelines.recipe import Recipe
 from storage.gallery import Gallery, Generation, NotFoundError
 
@@ -152,20 +153,13 @@ def _saved(generation: Generation) -> Saved:
     return Saved(generation.id, generation.recipe, generation.image_path, generation.latent_path)
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    base: str
-    refiner: str | None  # None: the base refines its own drafts
-    demo: bool  # True when no SDXL weights were found and the random-weight tiny model stands in
-
-
 def choose_models(home: Path, base: str | None = None, refiner: str | None = None) -> ModelChoice:
     """What to load when the user did not say: real SDXL weights if any are here, else the tiny demo.
 
     Looks in the models folder (A1111 or ComfyUI layout, under $ATELIER_MODELS or <home>/models)
     and in the Hugging Face cache; never downloads.
     """
-    from pipelines.model_files import models_root
+    from pipelines.models.model_files import models_root
 
     if base is None:
         models = models_root(home)

@@ -80,8 +80,8 @@ def ui_figures(*, size: int = 64, steps: int = 20, repeats: int = 5, home: Path 
     """Start `atelier serve` on the tiny model in a scratch home and measure; returns a dict for `atelier bench`."""
     from gradio_client import Client
 
-    from pipelines.engine import Engine
-    from pipelines.loading import ModelCache
+    from pipelines.engine.engine import Engine
+    from pipelines.models.loading import ModelCache
 
     with tempfile.TemporaryDirectory(prefix="atelier-ui-bench-") as tmp:
         home = home or Path(tmp) / "home"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 
-from pipelines.recipe import PROMPT_SYNTAXES
+from pipelines.recipe import PROMPT_SYNTAXES, LoraRef
 
 _ROUND_MULTIPLIER = 1.1
 _SQUARE_MULTIPLIER = 1 / 1.1
@@ -240,3 +240,28 @@ def extract_lora_tokens(prompt: str) -> tuple[str, list[tuple[str, float]]]:
             weight = _lora_weight(token, named["te"].strip())
         loras.append((name, weight))
     return _RE_LORA.sub("", prompt), loras
+
+
+def lora_name(name: str) -> str:
+    """A LoRA's name as recipes record it: relative to the LoRA folder, without ".safetensors"."""
+    name = name.strip()
+    return name[: -len(".safetensors")] if name.lower().endswith(".safetensors") else name
+
+
+def merge_prompt_loras(picked: tuple[LoraRef, ...], prompt: str) -> tuple[LoraRef, ...]:
+    """The LoRAs a request uses: `picked` (a LoRA list or --lora) plus the prompt's `<lora:name:w>`
+    tokens. The one rule, for every front end and the engine: **a token in the prompt sets the weight
+    of its LoRA**; a picked LoRA not named in the prompt keeps its picked weight. Names are compared
+    without ".safetensors". A LoRA named twice in the prompt, or picked twice, is an error."""
+    _, tokens = extract_lora_tokens(prompt)
+    weights: dict[str, float] = {}
+    for source, pairs in (("LoRA list", [(ref.name, ref.weight) for ref in picked]), ("prompt", tokens)):
+        seen: set[str] = set()
+        for name, weight in pairs:
+            name = lora_name(name)
+            if name in seen:
+                raise ValueError(f"{'loras' if source == 'LoRA list' else 'prompt'}: the LoRA {name!r} appears "
+                                 f"twice in the {source}; give each LoRA once")
+            seen.add(name)
+            weights[name] = weight
+    return tuple(LoraRef(name=name, weight=weight) for name, weight in weights.items())

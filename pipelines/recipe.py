@@ -38,18 +38,6 @@ MAX_STEPS = 500
 MAX_DRAFTS = 16  # drafts per request; documented in the README
 MAX_SEED = 2**63 - 1
 
-# SDXL multi-aspect buckets (width, height): about 1024² pixels, sides multiples of 64.
-SDXL_BUCKETS = (
-    (1024, 1024),
-    (1152, 896),
-    (896, 1152),
-    (1216, 832),
-    (832, 1216),
-    (1344, 768),
-    (768, 1344),
-    (1536, 640),
-    (640, 1536),
-)
 
 
 def _fail(name: str, allowed: str, got: Any) -> None:
@@ -211,7 +199,7 @@ class Recipe:
     mode: str = "txt2img"
     stage: str = "final"
     batch_seeds: tuple[int, ...] = ()  # all seeds of the batch this image was drafted in; () = alone
-    steps: int = 30
+    steps: int = 20
     guidance: float = 5.0
     scheduler: str = "Euler"
     width: int = 1024
@@ -353,3 +341,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise ValueError(f"recipe: {prefix or ''}{exc}") from None
+
+
+def refine_any_recipe(recipe: Recipe, refiner: RefineSettings) -> Recipe:
+    """"Refine any image": the source as it is (strength 0, base runs no step), then the refiner at
+    `refiner.strength` on the clean latent."""
+    return recipe.replace(mode="img2img", strength=0.0, switch=1.0, refine=refiner)

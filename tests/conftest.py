@@ -19,14 +19,14 @@ def atelier_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model_cache(atelier_home):
-    from pipelines.loading import ModelCache
+    from pipelines.models.loading import ModelCache
 
     return ModelCache(atelier_home, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def engine(model_cache):
-    from pipelines.engine import Engine
+    from pipelines.engine.engine import Engine
 
     return Engine(model_cache, app_version="test")
 

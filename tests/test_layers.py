@@ -10,9 +10,9 @@ import pytest
 
 FORBIDDEN = {
     "pipelines.recipe": {"torch", "diffusers", "gradio", "storage", "webui", "atelier", "sqlalchemy"},
-    "pipelines.png_metadata": {"torch", "diffusers", "transformers", "gradio", "storage", "atelier"},
+    "pipelines.provenance.png_metadata": {"torch", "diffusers", "transformers", "gradio", "storage", "atelier"},
     "pipelines.prompt_syntax": {"torch", "diffusers", "transformers", "gradio", "storage", "atelier"},
-    "pipelines.engine": {"gradio", "storage", "webui", "atelier", "sqlalchemy"},
+    "pipelines.engine.engine": {"gradio", "storage", "webui", "atelier", "sqlalchemy"},
     "storage.gallery": {"torch", "diffusers", "transformers", "gradio", "webui", "atelier"},
     "atelier.studio": {"gradio", "webui"},
     "atelier.bench": {"gradio", "webui"},

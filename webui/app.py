@@ -11,7 +11,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from atelier.studio import ModelChoice, Studio  # noqa: E402
+from atelier.requests import ModelChoice  # noqa: E402
+from atelier.studio import Studio  # noqa: E402
 from webui import controlnet_tab, draft_tab, gallery_tab, img2img_tab, security  # noqa: E402
 from webui.bindings import Defaults, default_size  # noqa: E402
 from webui.context import Context  # noqa: E402
@@ -44,7 +45,7 @@ def queue_size_default() -> int:
 
 
 def make_context(studio: Studio, choice: ModelChoice) -> Context:
-    from pipelines.model_files import find_models_root
+    from pipelines.models.model_files import find_models_root
 
     models = find_models_root(os.environ.get("ATELIER_MODELS"), studio.home / "models")
     loras = tuple(models.list_models("lora")) if models else ()

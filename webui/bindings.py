@@ -17,8 +17,9 @@ from typing import Any
 import gradio as gr
 
 from pipelines.prompt_syntax import extract_lora_tokens
+from pipelines.sizes import SDXL_BUCKETS
 from pipelines.recipe import (
-    MAX_DRAFTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_SYNTAXES, SCHEDULERS, SDXL_BUCKETS,
+    MAX_DRAFTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_SYNTAXES, SCHEDULERS,
     LoraRef, MicroConditioning, ModelRef, Recipe, RefineSettings,
 )
 
@@ -94,7 +95,7 @@ def size_from_values(c: SizeControls, values: dict, source_size: tuple[int, int]
     if values[c.preset] == SOURCE_SIZE:
         if source_size is None:
             raise ValueError("size: no source image to take the size from; add one, or choose a size")
-        from pipelines.img2img import nearest_bucket
+        from pipelines.sizes import nearest_bucket
 
         return nearest_bucket(*source_size)
     return _int(values, c.width, "width"), _int(values, c.height, "height")

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from atelier.studio import ModelChoice, Studio
+from atelier.requests import ModelChoice
+from atelier.studio import Studio
 from webui.bindings import Defaults
 from webui.jobs import GpuJobs
 

@@ -34,7 +34,7 @@ class Unit:
 
 
 def _preprocessors(ctx: Context) -> list[str]:
-    from pipelines.preprocessors import available
+    from pipelines.models.preprocessors import available
 
     return [row["name"] for row in available(_annotators(ctx)) if row["ready"]]
 

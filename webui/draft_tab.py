@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.previews import fast_preview
+from pipelines.engine.previews import fast_preview
 from webui import bindings
 from webui.context import Context, interrupt_handler, session_of
 from webui.jobs import GPU, Done, Interrupted, Step, guarded, one_image_updates, progress_text

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from pipelines.engine import GenerationCancelled, OutOfMemory, StepInfo
+from pipelines.engine.engine import GenerationCancelled, OutOfMemory, StepInfo
 from storage.gallery import NotFoundError
 
 GPU = "gpu"  # the concurrency_id every event that runs the engine shares
@@ -150,7 +150,7 @@ def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, 
                       result_id: Any = None) -> Iterator[dict]:
     """Page updates for a job that makes one image: progress and a fast preview, then the saved PNG
     (and its gallery id into `result_id`, if given)."""
-    from pipelines.previews import fast_preview
+    from pipelines.engine.previews import fast_preview
 
     for event in events:
         if isinstance(event, Step):

@@ -111,7 +111,7 @@ def read_image_arg(value: str, gallery) -> tuple[bytes, int | None]:
 def edit_inputs_from_args(args, recipe: Recipe, studio, source: bytes | None = None) -> tuple[Recipe, InputFiles]:
     """--lora, --control and --control-param applied to a recipe; images preprocessed and hashed."""
     from atelier.edit_inputs import ControlRequest, with_inputs
-    from pipelines.preprocessors import OFFLINE, check_params
+    from pipelines.models.preprocessors import OFFLINE, check_params
 
     recipe = recipe.replace(loras=recipe.loras + tuple(args.lora))
     params = dict(args.control_param)
@@ -149,7 +149,8 @@ def pick_controlnet(kind: str, installed: list[dict]) -> str:
 def run_img2img(args) -> int:
     from atelier.commands.generate import _print, _studio, recipe_from_args
     from atelier.edit_inputs import open_image
-    from pipelines.img2img import nearest_bucket, refine_any_recipe
+    from pipelines.recipe import refine_any_recipe
+    from pipelines.sizes import nearest_bucket
 
     with _studio(args) as studio:
         source, parent_id = read_image_arg(args.image, studio.gallery)
@@ -169,7 +170,7 @@ def run_img2img(args) -> int:
 
 
 def run_loras(args) -> int:
-    from pipelines.lora import LoraLibrary
+    from pipelines.models.lora import LoraLibrary
 
     library = LoraLibrary(args.home)
     folder, found = library.folder(), library.available()
@@ -184,8 +185,8 @@ def run_loras(args) -> int:
 
 
 def run_controlnets(args) -> int:
-    from pipelines.controlnet import ControlNetLibrary
-    from pipelines.preprocessors import available
+    from pipelines.models.controlnet import ControlNetLibrary
+    from pipelines.models.preprocessors import available
 
     library = ControlNetLibrary(args.home)
     folder = library.folder()

@@ -91,7 +91,7 @@ def _studio(args):
 
 
 def recipe_from_args(args, home: Path) -> Recipe:
-    from atelier.settings import default_prompt_syntax
+    from atelier.requests import default_prompt_syntax
     from atelier.studio import choose_models
 
     choice = choose_models(home, args.model, args.refiner)

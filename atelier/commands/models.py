@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 
 def tiny_model(args: argparse.Namespace) -> int:
-    from pipelines.tiny_model import write_tiny_model
+    from pipelines.models.tiny_model import write_tiny_model
 
     directory = Path(args.directory).expanduser()
     if directory.exists() and not directory.is_dir():
@@ -31,7 +31,7 @@ def tiny_model(args: argparse.Namespace) -> int:
     base, refiner = write_tiny_model(directory)
     paths = {"base": str(base), "refiner": str(refiner)}
     if args.single_file:
-        from pipelines.single_file import write_single_file
+        from pipelines.models.single_file import write_single_file
 
         paths["base_single_file"] = str(write_single_file(base, directory / "base.safetensors"))
         paths["refiner_single_file"] = str(write_single_file(refiner, directory / "refiner.safetensors"))

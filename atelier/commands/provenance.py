@@ -36,7 +36,7 @@ def check_file(path: Path) -> dict[str, Any]:
     """{file, present, bit_accuracy, note}: note says why a file could not be checked."""
     from PIL import Image, UnidentifiedImageError
 
-    from pipelines.watermark import DETECTION_THRESHOLD, MIN_SIDE, detect_watermark
+    from pipelines.engine.watermark import DETECTION_THRESHOLD, MIN_SIDE, detect_watermark
 
     result: dict[str, Any] = {"file": str(path), "present": False, "bit_accuracy": 0.0, "note": None}
     try:
@@ -74,7 +74,7 @@ def detect_watermark_command(args: argparse.Namespace) -> int:
 
 
 def info_command(args: argparse.Namespace) -> int:
-    from pipelines.png_metadata import read_png
+    from pipelines.provenance.png_metadata import read_png
 
     back = read_png(Path(args.file))  # ValueError (not a PNG, malformed metadata) → exit 2 via the CLI
     data = {"file": str(args.file), "source": back.source, "recipe": back.recipe.to_dict(), "unmapped": list(back.unmapped)}

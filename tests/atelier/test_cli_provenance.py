@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from pipelines.png_metadata import encode_png
+from pipelines.provenance.png_metadata import encode_png
 from pipelines.recipe import ModelRef, Recipe
-from pipelines.watermark import apply_watermark
+from pipelines.engine.watermark import apply_watermark
 
 
 def atelier(*args, home):

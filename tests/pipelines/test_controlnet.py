@@ -16,10 +16,11 @@ from diffusers.models import MultiControlNetModel
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipelines import base_stage, preprocessors
-from pipelines.base_stage import EditInputs
-from pipelines.controlnet import ControlNetLibrary
-from pipelines.engine import Engine, _derive
+from pipelines.engine import base_stage
+from pipelines.models import preprocessors
+from pipelines.engine.base_stage import EditInputs
+from pipelines.models.controlnet import ControlNetLibrary
+from pipelines.engine.engine import Engine, _derive
 from pipelines.recipe import ControlUnit, ModelRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.engine import GenerationCancelled, OutOfMemory
+from pipelines.engine.engine import GenerationCancelled, OutOfMemory
 from pipelines.recipe import SCHEDULERS, MicroConditioning, ModelRef, Recipe, RefineSettings
 
 

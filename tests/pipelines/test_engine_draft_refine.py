@@ -7,10 +7,10 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-import pipelines.engine as engine_module
-from pipelines.engine import Draft
-from pipelines.kept_latent import KeptLatent
-from pipelines.previews import decode_latents
+import pipelines.engine.engine as engine_module
+from pipelines.engine.engine import Draft
+from pipelines.engine.kept_latent import KeptLatent
+from pipelines.engine.previews import decode_latents
 from pipelines.recipe import ModelRef, RefineSettings
 
 

@@ -11,8 +11,9 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
-from pipelines.base_stage import EditInputs
-from pipelines.img2img import fit_to_bucket, nearest_bucket, refine_any_recipe
+from pipelines.engine.base_stage import EditInputs
+from pipelines.recipe import refine_any_recipe
+from pipelines.sizes import fit_to_bucket, nearest_bucket
 from pipelines.recipe import ModelRef, RefineSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file

@@ -10,15 +10,15 @@ import weakref
 import pytest
 import torch
 
-from pipelines.loading import ModelCache, pick_device, pick_dtype
-from pipelines.model_files import HashCache, folder_digest
+from pipelines.models.loading import ModelCache, pick_device, pick_dtype
+from pipelines.models.model_files import HashCache, folder_digest
 
 
 @pytest.fixture(scope="module")
 def tiny_files(atelier_home):
     """The session's tiny model (home/models/tiny) plus its single-file forms."""
-    from pipelines.single_file import write_single_file
-    from pipelines.tiny_model import write_tiny_model
+    from pipelines.models.single_file import write_single_file
+    from pipelines.models.tiny_model import write_tiny_model
 
     root = atelier_home / "models" / "tiny"
     base, refiner = write_tiny_model(root)

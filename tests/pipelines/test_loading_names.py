@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipelines.loading import ModelCache
+from pipelines.models.loading import ModelCache
 
 
 def test_a_relative_path_is_recorded_absolute_and_tiny_as_given(model_cache, tmp_path, monkeypatch):

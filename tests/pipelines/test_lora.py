@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.engine import Draft, Engine
-from pipelines.lora import LoraLibrary, adapter_name
+from pipelines.engine.engine import Draft, Engine
+from pipelines.models.lora import LoraLibrary, adapter_name
 from pipelines.recipe import LoraRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
@@ -251,7 +251,7 @@ def test_the_refiner_never_gets_the_base_loras(setup, make, model_cache):
 
 def test_recipe_records_name_sha_weight_and_reruns_to_the_same_pixels(setup, make):
     engine, _, folder, _ = setup
-    from pipelines.model_files import sha256_of_file
+    from pipelines.models.model_files import sha256_of_file
 
     draft = engine.draft(make(LoraRef("style_kohya", weight=0.9)), 1)[0]
     (ref,) = draft.recipe.loras

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipelines import model_files
-from pipelines.model_files import (
+from pipelines.models import model_files
+from pipelines.models.model_files import (
     HashCache,
     find_models_root,
     folder_digest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.prompt_encoding import PromptEncoder
+from pipelines.engine.prompt_encoding import PromptEncoder
 
 PROMPT, NEGATIVE = "a photo of a cat on a red sofa", "blurry, lowres"
 
@@ -14,7 +14,7 @@ PROMPT, NEGATIVE = "a photo of a cat on a red sofa", "blurry, lowres"
 def tiny_pipes(tmp_path_factory):
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    from pipelines.tiny_model import write_tiny_model
+    from pipelines.models.tiny_model import write_tiny_model
 
     base_dir, refiner_dir = write_tiny_model(tmp_path_factory.mktemp("tiny-sdxl"))
     base = StableDiffusionXLPipeline.from_pretrained(base_dir)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.single_file import (
+from pipelines.models.single_file import (
     SKELETONS,
     config_for,
     detect_kind,
@@ -30,7 +30,7 @@ from pipelines.single_file import (
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from pipelines.tiny_model import write_tiny_model
+    from pipelines.models.tiny_model import write_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     base, refiner = write_tiny_model(root)

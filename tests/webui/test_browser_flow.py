@@ -169,7 +169,7 @@ def test_files_outside_the_output_folder_are_refused(page, server):
 def test_dropping_a_png_loads_its_recipe(page, server, tmp_path, kind):
     from PIL.PngImagePlugin import PngInfo
 
-    from pipelines.png_metadata import encode_png
+    from pipelines.provenance.png_metadata import encode_png
     from pipelines.recipe import ModelRef, Recipe
 
     prompt = f"a marble statue in a {kind} garden"
@@ -287,7 +287,7 @@ def install_tiny_controlnet(home: Path) -> str:
     from diffusers import ControlNetModel, UNet2DConditionModel
     from safetensors.torch import save_file
 
-    from pipelines.loading import ModelCache
+    from pipelines.models.loading import ModelCache
 
     unet = UNet2DConditionModel.from_pretrained(ModelCache(home, device="cpu").resolve("tiny", "base").path / "unet")
     folder = home / "models" / "ControlNet"

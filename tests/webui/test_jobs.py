@@ -8,7 +8,7 @@ import time
 import gradio as gr
 import pytest
 
-from pipelines.engine import GenerationCancelled, OutOfMemory, StepInfo
+from pipelines.engine.engine import GenerationCancelled, OutOfMemory, StepInfo
 from webui.jobs import Done, GpuJobs, Interrupted, Step, readable_error
 
 

@@ -20,19 +20,19 @@ from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipelin
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
-from pipelines import base_stage
-from pipelines.base_stage import EditInputs
-from pipelines.controlnet import ControlNetLibrary
-from pipelines.img2img import encode_source
-from pipelines.kept_latent import KeptLatent
-from pipelines.loading import LoadedModel, ModelCache
-from pipelines.lora import LoraLibrary
-from pipelines.previews import CleanEstimateTap, decode_latents
-from pipelines.prompt_encoding import PromptEncoder
+from pipelines.engine import base_stage
+from pipelines.engine.base_stage import EditInputs
+from pipelines.models.controlnet import ControlNetLibrary
+from pipelines.engine.img2img import encode_source
+from pipelines.engine.kept_latent import KeptLatent
+from pipelines.models.loading import LoadedModel, ModelCache
+from pipelines.models.lora import LoraLibrary
+from pipelines.engine.previews import CleanEstimateTap, decode_latents
+from pipelines.engine.prompt_encoding import PromptEncoder
 from pipelines.prompt_syntax import extract_lora_tokens
 from pipelines.recipe import MAX_DRAFTS, MAX_SEED, ModelRef, Recipe
-from pipelines.schedulers import make_scheduler
-from pipelines.watermark import apply_watermark
+from pipelines.engine.schedulers import make_scheduler
+from pipelines.engine.watermark import apply_watermark
 
 
 class GenerationCancelled(Exception):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.model_files import PICKLE_SUFFIXES, HashCache, folder_digest, hub_offline, models_root, read_safetensors_header
+from pipelines.models.model_files import PICKLE_SUFFIXES, HashCache, ModelNotFound, folder_digest, hub_offline, models_root, read_safetensors_header
 from pipelines.recipe import ModelRef
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -87,7 +87,7 @@ def _config_folder(path: Path) -> Path:
     """The folder holding a model's component configs: itself, or a single file's config folder."""
     if path.is_dir():
         return path
-    from pipelines.single_file import inspect_single_file
+    from pipelines.models.single_file import inspect_single_file
 
     return inspect_single_file(path)[1]
 
@@ -190,9 +190,8 @@ class ModelCache:
         if root is not None and root.folder("checkpoint") is not None and not path.is_absolute():
             try:
                 return self._local(root.resolve_checkpoint(spec))
-            except ValueError as error:
-                if "no checkpoint named" not in str(error):
-                    raise  # names reaching outside the folder, broken files: say so
+            except ModelNotFound:
+                pass  # not a name there: maybe a hub id
         if looks_like_path:
             raise ValueError(f"model file or folder not found: {spec}")
         if HUB_ID.match(spec):
@@ -209,13 +208,13 @@ class ModelCache:
             if not (path / "model_index.json").is_file():
                 raise ValueError(f"{path}: a folder, but not a diffusers model (it has no model_index.json)")
             return Location("folder", path)
-        from pipelines.single_file import inspect_single_file
+        from pipelines.models.single_file import inspect_single_file
 
         inspect_single_file(path)  # pickles, corrupt or truncated files, mismatched checkpoints: in words
         return Location("single_file", path)
 
     def _tiny_dir(self) -> Path:
-        from pipelines.tiny_model import write_tiny_model
+        from pipelines.models.tiny_model import write_tiny_model
 
         directory = self.home / "models" / "tiny"
         write_tiny_model(directory)
@@ -237,7 +236,7 @@ class ModelCache:
             if vae is not None:
                 components["vae"], vae_override = vae, FP16_FIX_VAE
         if location.source == "single_file":
-            from pipelines.single_file import load_single_file
+            from pipelines.models.single_file import load_single_file
 
             pipe = load_single_file(path, pipeline_class, dtype=self.dtype, **components)[0]
             ref = ModelRef(_recorded_name(spec, location), sha256=self.hashes.sha256(path))
@@ -249,7 +248,7 @@ class ModelCache:
         return LoadedModel(pipe, ref, location.source, vae_override)
 
     def _from_folder(self, folder: Path, pipeline_class, variant: str | None, components: dict):
-        from pipelines.model_files import folder_weight_files
+        from pipelines.models.model_files import folder_weight_files
 
         index = json.loads((folder / "model_index.json").read_text())
         for name, value in index.items():

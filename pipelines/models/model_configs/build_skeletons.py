@@ -1,4 +1,4 @@
-"""Rebuild the shipped SDXL 1.0 config skeletons: `python -m pipelines.model_configs.build_skeletons`.
+"""Rebuild the shipped SDXL 1.0 config skeletons: `python -m pipelines.models.model_configs.build_skeletons`.
 
 A skeleton is a diffusers folder without weights (model_index.json, component config.json files,
 scheduler config, tokenizer files); `from_single_file(path, config=skeleton)` then works offline.
@@ -140,7 +140,7 @@ def _text_config(architecture: str, values: dict) -> dict:
 
 
 def _tokenizer(dest: Path, pad_token: str) -> None:
-    from pipelines.tiny_model import clip_tokenizer_files
+    from pipelines.models.tiny_model import clip_tokenizer_files
 
     clip_tokenizer_files(dest, pad_token=pad_token)
     for name in ("vocab.json", "merges.txt"):  # share one copy of the 2 MB vocabulary

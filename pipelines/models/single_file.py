@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.model_files import read_safetensors_header
+from pipelines.models.model_files import read_safetensors_header
 
 SKELETONS = Path(__file__).resolve().parent / "model_configs"
 UNET, VAE = "model.diffusion_model.", "first_stage_model."

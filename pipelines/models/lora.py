@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.model_files import HashCache, ModelsFolder, models_root, read_safetensors_header
-from pipelines.prompt_syntax import extract_lora_tokens
+from pipelines.models.model_files import HashCache, ModelsFolder, models_root, read_safetensors_header
+from pipelines.prompt_syntax import merge_prompt_loras as merged_loras
 from pipelines.recipe import LoraRef, Recipe
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te1_", "lora_te2_", "lora_te_")
@@ -60,22 +60,12 @@ def lora_format(path: Path, header: dict) -> tuple[str, int]:
     )
 
 
-def merge_prompt_loras(recipe: Recipe) -> Recipe:
-    """Add the prompt's `<lora:name:w>` tokens to `recipe.loras`.
-
-    An entry already in `recipe.loras` wins over a token of the same name, so a re-run of a recipe
-    (whose prompt still holds the tokens) gets each LoRA once, at its recorded weight.
-    """
-    _, tokens = extract_lora_tokens(recipe.prompt)
-    known = {ref.name for ref in recipe.loras}
-    added: list[LoraRef] = []
-    for name, weight in tokens:
-        if name in known:
-            continue
-        if any(ref.name == name for ref in added):
-            raise ValueError(f"prompt: the LoRA {name!r} appears twice; give each LoRA once")
-        added.append(LoraRef(name=name, weight=weight))
-    return recipe.replace(loras=recipe.loras + tuple(added)) if added else recipe
+def with_prompt_loras(recipe: Recipe) -> Recipe:
+    """`recipe.loras` merged with the prompt's `<lora:name:w>` tokens by the one rule of
+    `prompt_syntax.merge_prompt_loras` (a token sets its LoRA's weight). A recipe built by the request builder
+    already holds the merged list, so this changes nothing for it."""
+    merged = merged_loras(recipe.loras, recipe.prompt)
+    return recipe if merged == recipe.loras else recipe.replace(loras=merged)
 
 
 class LoraLibrary:
@@ -136,7 +126,7 @@ class LoraLibrary:
 
     def resolve(self, recipe: Recipe) -> Recipe:
         """Prompt tokens merged in, every name found in the folder and pinned by sha256 (no model work)."""
-        recipe = merge_prompt_loras(recipe)
+        recipe = with_prompt_loras(recipe)
         resolved = []
         for ref in recipe.loras:
             found = self.find(ref.name)

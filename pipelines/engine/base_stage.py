@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from pipelines.controlnet import ControlNetLibrary, combined, control_kwargs
-from pipelines.img2img import check_base_steps, fit_to_bucket, stop_at_switch
+from pipelines.models.controlnet import ControlNetLibrary, combined, control_kwargs
+from pipelines.engine.img2img import check_base_steps, stop_at_switch
+from pipelines.sizes import fit_to_bucket
 from pipelines.recipe import Recipe
 
 

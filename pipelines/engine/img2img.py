@@ -13,33 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from pipelines.recipe import SDXL_BUCKETS, Recipe, RefineSettings
-
-
-def fit_to_bucket(image: Image.Image, width: int, height: int) -> Image.Image:
-    """RGB, scaled to cover width×height and centre-cropped to it (deterministic: same input, same pixels)."""
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"image: must be a PIL image (got {type(image).__name__})")
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    if image.size == (width, height):
-        return image
-    return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
-
-
-def nearest_bucket(width: int, height: int, buckets: tuple[tuple[int, int], ...] = SDXL_BUCKETS) -> tuple[int, int]:
-    """The SDXL bucket (width, height) whose aspect ratio is closest to width/height."""
-    if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive (got {width}×{height})")
-    ratio = width / height
-    return min(buckets, key=lambda b: abs(b[0] / b[1] - ratio))
-
-
-def refine_any_recipe(recipe: Recipe, refiner: RefineSettings) -> Recipe:
-    """"Refine any image": the source as it is (strength 0, base runs no step), then the refiner at
-    `refiner.strength` on the clean latent."""
-    return recipe.replace(mode="img2img", strength=0.0, switch=1.0, refine=refiner)
+from pipelines.recipe import Recipe
 
 
 def base_step_count(scheduler: Any, recipe: Recipe) -> int:

@@ -27,6 +27,10 @@ MODEL_KINDS = {
 LAYOUT_MARKERS = {"a1111": ("Stable-diffusion", "Lora"), "comfyui": ("checkpoints", "loras")}
 
 
+class ModelNotFound(ValueError):
+    """No model of that name in the models folder (a user error: the message lists what is there)."""
+
+
 # --- format by header -------------------------------------------------------------------------
 
 
@@ -235,7 +239,7 @@ class ModelsFolder:
             if path.exists():
                 return path
         available = ", ".join(self.list_models(kind)[:20]) or "none"
-        raise ValueError(f"no {kind} named {name!r} in {folder} (available: {available})")
+        raise ModelNotFound(f"no {kind} named {name!r} in {folder} (available: {available})")
 
     def resolve_checkpoint(self, name: str) -> Path:
         return self.resolve("checkpoint", name)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.model_files import PICKLE_SUFFIXES, HashCache, hub_offline, models_root, read_safetensors_header
+from pipelines.models.model_files import PICKLE_SUFFIXES, HashCache, ModelNotFound, hub_offline, models_root, read_safetensors_header
 from pipelines.recipe import ControlUnit, ModelRef
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -50,8 +50,8 @@ class ControlNetLibrary:
             if root is not None and root.folder("controlnet") is not None and not path.is_absolute():
                 try:
                     path = root.resolve("controlnet", spec)  # refuses names reaching outside the folder
-                except ValueError as error:
-                    if "no controlnet named" not in str(error) or not HUB_ID.match(spec):
+                except ModelNotFound:
+                    if not HUB_ID.match(spec):
                         raise
         if path.is_dir():
             weights = _folder_weights(path)

@@ -1,0 +1,141 @@
+"""One way from a front end's plain values to a Recipe: the web UI and the CLI both build a
+`GenerationRequest` and call `build_recipe`, so the same request gives the same Recipe.
+
+Torch-free (standard library, the Recipe and the prompt parser): the CLI validates a request before
+it imports anything heavy. Defaults come from the Recipe's own fields; the rules that decide a value
+the user left open (seed, prompt syntax, size of an img2img, LoRAs named in the prompt) live here once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import MISSING, dataclass, field, fields
+
+from pipelines.prompt_syntax import merge_prompt_loras
+from pipelines.recipe import (
+    MAX_DRAFTS, PROMPT_SYNTAXES, LoraRef, MicroConditioning, ModelRef, Recipe, RefineSettings,
+    refine_any_recipe,
+)
+from pipelines.sizes import own_size
+
+PROMPT_SYNTAX_ENV = "ATELIER_PROMPT_SYNTAX"
+IMG2IMG_MAX_SIDE_ENV = "ATELIER_IMG2IMG_MAX_SIDE"  # img2img's default size: the source's, at most this side
+IMG2IMG_MAX_SIDE = 1024
+RANDOM_SEED_BELOW = 2**32  # random seeds are 32-bit, as in A1111/ComfyUI, so people can type them
+
+
+def _recipe_default(cls: type, name: str):
+    for f in fields(cls):
+        if f.name == name:
+            return f.default if f.default is not MISSING else f.default_factory()
+    raise KeyError(name)
+
+
+# The defaults every front end shows: the Recipe's own.
+DEFAULT_STEPS: int = _recipe_default(Recipe, "steps")
+DEFAULT_GUIDANCE: float = _recipe_default(Recipe, "guidance")
+DEFAULT_SCHEDULER: str = _recipe_default(Recipe, "scheduler")
+DEFAULT_SWITCH: float = _recipe_default(Recipe, "switch")
+DEFAULT_WIDTH: int = _recipe_default(Recipe, "width")
+DEFAULT_HEIGHT: int = _recipe_default(Recipe, "height")
+DEFAULT_REFINE_STRENGTH: float = _recipe_default(RefineSettings, "strength")
+DEFAULT_AESTHETIC: float = _recipe_default(MicroConditioning, "aesthetic_score")
+DEFAULT_NEGATIVE_AESTHETIC: float = _recipe_default(MicroConditioning, "negative_aesthetic_score")
+DEFAULT_COUNT = 4
+DEFAULT_IMG2IMG_STRENGTH = 0.6
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    base: str  # model spec the Recipe names (a hub id, folder, file, models-folder name or "tiny")
+    refiner: str | None  # None: the base refines its own drafts
+    demo: bool = False  # True when no SDXL weights were found and the random-weight tiny model stands in
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a user asked for, as plain values. `None` means "not said": the rules below decide."""
+
+    prompt: str
+    negative: str = ""
+    syntax: str | None = None  # None: $ATELIER_PROMPT_SYNTAX, else compel
+    seed: int | None = None  # None: a random seed
+    count: int = DEFAULT_COUNT
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    scheduler: str = DEFAULT_SCHEDULER
+    width: int | None = None  # None: DEFAULT_WIDTH, or for img2img the source's own size
+    height: int | None = None
+    switch: float = DEFAULT_SWITCH
+    refine_strength: float = DEFAULT_REFINE_STRENGTH
+    micro: MicroConditioning = field(default_factory=MicroConditioning)
+    loras: tuple[LoraRef, ...] = ()  # picked in a LoRA list or with --lora; prompt tokens are merged in
+    watermark: bool = True
+    # img2img: a source image's (width, height), and how much of it to re-noise
+    source_size: tuple[int, int] | None = None
+    strength: float | None = None
+    refine_only: bool = False  # the refiner alone on the source, at refine_strength
+
+
+def default_prompt_syntax() -> str:
+    """$ATELIER_PROMPT_SYNTAX ("compel" or "a1111"): how prompts are read unless a request says otherwise."""
+    value = os.environ.get(PROMPT_SYNTAX_ENV, "compel").strip().lower()
+    if value not in PROMPT_SYNTAXES:
+        raise ValueError(f"{PROMPT_SYNTAX_ENV}: must be one of {', '.join(PROMPT_SYNTAXES)} (got {value!r})")
+    return value
+
+
+def img2img_max_side() -> int:
+    text = os.environ.get(IMG2IMG_MAX_SIDE_ENV, "").strip()
+    if not text:
+        return IMG2IMG_MAX_SIDE
+    if not text.isdigit() or not 64 <= int(text) <= 4096:
+        raise ValueError(f"{IMG2IMG_MAX_SIDE_ENV}: expected a whole number from 64 to 4096 (got {text!r})")
+    return int(text)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(RANDOM_SEED_BELOW)
+
+
+def request_size(request: GenerationRequest) -> tuple[int, int]:
+    """(width, height): as given; else for img2img the source's own size (multiples of 8, longest side
+    at most $ATELIER_IMG2IMG_MAX_SIDE); else the Recipe's default."""
+    if (request.width is None) != (request.height is None):
+        raise ValueError("size: give both width and height, or neither")
+    if request.width is not None:
+        return request.width, request.height
+    if request.source_size is not None:
+        return own_size(*request.source_size, max_side=img2img_max_side())
+    return DEFAULT_WIDTH, DEFAULT_HEIGHT
+
+
+def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
+    """The validated Recipe of a request (ValueError naming the field and what is allowed)."""
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise ValueError("prompt: type what the image should show")
+    if not isinstance(request.count, int) or not 1 <= request.count <= MAX_DRAFTS:
+        raise ValueError(f"drafts: must be from 1 to {MAX_DRAFTS} (got {request.count})")
+    width, height = request_size(request)
+    refiner = ModelRef(models.refiner) if models.refiner else None
+    recipe = Recipe(
+        model=ModelRef(models.base), prompt=request.prompt, negative_prompt=request.negative or "",
+        prompt_syntax=request.syntax or default_prompt_syntax(),
+        seed=random_seed() if request.seed is None else request.seed,
+        steps=request.steps, guidance=float(request.guidance), scheduler=request.scheduler, width=width, height=height,
+        micro=request.micro, switch=round(float(request.switch), 4),
+        refine=RefineSettings(model=refiner, strength=float(request.refine_strength)),
+        loras=merge_prompt_loras(request.loras, request.prompt), watermark=bool(request.watermark),
+    )
+    if request.strength is None and not request.refine_only:
+        if request.source_size is not None:
+            raise ValueError("strength: an img2img needs a denoise strength from 0 to 1")
+        return recipe
+    if request.source_size is None:
+        raise ValueError("image: img2img needs a source image")
+    if request.refine_only:
+        if recipe.refine is None:
+            raise ValueError("refine-only: needs a refine stage (a refiner, or 'base')")
+        return refine_any_recipe(recipe, recipe.refine)
+    return recipe.replace(mode="img2img", strength=float(request.strength))
