@@ -1,8 +1,15 @@
-"""`atelier`: the command line. Subcommands live in atelier/commands/, one module per topic.
+"""`atelier`: the command line. Subcommands live in atelier/commands/, one module per topic; each is a
+thin adapter: argparse values → the Studio and the request builder (atelier/requests.py).
 
 A stable contract for outside scripts: with `--json`, stdout carries exactly one JSON document;
-progress bars and messages go to stderr. Exit status 0 on success, 1 for a negative answer
-(e.g. no watermark found), 2 for a usage or input error.
+progress bars and messages go to stderr. Exit status, the same for every command (one mapping:
+atelier.commands.common.run_command):
+  0    success
+  1    a fault rather than the input: a full disk or another OSError, out of device memory, a failed
+       gallery migration; also the negative answer of `detect-watermark` (a file without the watermark)
+  2    bad input: a usage error, or a ValueError such as a value out of range or a gallery id that does
+       not exist; the message names the field and what is allowed
+  130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ import sys
 from pathlib import Path
 
 from atelier import __version__
+from atelier.commands.common import run_command
 from atelier.settings import default_home
 
-COMMAND_MODULES = ("generate", "models", "gallery", "provenance", "bench", "serve", "editing")
+COMMAND_MODULES = ("generate", "editing", "gallery", "provenance", "models", "bench", "serve")
 
 
 class _WithCommonOptions:
@@ -40,44 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wrapped = _WithCommonOptions(subparsers, common)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"atelier.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"atelier.commands.{name}":
-                raise
-            continue  # a topic not built yet
-        module.register(wrapped)
+        importlib.import_module(f"atelier.commands.{name}").register(wrapped)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("DISABLE_TELEMETRY", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as exc:  # errors a user can cause: say what to change, no traceback
-        print(f"atelier {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"atelier {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if not isinstance(exc, _worded_faults()):
-            raise
-        print(f"atelier {args.command}: {exc}", file=sys.stderr)
-        return 1
-
-
-def _worded_faults() -> tuple[type, ...]:
-    """Faults whose message is meant for the user: a full disk, a lost file, out of memory, a failed
-    migration. Only modules already loaded are asked, so the CLI still starts without torch."""
-    kinds: list[type] = [OSError]
-    for module, name in (("pipelines.engine.engine", "OutOfMemory"), ("storage.migrate", "MigrationError")):
-        if module in sys.modules:
-            kinds.append(getattr(sys.modules[module], name))
-    return tuple(kinds)
+    args = build_parser().parse_args(argv)  # a usage error exits 2 here, with argparse's message
+    return run_command(args)
 
 
 if __name__ == "__main__":

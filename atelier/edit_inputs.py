@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.engine.base_stage import EditInputs
+from pipelines.engine.inputs import EditInputs
 from pipelines.sizes import fit_to_bucket
 from pipelines.recipe import ControlUnit, ModelRef, Recipe
 

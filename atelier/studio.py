@@ -1,27 +1,38 @@
-"""The studio: the engine's results go into the gallery, and gallery entries go back to the engine.
+"""The studio: the one door of both front ends (web UI and CLI) to the engine and the gallery.
 
-Used by the command line and the web UI alike, so both save, refine and re-run the same way.
+The engine's results go into the gallery, gallery entries go back to the engine, and the front ends
+ask the studio — never the engine, the model libraries or the gallery — for generations, searches,
+model lists and edit inputs. Step previews reach them as images, not tensors.
+
+Importing this module loads neither torch nor diffusers (the engine is imported when a Studio is
+made), so front ends and their tests start light.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
 from atelier import __version__
-from atelier.edit_inputs import InputFiles, stored_inputs
+from atelier.edit_inputs import ControlRequest, InputFiles, open_image, stored_inputs, with_inputs
 from atelier.requests import ModelChoice
-from pipelines.engine.engine import Draft, Engine, FinishedImage
-from pipelines.engine.kept_latent import KeptLatent
-from pipelines.models.loading import DEFAULT_BASE, DEFAULT_REFINER, ModelCache
+from pipelines.errors import GenerationCancelled, OutOfMemory
 from pipelines.provenance.png_metadata import encode_png, read_png
 from pipelines.recipe import Recipe
-from storage.gallery import Gallery, Generation, NotFoundError
+from storage.gallery import KINDS, Gallery, Generation, NotFoundError, Page
 
+if TYPE_CHECKING:
+    from pipelines.engine.engine import Draft, FinishedImage
+
+# What a front end catches: errors a user can cause or act on (their message is for the user), and a
+# job stopped by Interrupt.
+USER_ERRORS = (ValueError, OutOfMemory, NotFoundError, FileNotFoundError)
+Cancelled = GenerationCancelled
 TINY = "tiny"
 
 
@@ -33,6 +44,7 @@ class Saved:
     recipe: Recipe
     image: Path
     latent: Path | None = None
+    reused: bool = False  # an existing entry made from the same request (nothing new was stored)
 
     def as_json(self) -> dict[str, Any]:
         data = {"id": self.id, "seed": self.recipe.seed, "image": str(self.image)}
@@ -41,9 +53,79 @@ class Saved:
         return data
 
 
+@dataclass(frozen=True)
+class StepPreview:
+    """One step of a running job, as a front end sees it: where the job is, and a look at it."""
+
+    stage: str  # "base" or "refiner"
+    step: int  # 1-based, within the stage
+    total: int
+    _estimate: Any = field(default=None, repr=False)  # the engine's clean-image estimate (a tensor)
+
+    def images(self) -> list[Image.Image]:
+        """Fast approximate previews of the batch (a linear latent→RGB map, no VAE); [] if none.
+        Made on demand, so a front end that shows every fourth step pays for every fourth."""
+        if self._estimate is None:
+            return []
+        from pipelines.engine.previews import fast_preview
+
+        return fast_preview(self._estimate)
+
+
+@dataclass(frozen=True)
+class RefineChoice:
+    """The refiner's settings a user may change between drafting and refining (the schedule, and so the
+    switch point and steps, is fixed by the draft's kept latent)."""
+
+    aesthetic_score: float
+    negative_aesthetic_score: float
+    strength: float  # used only for a clean latent (switch 1.0)
+
+    def applied_to(self, recipe: Recipe) -> Recipe:
+        micro = dataclasses.replace(recipe.micro, aesthetic_score=self.aesthetic_score,
+                                    negative_aesthetic_score=self.negative_aesthetic_score)
+        refine = dataclasses.replace(recipe.refine, strength=self.strength) if recipe.refine else None
+        return recipe.replace(micro=micro, refine=refine)  # validates
+
+
+@dataclass(frozen=True)
+class GalleryFilters:
+    """What the gallery's search narrows by; None (or empty) means "any"."""
+
+    kinds: tuple[str, ...] = ()
+    model: str | None = None
+    lora: str | None = None
+    favourites_only: bool = False
+    since: str | None = None  # ISO date, inclusive
+    until: str | None = None  # ISO date, exclusive
+    tag: str | None = None
+    batch_id: str | None = None  # the drafts made together
+
+    def as_search_arguments(self) -> dict[str, Any]:
+        from pipelines.prompt_syntax import lora_name
+
+        text = {name: (getattr(self, name) or "").strip() or None
+                for name in ("model", "lora", "since", "until", "tag", "batch_id")}
+        if text["lora"]:
+            text["lora"] = lora_name(text["lora"])  # "x.safetensors" and "x" are the same LoRA
+        return {"kind": list(self.kinds) or None, "favourite": True if self.favourites_only else None, **text}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    ancestors: list[Generation]  # parent first
+    children: list[Generation]
+
+
+OnStep = Callable[[StepPreview], None]
+
+
 class Studio:
     def __init__(self, home: Path, *, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False,
                  vae_tiling: bool = False, database_url: str | None = None) -> None:
+        from pipelines.engine.engine import Engine
+        from pipelines.models.loading import ModelCache
+
         self.home = Path(home)
         self.models = ModelCache(self.home, device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
         self.engine = Engine(self.models, app_version=__version__)
@@ -58,44 +140,72 @@ class Studio:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def load_models(self, choice: ModelChoice) -> None:
+        """Load the chosen base (and refiner) now, so the first job does not wait for it."""
+        base = self.models.load_base(choice.base)
+        if choice.refiner:
+            self.models.load_refiner(choice.refiner, base)
+
     # -- generation ----------------------------------------------------------------------------------
 
     def draft(self, recipe: Recipe, count: int, *, inputs: InputFiles | None = None, parent_id: int | None = None,
-              **callbacks: Any) -> list[Saved]:
+              on_step: OnStep | None = None, should_cancel: Callable[[], bool] | None = None) -> list[Saved]:
         inputs = inputs or InputFiles()
-        drafts = self.engine.draft(recipe, count, inputs=inputs.images, **callbacks)
+        drafts = self.engine.draft(recipe, count, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         batch_id = uuid.uuid4().hex if len(drafts) > 1 and drafts[0].recipe.batch_seeds else None
         return [self._save_draft(d, batch_id=batch_id, parent_id=parent_id, inputs=inputs) for d in drafts]
 
-    def edit(self, recipe: Recipe, inputs: InputFiles, *, parent_id: int | None = None, **callbacks: Any) -> Saved:
+    def edit(self, recipe: Recipe, inputs: InputFiles, *, parent_id: int | None = None, on_step: OnStep | None = None,
+             should_cancel: Callable[[], bool] | None = None) -> Saved:
         """One img2img or ControlNet image made to the end (refined when the recipe says so); `parent_id`:
         the gallery image it was made from."""
-        result = self.engine.render(recipe, inputs=inputs.images, **callbacks)
-        if isinstance(result, Draft):
+        result = self.engine.render(recipe, inputs=inputs.images, **_callbacks(on_step, should_cancel))
+        if _is_draft(result):
             return self._save_draft(result, parent_id=parent_id, inputs=inputs)
         return self._save_final(result, _kind(result.recipe), parent_id=parent_id, inputs=inputs)
 
-    def refine(self, draft_id: int, **callbacks: Any) -> Saved:
+    def refine(self, draft_id: int, *, settings: RefineChoice | None = None, on_step: OnStep | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> Saved:
+        """Finish a draft with the refiner, using `settings` (the refiner's controls as they are now) over
+        those the draft was made with. Refining a draft again with the same settings returns the
+        entry made the first time (`reused`) instead of storing the same pixels twice."""
         draft = self.load_draft(draft_id)
+        if settings is not None:
+            draft = dataclasses.replace(draft, recipe=settings.applied_to(draft.recipe))
+        earlier = self._refined_before(draft_id, draft.recipe)
+        if earlier is not None:
+            return dataclasses.replace(_saved(earlier), reused=True)
         # The refiner needs only the latent, but the refined entry must reference its draft's source and
         # control files too: they are what a re-run of it needs, even after the draft is deleted.
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
-        finished = self.engine.refine(draft, **callbacks)
+        finished = self.engine.refine(draft, **_callbacks(on_step, should_cancel))
         return self._save_final(finished, "refined", parent_id=draft_id, inputs=inputs)
 
-    def rerender(self, draft_id: int, steps: int, **callbacks: Any) -> Saved:
+    def _refined_before(self, draft_id: int, recipe: Recipe) -> Generation | None:
+        """A refined child of the draft made with the same refiner settings, whose files are all there."""
+        for child in self.gallery.children(draft_id):
+            same = child.kind == "refined" and child.recipe.micro == recipe.micro and child.recipe.steps == recipe.steps \
+                and (child.recipe.refine and recipe.refine and child.recipe.refine.strength == recipe.refine.strength)
+            if same and not child.files_missing and child.image_path.exists():
+                return child
+        return None
+
+    def rerender(self, draft_id: int, steps: int, *, on_step: OnStep | None = None,
+                 should_cancel: Callable[[], bool] | None = None) -> Saved:
         draft = self.load_draft(draft_id)
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
-        finished = self.engine.rerender(draft, steps, inputs=inputs.images, **callbacks)
+        finished = self.engine.rerender(draft, steps, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         kind = "refined" if finished.recipe.refine else _kind(finished.recipe)
         return self._save_final(finished, kind, parent_id=draft_id, inputs=inputs)
 
-    def rerun(self, generation_id: int, **callbacks: Any) -> Saved:
+    def rerun(self, generation_id: int, *, on_step: OnStep | None = None,
+              should_cancel: Callable[[], bool] | None = None) -> Saved:
         """The recipe of `generation_id` made again: a new generation whose parent is the original."""
         original = self.gallery.get(generation_id)
         inputs = stored_inputs(original.recipe, self.gallery.read_file)
-        result = self.engine.render(original.recipe.replace(watermark_applied=None), inputs=inputs.images, **callbacks)
-        if isinstance(result, Draft):
+        result = self.engine.render(original.recipe.replace(watermark_applied=None), inputs=inputs.images,
+                                    **_callbacks(on_step, should_cancel))
+        if _is_draft(result):
             return self._save_draft(result, parent_id=generation_id, inputs=inputs)
         kind = original.kind if original.kind != "imported" else ("refined" if result.recipe.refine else _kind(result.recipe))
         return self._save_final(result, kind, parent_id=generation_id, inputs=inputs)
@@ -105,11 +215,73 @@ class Studio:
         data = Path(path).read_bytes()
         recipe = read_png(data).recipe
         saved = self.gallery.save(recipe, "imported", data)
-        return Saved(saved.id, saved.recipe, saved.image_path)
+        return _saved(saved)
+
+    # -- edit inputs ---------------------------------------------------------------------------------
+
+    def prepare_inputs(self, recipe: Recipe, *, source: bytes | None = None,
+                       controls: list[ControlRequest] = ()) -> tuple[Recipe, InputFiles]:
+        """The recipe with its input images' hashes recorded, the images for the engine (control maps
+        made by their preprocessors) and the files for the gallery."""
+        return with_inputs(recipe, source, list(controls), self.annotators_folder())
+
+    def edit_source(self, data: bytes, parent_id: int | None) -> bytes:
+        """What to store as an img2img source: the gallery's own file when `data` shows that entry's
+        pixels (a browser's copy is a re-encode, with another sha256 and without its metadata), else `data`."""
+        if not parent_id:
+            return data
+        original = self.gallery.read_file(self.gallery.get(parent_id).image_sha256)
+        same = open_image(original, "gallery image").convert("RGB").tobytes() == \
+            open_image(data, "source image").convert("RGB").tobytes()
+        return original if same else data
+
+    # -- the gallery ---------------------------------------------------------------------------------
+
+    def get(self, generation_id: int) -> Generation:
+        return self.gallery.get(generation_id)
+
+    def search(self, query: str | None = None, filters: GalleryFilters = GalleryFilters(), *, limit: int = 50,
+               after: str | None = None) -> Page:
+        return self.gallery.search(query, limit=limit, after=after, **filters.as_search_arguments())
+
+    def lineage(self, generation_id: int) -> Lineage:
+        return Lineage(ancestors=self.gallery.ancestors(generation_id), children=self.gallery.children(generation_id))
+
+    def set_favourite(self, generation_id: int, favourite: bool) -> Generation:
+        return self.gallery.set_favourite(generation_id, favourite)
+
+    def delete(self, generation_id: int) -> tuple[str, ...]:
+        return self.gallery.delete(generation_id)
+
+    def files_folder(self) -> Path:
+        """The folder of the gallery's own files: the only one a web front end may serve."""
+        return self.gallery.files.root
+
+    # -- model lists ---------------------------------------------------------------------------------
+
+    def loras(self) -> list[dict[str, Any]]:
+        """Every LoRA file in the models folder: name, and format or why it is unusable (read afresh)."""
+        return self.engine.loras.available()
+
+    def controlnets(self) -> list[dict[str, Any]]:
+        return self.engine.controlnets.available()
+
+    def annotators_folder(self) -> Path | None:
+        folder = self.engine.controlnets.folder()
+        return folder.parent / "annotators" if folder is not None else None
+
+    def preprocessors(self) -> list[dict[str, Any]]:
+        """Every preprocessor: name, whether it can run here, and what to download where if not."""
+        from pipelines.models.preprocessors import available
+
+        return available(self.annotators_folder())
 
     # -- gallery ↔ engine ----------------------------------------------------------------------------
 
     def load_draft(self, draft_id: int) -> Draft:
+        from pipelines.engine.engine import Draft
+        from pipelines.engine.kept_latent import KeptLatent
+
         generation = self.gallery.get(draft_id)
         if generation.kind != "draft":
             raise ValueError(f"refine: generation {draft_id} is a {generation.kind!r}, not a draft; refine takes a draft id")
@@ -142,6 +314,23 @@ class Studio:
         return _saved(generation)
 
 
+def _callbacks(on_step: OnStep | None, should_cancel: Callable[[], bool] | None) -> dict[str, Any]:
+    """The engine's callbacks: its step information becomes a StepPreview (no tensors leave the studio)."""
+    callbacks: dict[str, Any] = {}
+    if on_step is not None:
+        callbacks["on_step"] = lambda info: on_step(
+            StepPreview(stage=info.stage, step=info.step, total=info.total, _estimate=info.clean_estimate))
+    if should_cancel is not None:
+        callbacks["should_cancel"] = should_cancel
+    return callbacks
+
+
+def _is_draft(result: Any) -> bool:
+    from pipelines.engine.engine import Draft
+
+    return isinstance(result, Draft)
+
+
 def _kind(recipe: Recipe) -> str:
     """The gallery kind of a finished image made in one go (not a refined draft)."""
     if recipe.mode == "img2img":
@@ -150,7 +339,7 @@ def _kind(recipe: Recipe) -> str:
 
 
 def _saved(generation: Generation) -> Saved:
-    return Saved(generation.id, generation.recipe, generation.image_path, generation.latent_path)
+    return Saved(id=generation.id, recipe=generation.recipe, image=generation.image_path, latent=generation.latent_path)
 
 
 def choose_models(home: Path, base: str | None = None, refiner: str | None = None) -> ModelChoice:
@@ -159,6 +348,7 @@ def choose_models(home: Path, base: str | None = None, refiner: str | None = Non
     Looks in the models folder (A1111 or ComfyUI layout, under $ATELIER_MODELS or <home>/models)
     and in the Hugging Face cache; never downloads.
     """
+    from pipelines.models.loading import DEFAULT_BASE, DEFAULT_REFINER
     from pipelines.models.model_files import models_root
 
     if base is None:
@@ -177,7 +367,7 @@ def choose_models(home: Path, base: str | None = None, refiner: str | None = Non
             refiner = DEFAULT_REFINER
     if refiner == "base":
         refiner = None
-    return ModelChoice(base, refiner, demo=base == TINY)
+    return ModelChoice(base=base, refiner=refiner, demo=base == TINY)
 
 
 def _in_hub_cache(repo: str) -> bool:

@@ -131,8 +131,9 @@ class ControlUnit:
 class MicroConditioning:
     """SDXL's size and crop conditioning; None means "the generated size" (diffusers' default).
 
-    The negative sizes only take effect in diffusers when both are given; the engine fills the
-    missing one with its positive counterpart (see `resolved`).
+    The negative conditioning (sizes and crop) only takes effect in diffusers when both negative sizes
+    are given; when any negative value is set, the engine fills a missing size with its positive
+    counterpart (see `resolved`).
     """
 
     original_size: tuple[int, int] | None = None
@@ -169,7 +170,8 @@ class MicroConditioning:
             "target_size": target,
             "negative_crops_coords_top_left": self.negative_crops_coords_top_left,
         }
-        if self.negative_original_size or self.negative_target_size:
+        # diffusers ignores every negative micro-condition (the crop too) unless both negative sizes are given.
+        if self.negative_original_size or self.negative_target_size or self.negative_crops_coords_top_left != (0, 0):
             kwargs["negative_original_size"] = self.negative_original_size or original
             kwargs["negative_target_size"] = self.negative_target_size or target
         return kwargs
@@ -178,14 +180,27 @@ class MicroConditioning:
 @dataclass(frozen=True)
 class RefineSettings:
     """How a draft is finished. `model` None: the base model refines its own draft (checkpoints
-    without a refiner). `strength` is used only for a clean latent (switch 1.0): a noisy latent is
-    always resumed at the switch point, never re-noised."""
+    without a refiner). `strength` is used only for a clean latent (switch 1.0, or a 1-step schedule
+    that cannot be split): a noisy latent is always resumed at the switch point, never re-noised."""
 
     model: ModelRef | None = None
     strength: float = 0.3
 
     def __post_init__(self) -> None:
         _check_float("refine.strength", self.strength, 0.0, 1.0, lo_open=True)
+
+    def schedule_steps(self, steps: int) -> int:
+        """The schedule length the refiner uses on a clean latent: `steps`, where steps × strength leaves it
+        at least one step (diffusers runs int(steps × strength) of them); otherwise the fewest steps that
+        do, so the refiner runs exactly one (a 1-step draft at strength 0.3 is refined as 1 step of 4)."""
+        n = steps
+        while int(n * self.strength) < 1:
+            n += 1
+            if n > MAX_STEPS:
+                lowest = next(k / 1000 for k in range(1, 1001) if int(MAX_STEPS * (k / 1000)) >= 1)
+                _fail("refine.strength", f"at least {lowest} (a smaller strength leaves the refiner no step)",
+                      self.strength)
+        return n
 
 
 @dataclass(frozen=True)
@@ -205,9 +220,14 @@ class Recipe:
     width: int = 1024
     height: int = 1024
     micro: MicroConditioning = field(default_factory=MicroConditioning)
-    switch: float = 0.8  # fraction of the schedule the base runs; 1.0 = all of it
+    # Fraction of the schedule the base runs; 1.0 = all of it. Where it would leave the base or the refiner
+    # no step (e.g. 1 step in all), the engine hands over at the nearest point that works (pipelines/engine/
+    # handoff.py); the recipe keeps the switch as asked, and the rule makes re-runs exact.
+    switch: float = 0.8
     refine: RefineSettings | None = field(default_factory=RefineSettings)
-    strength: float | None = None  # img2img only
+    # img2img only. 0: the source as it is (see keeps_source). With a refine stage, a strength that leaves
+    # the base no step before the switch is run, and recorded, as refine_any_recipe at that strength.
+    strength: float | None = None
     source_image_sha256: str | None = None  # img2img only
     loras: tuple[LoraRef, ...] = ()
     controlnets: tuple[ControlUnit, ...] = ()
@@ -278,6 +298,13 @@ class Recipe:
     def base_stops_early(self) -> bool:
         """True when the base hands over a still-noisy latent (diffusers needs 0 < f < 1)."""
         return self.switch < 1.0
+
+    @property
+    def keeps_source(self) -> bool:
+        """img2img at strength 0 with no refiner pass after it: the finished image is the source itself
+        (fitted to the size), unchanged, and no model step runs. Not so for "refine any image" (a refine
+        stage at switch 1.0), where the refiner still re-noises the source at refine.strength."""
+        return self.mode == "img2img" and self.strength == 0.0 and (self.refine is None or self.base_stops_early)
 
     def replace(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)

@@ -42,11 +42,12 @@ def nearest_bucket(width: int, height: int, buckets: tuple[tuple[int, int], ...]
 
 
 def own_size(width: int, height: int, *, max_side: int = 1024) -> tuple[int, int]:
-    """A source image's own size for img2img: scaled down (aspect kept) so neither side exceeds
-    `max_side`, each side rounded to a multiple of 8 within the Recipe's limits."""
+    """A source image's own size for img2img: scaled (aspect kept) so neither side exceeds `max_side`
+    and neither is under the Recipe's minimum, each side rounded to a multiple of 8 within its limits."""
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive (got {width}×{height})")
     scale = min(1.0, max_side / max(width, height))
+    scale = max(scale, MIN_SIDE / min(width, height))  # a tiny source is scaled up, not squashed
 
     def side(n: int) -> int:
         return min(MAX_SIDE, max(MIN_SIDE, int(round(n * scale / 8)) * 8))

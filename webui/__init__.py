@@ -1,1 +1,1 @@
-"""The Atelier web UI (Gradio Blocks). Nothing imports this package."""
+"""The Atelier web UI (Gradio Blocks), a front end over atelier.studio; `atelier serve` starts it."""

@@ -14,7 +14,7 @@ from starlette.middleware import Middleware  # noqa: E402
 from atelier.requests import ModelChoice  # noqa: E402
 from atelier.studio import Studio  # noqa: E402
 from webui import controlnet_tab, draft_tab, gallery_tab, img2img_tab, security  # noqa: E402
-from webui.bindings import Defaults, default_size  # noqa: E402
+from webui.bindings import Defaults, default_size, lora_lists  # noqa: E402
 from webui.context import Context  # noqa: E402
 from webui.jobs import GpuJobs  # noqa: E402
 
@@ -23,6 +23,22 @@ QUEUE_SIZE = 16  # jobs waiting at most; one more is told the queue is full
 QUEUE_SIZE_ENV = "ATELIER_QUEUE_SIZE"
 CSS = """
 #demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px; padding: 4px 12px; }
+#draft-status, #img2img-status, #cn-status, #gallery-status { font-size: 1.05em; min-height: 1.6em; }
+"""
+# Keyboard, as in A1111 and ComfyUI: Ctrl+Enter (⌘+Enter) makes an image with the visible tab's main
+# button; Esc interrupts. Only buttons on screen are pressed.
+KEYS_JS = """
+() => {
+  const visible = (id) => { const el = document.getElementById(id); return el && el.offsetParent !== null ? el : null; };
+  const press = (ids) => { for (const id of ids) { const b = visible(id); if (b) { b.click(); return true; } } return false; };
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+      if (press(['draft-button', 'img2img-button', 'cn-button'])) e.preventDefault();
+    } else if (e.key === 'Escape') {
+      press(['interrupt-button', 'img2img-interrupt', 'cn-interrupt']);
+    }
+  });
+}
 """
 
 
@@ -45,12 +61,10 @@ def queue_size_default() -> int:
 
 
 def make_context(studio: Studio, choice: ModelChoice) -> Context:
-    from pipelines.models.model_files import find_models_root
-
-    models = find_models_root(os.environ.get("ATELIER_MODELS"), studio.home / "models")
-    loras = tuple(models.list_models("lora")) if models else ()
     width, height = default_size(choice.demo)
-    return Context(studio, GpuJobs(), choice, Defaults(choice.base, choice.refiner, width, height, loras=loras))
+    loras, unusable = lora_lists(studio.loras())
+    return Context(studio=studio, jobs=GpuJobs(), choice=choice,
+                   defaults=Defaults(models=choice, width=width, height=height, loras=loras, unusable_loras=unusable))
 
 
 def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
@@ -66,6 +80,8 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 controlnet_tab.render(ctx, draft.controls)
             with gr.Tab("Gallery", id="gallery") as gallery_tab_item:
                 gallery = gallery_tab.render(ctx, draft.controls, tabs, "draft", gallery_tab_item)
+        for event in draft.on_load:
+            demo.load(**event, api_visibility="private")
         send = img2img_tab.send_from_gallery(ctx, img2img, tabs, "img2img")
         for button, generation_id in ((draft.send_to_img2img, draft.shown), (gallery.send_to_img2img, gallery.detail_id)):
             button.click(send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private")
@@ -78,10 +94,7 @@ def warm_up(ctx: Context) -> threading.Thread:
 
     def load() -> None:
         try:
-            cache = ctx.studio.models
-            base = cache.load_base(ctx.choice.base)
-            if ctx.choice.refiner:
-                cache.load_refiner(ctx.choice.refiner, base)
+            ctx.studio.load_models(ctx.choice)
         except Exception as exc:  # the first job reports it properly
             print(f"atelier serve: loading the models failed: {exc}", flush=True)
 
@@ -98,7 +111,7 @@ def theme() -> gr.themes.Base:
 def launch(demo: gr.Blocks, ctx: Context, *, host: str = "127.0.0.1", port: int = 7860,
            auth: tuple[str, str] | None = None, block: bool = True):
     security.check_listen(host, auth)
-    files = ctx.studio.gallery.files.root.resolve()
+    files = ctx.studio.files_folder().resolve()
     files.mkdir(parents=True, exist_ok=True)
     return demo.launch(
         server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
@@ -107,5 +120,5 @@ def launch(demo: gr.Blocks, ctx: Context, *, host: str = "127.0.0.1", port: int 
         mcp_server=False, run_history=False, footer_links=[], show_error=False, quiet=True,
         app_kwargs={"middleware": [Middleware(security.SameOriginOnly),
                                    Middleware(security.QueueFullMessage, max_size=demo._queue.max_size)]},
-        theme=theme(), css=CSS,
+        theme=theme(), css=CSS, js=KEYS_JS,
     )

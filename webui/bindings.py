@@ -10,21 +10,19 @@ never a long positional list.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, fields
 from typing import Any
 
 import gradio as gr
 
+from atelier import requests
+from atelier.requests import GenerationRequest, ModelChoice
 from pipelines.prompt_syntax import extract_lora_tokens
-from pipelines.sizes import SDXL_BUCKETS
-from pipelines.recipe import (
-    MAX_DRAFTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_SYNTAXES, SCHEDULERS,
-    LoraRef, MicroConditioning, ModelRef, Recipe, RefineSettings,
-)
+from pipelines.recipe import MAX_DRAFTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_SYNTAXES, SCHEDULERS, LoraRef, MicroConditioning, Recipe
+from pipelines.sizes import SDXL_BUCKETS, own_size
 
 CUSTOM_SIZE = "Custom"
-SOURCE_SIZE = "Nearest bucket to the source"  # img2img: the SDXL bucket closest to the source's aspect
+SOURCE_SIZE = "Source's own size"  # img2img: the source's size (multiples of 8, capped), as `atelier img2img`
 LORA_SLOTS = 3
 NO_LORA = ""
 SIZE_ENV = "ATELIER_UI_SIZE"  # default image side in the UI, e.g. "256" or "512x384" (width x height)
@@ -51,12 +49,23 @@ def default_size(demo: bool) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Defaults:
-    base: str  # model spec the Recipe names (a hub id, folder, file or "tiny")
-    refiner: str | None  # None: the base refines its own drafts
+    models: ModelChoice  # what the Recipe names as base and refiner
     width: int
     height: int
-    steps: int = 20
-    loras: tuple[str, ...] = ()  # LoRA names found in the models folder
+    loras: tuple[str, ...] = ()  # usable LoRA names found in the models folder
+    unusable_loras: tuple[tuple[str, str], ...] = ()  # (name, why) of LoRA files that cannot be used
+
+
+def lora_note_text(unusable: tuple[tuple[str, str], ...] | list) -> str:
+    """A line per unusable LoRA file, with the reason (a corrupt or foreign file is never offered)."""
+    return "  \n".join(f"⚠ **{name}** is unusable: {why}" for name, why in unusable)
+
+
+def lora_lists(rows: list[dict]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """(usable names, (name, why) of unusable files) from the studio's LoRA list."""
+    usable = tuple(row["name"] for row in rows if "error" not in row)
+    unusable = tuple((row["name"], row["error"]) for row in rows if "error" in row)
+    return usable, unusable
 
 
 @dataclass
@@ -70,7 +79,7 @@ class SizeControls:
 
 
 def render_size_controls(width: int, height: int, *, elem_prefix: str = "", from_source: bool = False) -> SizeControls:
-    """A size preset (SDXL buckets, Custom; with `from_source` first "nearest bucket to the source") and
+    """A size preset (SDXL buckets, Custom; with `from_source` first "the source's own size") and
     width/height boxes. A preset fills the boxes; typing in a box makes the preset Custom."""
     if from_source:
         presets, preset = [SOURCE_SIZE, *SIZE_PRESETS], SOURCE_SIZE
@@ -90,14 +99,12 @@ def render_size_controls(width: int, height: int, *, elem_prefix: str = "", from
 
 
 def size_from_values(c: SizeControls, values: dict, source_size: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(width, height): the nearest SDXL bucket to `source_size` (width, height) when the preset says
-    so (as `atelier img2img` without --width/--height), else the boxes."""
+    """(width, height): the source's own size (`source_size`, capped as `atelier img2img` without
+    --width/--height does) when the preset says so, else the boxes."""
     if values[c.preset] == SOURCE_SIZE:
         if source_size is None:
             raise ValueError("size: no source image to take the size from; add one, or choose a size")
-        from pipelines.sizes import nearest_bucket
-
-        return nearest_bucket(*source_size)
+        return own_size(*source_size, max_side=requests.img2img_max_side())
     return _int(values, c.width, "width"), _int(values, c.height, "height")
 
 
@@ -136,10 +143,14 @@ class GenerationControls:
     negative_aesthetic: gr.Slider
     lora_names: tuple[gr.Dropdown, ...]
     lora_weights: tuple[gr.Slider, ...]
+    lora_refresh: gr.Button  # not an input: reads the LoRA folder again
+    lora_note: gr.Markdown  # not an input: unusable LoRA files and why
 
     def inputs(self) -> set[gr.components.Component]:
         found: set[gr.components.Component] = set()
         for f in fields(self):
+            if f.name in ("lora_refresh", "lora_note"):
+                continue
             value = getattr(self, f.name)
             found.update(value if isinstance(value, tuple) else (value,))
         return found
@@ -149,51 +160,60 @@ def render_generation_controls(d: Defaults) -> GenerationControls:
     """Create the controls in the current Blocks context (prompt first, details in accordions)."""
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", placeholder="a lighthouse on a cliff at dusk, oil painting")
     negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
+    syntax = gr.Radio(list(PROMPT_SYNTAXES), value=requests.default_prompt_syntax(), label="Prompt syntax",
+                      elem_id="syntax")
     size = render_size_controls(d.width, d.height)
-    size_preset, width, height = size.preset, size.width, size.height
     with gr.Row():
-        count = gr.Slider(1, MAX_DRAFTS, value=4, step=1, label="Drafts", elem_id="count")
-        steps = gr.Slider(1, MAX_STEPS, value=d.steps, step=1, label="Draft steps", elem_id="steps")
-        switch = gr.Slider(0.05, 1.0, value=0.8, step=0.05, label="Switch to refiner at", elem_id="switch")
+        count = gr.Slider(1, MAX_DRAFTS, value=requests.DEFAULT_COUNT, step=1, label="Drafts", elem_id="count")
+        steps = gr.Slider(1, MAX_STEPS, value=requests.DEFAULT_STEPS, step=1, label="Draft steps", elem_id="steps")
+        switch = gr.Slider(0.05, 1.0, value=requests.DEFAULT_SWITCH, step=0.05, label="Switch to refiner at",
+                           elem_id="switch")
     with gr.Row():
-        scheduler = gr.Dropdown(list(SCHEDULERS), value="Euler", label="Sampler", elem_id="scheduler")
-        guidance = gr.Slider(0.0, 20.0, value=5.0, step=0.5, label="Guidance", elem_id="guidance")
+        scheduler = gr.Dropdown(list(SCHEDULERS), value=requests.DEFAULT_SCHEDULER, label="Sampler", elem_id="scheduler")
+        guidance = gr.Slider(0.0, 20.0, value=requests.DEFAULT_GUIDANCE, step=0.5, label="Guidance", elem_id="guidance")
         random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
         seed = gr.Number(0, label="Seed", minimum=0, precision=0, elem_id="seed")
-    with gr.Accordion("LoRA (also <lora:name:weight> in the prompt)", open=False):
+    with gr.Accordion("LoRA (also <lora:name:weight> in the prompt, whose weight wins)", open=False):
         names, weights = [], []
         for i in range(LORA_SLOTS):
             with gr.Row():
-                names.append(gr.Dropdown([NO_LORA, *d.loras], value=NO_LORA, label=f"LoRA {i + 1}", allow_custom_value=True))
-                weights.append(gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="Weight"))
+                names.append(gr.Dropdown([NO_LORA, *d.loras], value=NO_LORA, label=f"LoRA {i + 1}", allow_custom_value=True,
+                                         elem_id=f"lora-{i}"))
+                weights.append(gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=f"lora-weight-{i}"))
+        with gr.Row():
+            lora_refresh = gr.Button("↻ Refresh LoRA list", size="sm", elem_id="lora-refresh")
+            lora_note = gr.Markdown(lora_note_text(d.unusable_loras), elem_id="lora-note")
     with gr.Accordion("Micro-conditioning and refiner (0 = the generated size)", open=False):
+        micro = _render_micro_controls()
         with gr.Row():
-            original_w = gr.Number(0, label="Original width", precision=0, minimum=0)
-            original_h = gr.Number(0, label="Original height", precision=0, minimum=0)
-            target_w = gr.Number(0, label="Target width", precision=0, minimum=0)
-            target_h = gr.Number(0, label="Target height", precision=0, minimum=0)
-            crop_top = gr.Number(0, label="Crop top", precision=0, minimum=0)
-            crop_left = gr.Number(0, label="Crop left", precision=0, minimum=0)
-        with gr.Row():
-            negative_original_w = gr.Number(0, label="Negative original width", precision=0, minimum=0)
-            negative_original_h = gr.Number(0, label="Negative original height", precision=0, minimum=0)
-            negative_target_w = gr.Number(0, label="Negative target width", precision=0, minimum=0)
-            negative_target_h = gr.Number(0, label="Negative target height", precision=0, minimum=0)
-            negative_crop_top = gr.Number(0, label="Negative crop top", precision=0, minimum=0)
-            negative_crop_left = gr.Number(0, label="Negative crop left", precision=0, minimum=0)
-        with gr.Row():
-            aesthetic = gr.Slider(0.0, 10.0, value=6.0, step=0.1, label="Aesthetic score (refiner)")
-            negative_aesthetic = gr.Slider(0.0, 10.0, value=2.5, step=0.1, label="Negative aesthetic score")
-            refine_strength = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="Refine strength (switch 1.0 only)")
-            syntax = gr.Radio(list(PROMPT_SYNTAXES), value="compel", label="Prompt syntax")
-            watermark = gr.Checkbox(True, label="Invisible watermark")
-    controls = GenerationControls(
-        prompt, negative, syntax, size_preset, width, height, count, steps, switch, scheduler, guidance, random_seed,
-        seed, refine_strength, watermark, original_w, original_h, target_w, target_h, crop_top, crop_left,
-        negative_original_w, negative_original_h, negative_target_w, negative_target_h, negative_crop_top,
-        negative_crop_left, aesthetic, negative_aesthetic, tuple(names), tuple(weights),
+            refine_strength = gr.Slider(0.05, 1.0, value=requests.DEFAULT_REFINE_STRENGTH, step=0.05,
+                                        label="Refine strength (switch 1.0 only)", elem_id="refine-strength")
+            watermark = gr.Checkbox(True, label="Invisible watermark", elem_id="watermark")
+    return GenerationControls(
+        prompt=prompt, negative=negative, syntax=syntax, size_preset=size.preset, width=size.width, height=size.height,
+        count=count, steps=steps, switch=switch, scheduler=scheduler, guidance=guidance, random_seed=random_seed,
+        seed=seed, refine_strength=refine_strength, watermark=watermark, lora_names=tuple(names),
+        lora_weights=tuple(weights), lora_refresh=lora_refresh, lora_note=lora_note, **micro,
     )
-    return controls
+
+
+def _render_micro_controls() -> dict[str, gr.components.Component]:
+    """The SDXL micro-conditioning boxes and the refiner's aesthetic scores, by GenerationControls field."""
+    boxes: dict[str, gr.components.Component] = {}
+    for prefix, label in (("", ""), ("negative_", "Negative ")):
+        with gr.Row():
+            for name, text in (("original_w", "original width"), ("original_h", "original height"),
+                               ("target_w", "target width"), ("target_h", "target height"),
+                               ("crop_top", "crop top"), ("crop_left", "crop left")):
+                caption = f"{label}{text}" if label else text.capitalize()
+                boxes[prefix + name] = gr.Number(0, label=caption, precision=0, minimum=0,
+                                                 elem_id=(prefix + name).replace("_", "-"))
+    with gr.Row():
+        boxes["aesthetic"] = gr.Slider(0.0, 10.0, value=requests.DEFAULT_AESTHETIC, step=0.1,
+                                       label="Aesthetic score (refiner)", elem_id="aesthetic")
+        boxes["negative_aesthetic"] = gr.Slider(0.0, 10.0, value=requests.DEFAULT_NEGATIVE_AESTHETIC, step=0.1,
+                                                label="Negative aesthetic score", elem_id="negative-aesthetic")
+    return boxes
 
 
 def _preset_to_size(preset: str):
@@ -221,18 +241,12 @@ def _size(values: dict, w: gr.components.Component, h: gr.components.Component, 
     return (height, width)  # the Recipe's sizes are (height, width), as in diffusers
 
 
-def recipe_from_values(c: GenerationControls, values: dict, d: Defaults) -> tuple[Recipe, int]:
-    """The Recipe and draft count the controls describe; ValueError (naming the field) if invalid."""
-    prompt = values[c.prompt] or ""
-    if not prompt.strip():
-        raise ValueError("prompt: type what the image should show")
-    loras: dict[str, float] = {}
-    for name_box, weight_box in zip(c.lora_names, c.lora_weights):
-        name = (values[name_box] or "").strip()
-        if name:
-            loras[name] = float(values[weight_box])
-    for name, weight in extract_lora_tokens(prompt)[1]:  # <lora:…> tokens in the prompt win over the picker
-        loras[name] = weight
+def request_from_values(c: GenerationControls, values: dict, *, source_size: tuple[int, int] | None = None,
+                        size: tuple[int, int] | None = None, strength: float | None = None) -> GenerationRequest:
+    """The request the controls describe (img2img: the source's size, the size chosen for it, the
+    strength); field errors name the field."""
+    loras = tuple(LoraRef(name=(values[n] or "").strip(), weight=float(values[w]))
+                  for n, w in zip(c.lora_names, c.lora_weights) if (values[n] or "").strip())
     micro = MicroConditioning(
         original_size=_size(values, c.original_w, c.original_h, "original size"),
         target_size=_size(values, c.target_w, c.target_h, "target size"),
@@ -243,20 +257,20 @@ def recipe_from_values(c: GenerationControls, values: dict, d: Defaults) -> tupl
                                         _int(values, c.negative_crop_left, "negative crop left")),
         aesthetic_score=float(values[c.aesthetic]), negative_aesthetic_score=float(values[c.negative_aesthetic]),
     )
-    seed = secrets.randbelow(2**32) if values[c.random_seed] else _int(values, c.seed, "seed")
-    refiner = ModelRef(d.refiner) if d.refiner else None
-    recipe = Recipe(
-        model=ModelRef(d.base), prompt=prompt, negative_prompt=values[c.negative] or "", prompt_syntax=values[c.syntax],
-        seed=seed, steps=_int(values, c.steps, "steps"), guidance=float(values[c.guidance]),
-        scheduler=values[c.scheduler], width=_int(values, c.width, "width"), height=_int(values, c.height, "height"),
-        micro=micro, switch=round(float(values[c.switch]), 4),
-        refine=RefineSettings(model=refiner, strength=float(values[c.refine_strength])),
-        loras=tuple(LoraRef(name, weight=w) for name, w in loras.items()), watermark=bool(values[c.watermark]),
+    width, height = size or (_int(values, c.width, "width"), _int(values, c.height, "height"))
+    return GenerationRequest(
+        prompt=values[c.prompt] or "", negative=values[c.negative] or "", syntax=values[c.syntax],
+        seed=None if values[c.random_seed] else _int(values, c.seed, "seed"), count=_int(values, c.count, "drafts"),
+        steps=_int(values, c.steps, "steps"), guidance=float(values[c.guidance]), scheduler=values[c.scheduler],
+        width=width, height=height, switch=float(values[c.switch]), refine_strength=float(values[c.refine_strength]),
+        micro=micro, loras=loras, watermark=bool(values[c.watermark]), source_size=source_size, strength=strength,
     )
-    count = _int(values, c.count, "drafts")
-    if not 1 <= count <= MAX_DRAFTS:
-        raise ValueError(f"drafts: must be from 1 to {MAX_DRAFTS} (got {count})")
-    return recipe, count
+
+
+def recipe_from_values(c: GenerationControls, values: dict, d: Defaults) -> tuple[Recipe, int]:
+    """The Recipe and draft count the controls describe; ValueError (naming the field) if invalid."""
+    request = request_from_values(c, values)
+    return requests.build_recipe(request, d.models), request.count
 
 
 def values_from_recipe(c: GenerationControls, recipe: Recipe) -> dict[gr.components.Component, Any]:
@@ -275,7 +289,7 @@ def values_from_recipe(c: GenerationControls, recipe: Recipe) -> dict[gr.compone
         # A draft made in a batch is made again by the same batch (batching changes float rounding).
         c.seed: recipe.batch_seeds[0] if recipe.batch_seeds else recipe.seed,
         c.count: len(recipe.batch_seeds) if recipe.batch_seeds else 1,
-        c.refine_strength: recipe.refine.strength if recipe.refine else 0.3,
+        c.refine_strength: recipe.refine.strength if recipe.refine else requests.DEFAULT_REFINE_STRENGTH,
         c.crop_top: m.crops_coords_top_left[0], c.crop_left: m.crops_coords_top_left[1],
         c.negative_crop_top: m.negative_crops_coords_top_left[0], c.negative_crop_left: m.negative_crops_coords_top_left[1],
         c.aesthetic: m.aesthetic_score, c.negative_aesthetic: m.negative_aesthetic_score,

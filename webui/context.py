@@ -9,7 +9,7 @@ import gradio as gr
 from atelier.requests import ModelChoice
 from atelier.studio import Studio
 from webui.bindings import Defaults
-from webui.jobs import GpuJobs
+from webui.jobs import GPU, GpuJobs, queue_text
 
 
 @dataclass
@@ -25,10 +25,31 @@ def session_of(request: gr.Request | None) -> str:
 
 
 def interrupt_handler(ctx: Context):
-    """For an Interrupt button: stop this browser session's running job at its next step."""
+    """For an Interrupt button (outside the queue, so it works while the queue is busy or full): stop
+    this browser session's running job at its next step, and take its waiting ones out of the queue."""
 
-    def interrupt(request: gr.Request) -> None:
-        if not ctx.jobs.interrupt(session_of(request)):
-            gr.Info("Nothing of yours is running.")
+    def interrupt(request: gr.Request) -> str:
+        if ctx.jobs.interrupt(session_of(request)):
+            return "Interrupting: a running job stops at its next step; a waiting one will not run."
+        return "Nothing of yours is running or waiting."
 
     return interrupt
+
+
+def gpu_event(ctx: Context, trigger, handler, *, inputs: set, outputs: set, status: gr.Markdown, **options) -> None:
+    """Wire a device job: the click reserves the job's place at once (outside the queue, so the status
+    line says where it is and Interrupt can take it out), then `handler(values, request, ticket)` runs
+    in the shared GPU queue. `options`: api_name / api_visibility."""
+    ticket = gr.State(None)
+
+    def reserve(request: gr.Request) -> dict:
+        reserved = ctx.jobs.reserve(session_of(request))
+        return {ticket: reserved, status: queue_text(*ctx.jobs.place(reserved))}
+
+    def run(values: dict, request: gr.Request):
+        yield from handler(values, request, values.pop(ticket, None))
+
+    run.__name__ = handler.__name__  # Gradio names the API endpoint after it unless api_name is given
+    trigger(reserve, inputs=None, outputs={ticket, status}, queue=False, show_progress="hidden",
+            api_visibility="private").then(run, inputs=inputs | {ticket}, outputs=outputs | {status},
+                                           concurrency_id=GPU, concurrency_limit=1, **options)

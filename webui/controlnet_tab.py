@@ -11,10 +11,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from atelier.studio import ControlRequest
 from webui import bindings
-from webui.context import Context, interrupt_handler, session_of
+from webui.context import Context, gpu_event, interrupt_handler, session_of
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
-from webui.jobs import GPU, guarded, one_image_updates
+from webui.jobs import guarded, keeps_outputs, one_image_updates
 
 UNITS = 2
 
@@ -34,18 +35,14 @@ class Unit:
 
 
 def _preprocessors(ctx: Context) -> list[str]:
-    from pipelines.models.preprocessors import available
-
-    return [row["name"] for row in available(_annotators(ctx)) if row["ready"]]
+    return [row["name"] for row in ctx.studio.preprocessors() if row["ready"]]
 
 
 def _models(ctx: Context) -> list[str]:
-    return [row["name"] for row in ctx.studio.engine.controlnets.available()]
+    return [row["name"] for row in ctx.studio.controlnets()]
 
 
-def _requests(units: list[Unit], values: dict) -> list:
-    from atelier.edit_inputs import ControlRequest
-
+def _requests(units: list[Unit], values: dict) -> list[ControlRequest]:
     requests = []
     for i, unit in enumerate(units):
         path = values[unit.image]
@@ -53,8 +50,9 @@ def _requests(units: list[Unit], values: dict) -> list:
             continue
         if not values[unit.model]:
             raise ValueError(f"ControlNet unit {i + 1}: choose a ControlNet model (put them in models/ControlNet)")
-        requests.append(ControlRequest(values[unit.model], values[unit.preprocessor], Path(path).read_bytes(),
-                                       float(values[unit.scale]), float(values[unit.start]), float(values[unit.end])))
+        requests.append(ControlRequest(model=values[unit.model], preprocessor=values[unit.preprocessor],
+                                       image=Path(path).read_bytes(), scale=float(values[unit.scale]),
+                                       start=float(values[unit.start]), end=float(values[unit.end])))
     if not requests:
         raise ValueError("Add a control image to at least one unit.")
     return requests
@@ -82,7 +80,8 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
                         scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
                         start = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Start")
                         end = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End")
-                units.append(Unit(image, preprocessor, model, scale, start, end, preview))
+                units.append(Unit(image=image, preprocessor=preprocessor, model=model, scale=scale, start=start,
+                                  end=end, preview=preview))
             with gr.Row():
                 preview_button = gr.Button("Preview maps", elem_id="cn-preview")
                 refresh = gr.Button("Refresh model list", elem_id="cn-refresh")
@@ -96,10 +95,8 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
     unit_inputs = set().union(*(u.inputs() for u in units))
 
     def prepared(values: dict):
-        from atelier.edit_inputs import with_inputs
-
         recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)
-        return with_inputs(recipe, None, _requests(units, values), _annotators(ctx))
+        return ctx.studio.prepare_inputs(recipe, controls=_requests(units, values))
 
     @guarded
     def show_maps(values: dict):
@@ -107,14 +104,15 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
         maps = iter(inputs.images.control_maps)
         return {u.preview: (next(maps) if values[u.image] else None) for u in units}
 
-    def make(values: dict, request: gr.Request):
-        recipe, inputs = guarded(prepared)(values)
+    @keeps_outputs(status)
+    def make(values: dict, request: gr.Request, ticket: str | None):
+        recipe, inputs = prepared(values)
         yield {status: f"ControlNet with {len(recipe.controlnets)} unit(s)…"}
 
         def work(on_step, should_cancel):
             return ctx.studio.edit(recipe, inputs, on_step=on_step, should_cancel=should_cancel)
 
-        yield from one_image_updates(ctx.jobs.stream(session_of(request), work), status, result, "ControlNet")
+        yield from one_image_updates(ctx.jobs.stream(session_of(request), work, ticket), status, result, "ControlNet")
 
     def refresh_models():
         names = _models(ctx)
@@ -123,12 +121,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
     all_inputs = controls.inputs() | unit_inputs
     preview_button.click(show_maps, inputs=all_inputs, outputs={u.preview for u in units}, api_visibility="private")
     refresh.click(refresh_models, outputs=[u.model for u in units], api_visibility="private")
-    run.click(make, inputs=all_inputs, outputs={status, result}, api_name="controlnet", concurrency_id=GPU,
-              concurrency_limit=1)
-    interrupt.click(interrupt_handler(ctx), inputs=None, outputs=None, queue=False, api_visibility="private")
+    gpu_event(ctx, run.click, make, inputs=all_inputs, outputs={result}, status=status, api_name="controlnet")
+    interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_visibility="private")
     return units
 
-
-def _annotators(ctx: Context) -> Path | None:
-    folder = ctx.studio.engine.controlnets.folder()
-    return folder.parent / "annotators" if folder is not None else None

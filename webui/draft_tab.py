@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from pipelines.engine.previews import fast_preview
+from atelier.studio import GalleryFilters, RefineChoice
 from webui import bindings
-from webui.context import Context, interrupt_handler, session_of
-from webui.jobs import GPU, Done, Interrupted, Step, guarded, one_image_updates, progress_text
+from webui.context import Context, gpu_event, interrupt_handler, session_of
+from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, one_image_updates, progress_text
 
 IMAGE_HEIGHT = 420
 # Images leave the app as PNG files from the gallery (metadata and watermark intact); no share button.
 PNG_OUT = dict(type="filepath", format="png", interactive=False, buttons=["download", "fullscreen"])
+READY = "Type a prompt and press **Draft** (Ctrl+Enter in the prompt)."
 
 
 @dataclass
@@ -24,10 +25,26 @@ class DraftTab:
     send_to_img2img: gr.Button
     draft_button: gr.Button
     interrupt: gr.Button
+    on_load: list[dict]  # fn / inputs / outputs of the page's load events
+
+
+@dataclass
+class _Outputs:
+    status: gr.Markdown
+    drafts: gr.Gallery
+    draft_ids: gr.State
+    shown: gr.State
+    selected: gr.Number
+    before: gr.Image
+    after: gr.Image
 
 
 def caption(saved) -> str:
     return f"#{saved.id} · seed {saved.recipe.seed}"
+
+
+def steps_text(steps: int) -> str:
+    return f"{steps} step" if steps == 1 else f"{steps} steps"
 
 
 def render(ctx: Context) -> DraftTab:
@@ -37,83 +54,161 @@ def render(ctx: Context) -> DraftTab:
         with gr.Column(scale=3):
             with gr.Row():
                 draft_button = gr.Button("Draft", variant="primary", elem_id="draft-button", scale=3)
-                interrupt = gr.Button("Interrupt", variant="stop", elem_id="interrupt-button", scale=1)
-            status = gr.Markdown("Type a prompt and press **Draft**.", elem_id="draft-status")
+                interrupt = gr.Button("Interrupt (Esc)", variant="stop", elem_id="interrupt-button", scale=1)
+            status = gr.Markdown(READY, elem_id="draft-status")
             drafts = gr.Gallery(label="Drafts (click one to pick it)", columns=4, height="auto", format="png",
                                 allow_preview=False, buttons=[], elem_id="drafts", interactive=False)
-            draft_ids = gr.State([])
-            shown = gr.State(None)
             with gr.Row():
-                selected = gr.Number(None, label="Picked draft", precision=0, interactive=False, elem_id="selected-draft")
+                selected = gr.Number(None, label="Picked draft #", precision=0, minimum=1, elem_id="selected-draft",
+                                     placeholder="click a draft, or type its number")
                 refine_button = gr.Button("Refine", variant="primary", elem_id="refine-button")
                 rerender_steps = gr.Number(40, label="Re-render at N steps", precision=0, minimum=1, elem_id="rerender-steps")
                 rerender_button = gr.Button("Re-render", elem_id="rerender-button")
-                send_to_img2img = gr.Button("Send to img2img", elem_id="draft-to-img2img")
+            with gr.Row():
+                reuse_seed = gr.Button("♻ Reuse seed", size="sm", elem_id="reuse-seed")
+                send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id="draft-to-img2img")
             with gr.Row():
                 before = gr.Image(label="Draft", height=IMAGE_HEIGHT, elem_id="before", **PNG_OUT)
                 after = gr.Image(label="Refined", height=IMAGE_HEIGHT, elem_id="after", **PNG_OUT)
+    out = _Outputs(status=status, drafts=drafts, draft_ids=gr.State([]), shown=gr.State(None), selected=selected,
+                   before=before, after=after)
+    _wire_drafting(ctx, controls, out, draft_button)
+    _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
+    restore = _wire_picking(ctx, controls, out, reuse_seed)
+    refresh_loras = _wire_lora_refresh(ctx, controls)
+    interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_name="interrupt")
+    return DraftTab(controls=controls, selected=selected, shown=out.shown, send_to_img2img=send_to_img2img,
+                    draft_button=draft_button, interrupt=interrupt,
+                    on_load=[dict(fn=restore, inputs=None, outputs={out.status, out.drafts, out.draft_ids}), refresh_loras])
 
-    def run_drafts(values: dict, request: gr.Request):
-        recipe, count = guarded(bindings.recipe_from_values)(controls, values, ctx.defaults)
-        yield {status: f"Drafting {count} (seeds {recipe.seed}…{recipe.seed + count - 1})…", drafts: [], draft_ids: []}
+
+def _wire_drafting(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, draft_button: gr.Button) -> None:
+    @keeps_outputs(out.status)
+    def run_drafts(values: dict, request: gr.Request, ticket: str | None):
+        recipe, count = bindings.recipe_from_values(controls, values, ctx.defaults)
+        seeds = f"seed {recipe.seed}" if count == 1 else f"seeds {recipe.seed}…{recipe.seed + count - 1}"
+        # The Seed box shows the seed used, so the same drafts can be made again.
+        yield {out.status: f"Drafting {count} ({seeds})…", controls.seed: recipe.seed}
 
         def work(on_step, should_cancel):
             return ctx.studio.draft(recipe, count, on_step=on_step, should_cancel=should_cancel)
 
-        for event in ctx.jobs.stream(session_of(request), work):
+        for event in ctx.jobs.stream(session_of(request), work, ticket):
             if isinstance(event, Step):
-                previews = fast_preview(event.info.clean_estimate) if event.info.clean_estimate is not None else []
-                yield {status: progress_text(event.info, f"Drafting {count}"), drafts: previews}
+                yield {out.status: progress_text(event.info, f"Drafting {count}"), out.drafts: event.info.images()}
             elif isinstance(event, Interrupted):
-                yield {status: f"**{event.message}** — nothing was saved."}
+                yield {out.status: f"**{event.message}** — nothing was saved."}
             elif isinstance(event, Done):
-                saved = event.result
-                yield {
-                    status: f"{len(saved)} drafts ready (ids {saved[0].id}–{saved[-1].id}). Click one, then **Refine**.",
-                    drafts: [(str(s.image), caption(s)) for s in saved], draft_ids: [s.id for s in saved],
-                }
+                yield _batch_shown(out, event.result, "ready")
 
+    outputs = {out.drafts, out.draft_ids, controls.seed}
+    for trigger, options in ((draft_button.click, dict(api_name="draft")),
+                             (controls.prompt.submit, dict(api_visibility="private"))):
+        gpu_event(ctx, trigger, run_drafts, inputs=controls.inputs(), outputs=outputs, status=out.status, **options)
+
+
+def _batch_shown(out: _Outputs, saved: list, how: str) -> dict:
+    ids = f"id {saved[0].id}" if len(saved) == 1 else f"ids {saved[0].id}–{saved[-1].id}"
+    return {out.status: f"{len(saved)} draft{'s' if len(saved) > 1 else ''} {how} ({ids}). Click one, then **Refine**.",
+            out.drafts: [(str(s.image), caption(s)) for s in saved], out.draft_ids: [s.id for s in saved]}
+
+
+def _wire_finishing(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, refine_button: gr.Button,
+                    rerender_button: gr.Button, rerender_steps: gr.Number) -> None:
+    def finish(values: dict, request: gr.Request, ticket: str | None, steps: int | None):
+        if values[out.selected] is None:
+            raise ValueError("Pick a draft first: click one of the drafts (or type a draft's number).")
+        draft_id = int(values[out.selected])
+        yield {out.before: str(ctx.studio.get(draft_id).image_path)}
+        settings = RefineChoice(aesthetic_score=float(values[controls.aesthetic]),
+                                negative_aesthetic_score=float(values[controls.negative_aesthetic]),
+                                strength=float(values[controls.refine_strength]))
+
+        made = {}
+
+        def work(on_step, should_cancel):
+            if steps is None:
+                made["saved"] = ctx.studio.refine(draft_id, settings=settings, on_step=on_step, should_cancel=should_cancel)
+            else:
+                made["saved"] = ctx.studio.rerender(draft_id, steps, on_step=on_step, should_cancel=should_cancel)
+            return made["saved"]
+
+        doing, done = ("Refining", "Refined") if steps is None else (f"Re-rendering at {steps_text(steps)}", "Re-rendered")
+        events = ctx.jobs.stream(session_of(request), work, ticket)
+        for update in one_image_updates(events, out.status, out.after, f"{doing} draft #{draft_id}", out.shown):
+            if out.shown in update:
+                saved = made["saved"]
+                again = " — already made with these settings, shown again rather than stored twice" if saved.reused else ""
+                update[out.status] = f"{done} draft #{draft_id} → **#{saved.id}** (seed {saved.recipe.seed}){again}."
+            yield update
+
+    @keeps_outputs(out.status)
+    def refine(values: dict, request: gr.Request, ticket: str | None):
+        yield from finish(values, request, ticket, None)
+
+    @keeps_outputs(out.status)
+    def rerender(values: dict, request: gr.Request, ticket: str | None):
+        steps = values[rerender_steps]
+        if steps is None or steps < 1:
+            raise ValueError("Re-render: steps must be a whole number of at least 1.")
+        yield from finish(values, request, ticket, int(steps))
+
+    refiner_controls = {controls.aesthetic, controls.negative_aesthetic, controls.refine_strength}
+    finished = {out.before, out.after, out.shown}
+    gpu_event(ctx, refine_button.click, refine, inputs={out.selected} | refiner_controls, outputs=finished,
+              status=out.status, api_name="refine")
+    gpu_event(ctx, rerender_button.click, rerender, inputs={out.selected, rerender_steps}, outputs=finished,
+              status=out.status, api_name="rerender")
+
+
+def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, reuse_seed: gr.Button):
+    """Click a draft to pick it; ♻ reuses its seed. Returns the page-load handler that restores the
+    newest batch (app.py wires it to the page's load event)."""
+    @guarded
     def pick(ids: list[int], evt: gr.SelectData):
         if evt.index is None or not 0 <= evt.index < len(ids):
             return {}
         draft_id = ids[evt.index]
-        image = ctx.studio.gallery.get(draft_id).image_path
+        image = ctx.studio.get(draft_id).image_path
         # A refined image of another draft no longer belongs beside this one.
-        return {selected: draft_id, shown: draft_id, before: str(image), after: None,
-                status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps."}
+        return {out.selected: draft_id, out.shown: draft_id, out.before: str(image), out.after: None,
+                out.status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps."}
 
-    def finish(draft_id, steps: int | None, request: gr.Request, doing: str):
+    @guarded
+    def reuse(draft_id):
         if draft_id is None:
-            raise gr.Error("Pick a draft first: click one of the drafts.", title="No draft picked")
-        draft_id = int(draft_id)
-        draft_image = str(guarded(ctx.studio.gallery.get)(draft_id).image_path)
-        yield {before: draft_image, status: f"{doing} draft #{draft_id}…"}
+            raise ValueError("Pick a draft first, then ♻ reuses its seed.")
+        seed = ctx.studio.get(int(draft_id)).recipe.seed
+        return {controls.seed: seed, controls.random_seed: False, out.status: f"Seed {seed} set; **Draft** to use it."}
 
-        def work(on_step, should_cancel):
-            if steps is None:
-                return ctx.studio.refine(draft_id, on_step=on_step, should_cancel=should_cancel)
-            return ctx.studio.rerender(draft_id, int(steps), on_step=on_step, should_cancel=should_cancel)
+    def restore(request: gr.Request):
+        """After a reload: the newest batch of drafts from the gallery, so a picked draft stays refinable."""
+        newest = ctx.studio.search(None, GalleryFilters(kinds=("draft",)), limit=1).items
+        if not newest:
+            return {}
+        batch = newest[0].batch_id
+        saved = ctx.studio.search(None, GalleryFilters(batch_id=batch), limit=16).items if batch else newest
+        return _batch_shown(out, sorted(saved, key=lambda g: g.id), "restored from the gallery")
 
-        for update in one_image_updates(ctx.jobs.stream(session_of(request), work), status, after, doing, shown):
-            if after in update and status in update and isinstance(update[after], str):
-                update[status] = f"Refined draft #{draft_id} → " + update[status].removeprefix("Made ")
-            yield update
+    out.drafts.select(pick, inputs=out.draft_ids, outputs={out.selected, out.shown, out.before, out.after, out.status},
+                      api_visibility="private")
+    reuse_seed.click(reuse, inputs=out.selected, outputs={controls.seed, controls.random_seed, out.status},
+                     api_visibility="private")
+    return restore
 
-    def refine(draft_id, request: gr.Request):
-        yield from finish(draft_id, None, request, "Refining")
 
-    def rerender(draft_id, steps, request: gr.Request):
-        if steps is None or steps < 1:
-            raise gr.Error("Re-render: steps must be a whole number of at least 1.", title="Cannot do that")
-        yield from finish(draft_id, steps, request, f"Re-rendering at {int(steps)} steps")
+def _wire_lora_refresh(ctx: Context, controls: bindings.GenerationControls) -> dict:
+    """↻ reads the LoRA folder again (a file copied in while serving appears); unusable files are listed
+    with the reason, never offered. Returns the same as a page-load event (fn / inputs / outputs)."""
 
-    outputs = {status, drafts, draft_ids}
-    gpu = dict(concurrency_id=GPU, concurrency_limit=1)
-    draft_button.click(run_drafts, inputs=controls.inputs(), outputs=outputs, api_name="draft", **gpu)
-    controls.prompt.submit(run_drafts, inputs=controls.inputs(), outputs=outputs, api_visibility="private", **gpu)
-    drafts.select(pick, inputs=draft_ids, outputs={selected, shown, before, after, status}, api_visibility="private")
-    finished = {before, after, status, shown}
-    refine_button.click(refine, inputs=selected, outputs=finished, api_name="refine", **gpu)
-    rerender_button.click(rerender, inputs=[selected, rerender_steps], outputs=finished, api_name="rerender", **gpu)
-    interrupt.click(interrupt_handler(ctx), inputs=None, outputs=None, queue=False, api_name="interrupt")
-    return DraftTab(controls, selected, shown, send_to_img2img, draft_button, interrupt)
+    @guarded
+    def refresh(values: dict) -> dict:
+        usable, unusable = bindings.lora_lists(ctx.studio.loras())
+        update = {controls.lora_note: bindings.lora_note_text(unusable)}
+        for box in controls.lora_names:  # a name already picked stays, even if its file went away meanwhile
+            update[box] = gr.Dropdown(choices=[bindings.NO_LORA, *usable], value=values.get(box, bindings.NO_LORA))
+        return update
+
+    wiring = dict(fn=refresh, inputs=set(controls.lora_names), outputs={controls.lora_note, *controls.lora_names})
+    controls.lora_refresh.click(**wiring, api_visibility="private")
+    return wiring

@@ -1,18 +1,66 @@
-"""Gallery: search every generation, inspect its Recipe and lineage, re-run, reload, favourite, delete."""
+"""Gallery: search every generation, inspect its Recipe and lineage, re-run, refine, reload, favourite, delete.
+
+Three groups of components (filters, the page grid, the detail pane), each a dataclass; handlers take
+their inputs as a named set (a {component: value} dict), never a positional list.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 
 import gradio as gr
 
-from storage.gallery import KINDS, Generation
+from atelier.studio import KINDS, GalleryFilters, Generation
 from webui import bindings
-from webui.context import Context, session_of
+from webui.context import Context, gpu_event, session_of
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
-from webui.jobs import GPU, Done, Interrupted, Step, guarded, progress_text
+from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, progress_text
 
 PAGE_SIZE = 24
+QUIET = dict(api_visibility="private")
+
+
+def _components(group) -> set:
+    """Every component (and layout, e.g. a Row shown or hidden) of a group dataclass."""
+    return {getattr(group, f.name) for f in fields(group) if isinstance(getattr(group, f.name), gr.blocks.Block)}
+
+
+@dataclass
+class FilterControls:
+    query: gr.Textbox
+    kinds: gr.Dropdown
+    model: gr.Textbox
+    lora: gr.Textbox
+    favourites: gr.Checkbox
+    since: gr.Textbox
+    until: gr.Textbox
+
+    def filters(self, values: dict) -> GalleryFilters:
+        return GalleryFilters(kinds=tuple(values[self.kinds] or ()), model=values[self.model], lora=values[self.lora],
+                              favourites_only=bool(values[self.favourites]), since=values[self.since],
+                              until=values[self.until])
+
+
+@dataclass
+class PageControls:
+    grid: gr.Gallery
+    ids: gr.State  # the ids shown, in grid order
+    cursors: gr.State  # the `after` cursor of each page seen so far; the last is the current page
+    label: gr.Markdown
+    newer: gr.Button
+    older: gr.Button
+
+
+@dataclass
+class DetailControls:
+    id: gr.Number  # the generation shown
+    image: gr.Image
+    lineage: gr.Markdown
+    recipe: gr.Code
+    favourite: gr.Button
+    confirm_row: gr.Row
+    status: gr.Markdown
 
 
 @dataclass
@@ -23,17 +71,9 @@ class GalleryTab:
     refresh: gr.Button
 
 
-def _filters(kinds, model, lora, favourites, since, until) -> dict:
-    return {
-        "kind": list(kinds) or None, "model": (model or "").strip() or None, "lora": (lora or "").strip() or None,
-        "favourite": True if favourites else None, "since": (since or "").strip() or None,
-        "until": (until or "").strip() or None,
-    }
-
-
 def _thumbnail(g: Generation) -> tuple[str, str]:
     star = "★ " if g.favourite else ""
-    return str(g.thumbnail_path), f"{star}#{g.id} {g.kind} · {g.recipe.prompt[:40]}"
+    return str(g.thumbnail_path), f"{star}#{g.id} {g.kind} · seed {g.recipe.seed}"
 
 
 def _label(g: Generation) -> str:
@@ -41,107 +81,169 @@ def _label(g: Generation) -> str:
 
 
 def lineage_text(ctx: Context, g: Generation) -> str:
-    ancestors = ctx.studio.gallery.ancestors(g.id)
-    children = ctx.studio.gallery.children(g.id)
-    chain = " ← ".join([f"**{_label(g)}**", *(_label(a) for a in ancestors)])
-    made = ", ".join(_label(c) for c in children) or "none yet"
+    lineage = ctx.studio.lineage(g.id)
+    chain = " ← ".join([f"**{_label(g)}**", *(_label(a) for a in lineage.ancestors)])
+    made = ", ".join(_label(c) for c in lineage.children) or "none yet"
     batch = f"  \nBatch: seeds {', '.join(map(str, g.recipe.batch_seeds))}" if g.recipe.batch_seeds else ""
     missing = "  \n⚠ Files of this generation are missing from disk." if g.files_missing else ""
     return f"Lineage: {chain}  \nMade from it: {made}{batch}{missing}"
 
 
-def render(ctx: Context, controls: bindings.GenerationControls, tabs: gr.Tabs, draft_tab_id: str, tab: gr.Tab) -> GalleryTab:
-    """The tab's contents; `tab` is the Tab they sit in (opening it shows the newest page)."""
+def _render_filters(ctx: Context) -> tuple[FilterControls, gr.Button, gr.Button]:
     with gr.Row():
         query = gr.Textbox(label="Search prompts", placeholder="words from the prompt or negative", scale=4,
                            elem_id="gallery-search")
-        search_button = gr.Button("Search", scale=1, elem_id="gallery-search-button")
+        search = gr.Button("Search", scale=1, elem_id="gallery-search-button")
         refresh = gr.Button("Refresh", scale=1, elem_id="gallery-refresh")
     with gr.Accordion("Filters", open=False):
         with gr.Row():
-            kinds = gr.Dropdown(list(KINDS), value=[], multiselect=True, label="Kind")
-            model = gr.Textbox(label="Model", placeholder=ctx.defaults.base)
-            lora = gr.Textbox(label="LoRA")
-            favourites = gr.Checkbox(False, label="Favourites only")
-            since = gr.Textbox(label="Since", placeholder="2025-01-31")
-            until = gr.Textbox(label="Until (before)", placeholder="2025-02-28")
+            kinds = gr.Dropdown(list(KINDS), value=[], multiselect=True, label="Kind", elem_id="gallery-kinds")
+            model = gr.Textbox(label="Model", placeholder=ctx.defaults.models.base, elem_id="gallery-model")
+            lora = gr.Textbox(label="LoRA", elem_id="gallery-lora")
+            favourites = gr.Checkbox(False, label="Favourites only", elem_id="gallery-favourites")
+            since = gr.Textbox(label="Since", placeholder="2025-01-31", elem_id="gallery-since")
+            until = gr.Textbox(label="Until (before)", placeholder="2025-02-28", elem_id="gallery-until")
+    controls = FilterControls(query=query, kinds=kinds, model=model, lora=lora, favourites=favourites, since=since,
+                              until=until)
+    return controls, search, refresh
+
+
+def _render_page() -> PageControls:
+    grid = gr.Gallery(label="Generations", columns=6, height="auto", allow_preview=False, buttons=[],
+                      format="png", elem_id="gallery-grid", interactive=False)
+    with gr.Row():
+        newer = gr.Button("← Newer", size="sm", elem_id="gallery-newer")
+        label = gr.Markdown("", elem_id="gallery-page")
+        older = gr.Button("Older →", size="sm", elem_id="gallery-older")
+    return PageControls(grid=grid, ids=gr.State([]), cursors=gr.State([None]), label=label, newer=newer, older=older)
+
+
+def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
+    detail_id = gr.Number(None, label="Selected", precision=0, interactive=False, elem_id="detail-id")
+    image = gr.Image(label="Image", height=IMAGE_HEIGHT, elem_id="detail-image", **PNG_OUT)
+    lineage = gr.Markdown("", elem_id="detail-lineage")
+    with gr.Row():
+        buttons = {
+            "rerun": gr.Button("Re-run", variant="primary", elem_id="rerun-button"),
+            "refine": gr.Button("Refine (drafts)", elem_id="gallery-refine-button"),
+            "load": gr.Button("Load into Draft", elem_id="load-into-draft"),
+            "img2img": gr.Button("Send to img2img", elem_id="gallery-to-img2img"),
+            "favourite": gr.Button("☆ Favourite", elem_id="favourite-button"),
+            "delete": gr.Button("Delete", variant="stop", elem_id="delete-button"),
+        }
+    with gr.Row(visible=False) as confirm_row:
+        gr.Markdown("Delete this generation and its files? Its children stay.")
+        buttons["confirm"] = gr.Button("Yes, delete", variant="stop", elem_id="confirm-delete")
+        buttons["cancel"] = gr.Button("Keep it", elem_id="cancel-delete")
+    status = gr.Markdown("", elem_id="gallery-status")
+    recipe = gr.Code(label="Recipe", language="json", interactive=False, elem_id="detail-recipe")
+    detail = DetailControls(id=detail_id, image=image, lineage=lineage, recipe=recipe, favourite=buttons["favourite"],
+                            confirm_row=confirm_row, status=status)
+    return detail, buttons
+
+
+def render(ctx: Context, controls: bindings.GenerationControls, tabs: gr.Tabs, draft_tab_id: str, tab: gr.Tab) -> GalleryTab:
+    """The tab's contents; `tab` is the Tab they sit in (opening it shows the newest page)."""
+    filters, search, refresh = _render_filters(ctx)
     with gr.Row():
         with gr.Column(scale=3):
-            grid = gr.Gallery(label="Generations", columns=6, height="auto", allow_preview=False, buttons=[],
-                              format="png", elem_id="gallery-grid", interactive=False)
-            with gr.Row():
-                newer = gr.Button("← Newer", size="sm", elem_id="gallery-newer")
-                page_label = gr.Markdown("", elem_id="gallery-page")
-                older = gr.Button("Older →", size="sm", elem_id="gallery-older")
+            page = _render_page()
             dropped = gr.File(label="Drop an Atelier or A1111 PNG to load its Recipe", file_types=[".png"],
                               type="filepath", elem_id="png-drop")
         with gr.Column(scale=2):
-            detail_id = gr.Number(None, label="Selected", precision=0, interactive=False, elem_id="detail-id")
-            image = gr.Image(label="Image", height=IMAGE_HEIGHT, elem_id="detail-image", **PNG_OUT)
-            lineage = gr.Markdown("", elem_id="detail-lineage")
-            with gr.Row():
-                rerun = gr.Button("Re-run", variant="primary", elem_id="rerun-button")
-                load_into_draft = gr.Button("Load into Draft", elem_id="load-into-draft")
-                send_to_img2img = gr.Button("Send to img2img", elem_id="gallery-to-img2img")
-                favourite = gr.Button("☆ Favourite", elem_id="favourite-button")
-                delete = gr.Button("Delete", variant="stop", elem_id="delete-button")
-            with gr.Row(visible=False) as confirm_row:
-                gr.Markdown("Delete this generation and its files? Its children stay.")
-                confirm = gr.Button("Yes, delete", variant="stop", elem_id="confirm-delete")
-                cancel = gr.Button("Keep it", elem_id="cancel-delete")
-            status = gr.Markdown("", elem_id="gallery-status")
-            recipe_json = gr.Code(label="Recipe", language="json", interactive=False, elem_id="detail-recipe")
-    ids = gr.State([])
-    cursors = gr.State([None])  # the `after` cursor of each page seen so far; the last is the current page
-    filter_inputs = [query, kinds, model, lora, favourites, since, until]
+            detail, buttons = _render_detail()
+    pages = _PageHandlers(ctx, filters, page)
+    for trigger in (search.click, filters.query.submit, refresh.click, tab.select):
+        trigger(pages.first, inputs=_components(filters), outputs=pages.outputs, **QUIET)
+    page.older.click(pages.older_page, inputs=pages.inputs, outputs=pages.outputs, **QUIET)
+    page.newer.click(pages.newer_page, inputs=pages.inputs, outputs=pages.outputs, **QUIET)
+    shown = _DetailHandlers(ctx, detail)
+    page.grid.select(shown.select, inputs=page.ids, outputs=shown.outputs, **QUIET)
+    _wire_actions(ctx, shown, buttons, pages, controls, tabs, draft_tab_id, dropped)
+    return GalleryTab(detail_id=detail.id, load_into_draft=buttons["load"], send_to_img2img=buttons["img2img"],
+                      refresh=refresh)
 
-    def load_page(cursor_stack, q, kinds_v, model_v, lora_v, fav_v, since_v, until_v):
-        page = ctx.studio.gallery.search(q or None, limit=PAGE_SIZE, after=cursor_stack[-1],
-                                         **_filters(kinds_v, model_v, lora_v, fav_v, since_v, until_v))
+
+class _PageHandlers:
+    """Pages of search results, newest first, with keyset cursors."""
+
+    def __init__(self, ctx: Context, filters: FilterControls, page: PageControls) -> None:
+        self.ctx, self.filters, self.page = ctx, filters, page
+        self.inputs = _components(filters) | {page.cursors}
+        self.outputs = {page.grid, page.ids, page.label, page.cursors, page.older, page.newer}
+
+    def load(self, cursor_stack: list, values: dict):
+        p = self.page
+        found = self.ctx.studio.search(values[self.filters.query] or None, self.filters.filters(values),
+                                       limit=PAGE_SIZE, after=cursor_stack[-1])
         number = len(cursor_stack)
-        shown = f"Page {number} · {len(page.items)} shown" + (" · more older" if page.next_cursor else "")
-        return page, {grid: [_thumbnail(g) for g in page.items], ids: [g.id for g in page.items],
-                      page_label: shown if page.items else "Nothing found.", cursors: cursor_stack,
-                      older: gr.update(interactive=page.next_cursor is not None),
-                      newer: gr.update(interactive=number > 1)}
+        shown = f"Page {number} · {len(found.items)} shown" + (" · more older" if found.next_cursor else "")
+        return found, {p.grid: [_thumbnail(g) for g in found.items], p.ids: [g.id for g in found.items],
+                       p.label: shown if found.items else "Nothing found.", p.cursors: cursor_stack,
+                       p.older: gr.update(interactive=found.next_cursor is not None),
+                       p.newer: gr.update(interactive=number > 1)}
 
     @guarded
-    def first_page(*values):
-        return load_page([None], *values)[1]
+    def first(self, values: dict):
+        return self.load([None], values)[1]
 
     @guarded
-    def older_page(cursor_stack, *values):
-        page, update = load_page(cursor_stack, *values)
-        if page.next_cursor is None:
+    def older_page(self, values: dict):
+        cursor_stack = values[self.page.cursors]
+        found, update = self.load(cursor_stack, values)
+        if found.next_cursor is None:
             return update
-        return load_page([*cursor_stack, page.next_cursor], *values)[1]
+        return self.load([*cursor_stack, found.next_cursor], values)[1]
 
     @guarded
-    def newer_page(cursor_stack, *values):
-        return load_page(cursor_stack[:-1] or [None], *values)[1]
+    def newer_page(self, values: dict):
+        return self.load(values[self.page.cursors][:-1] or [None], values)[1]
 
-    def show(generation_id: int) -> dict:
-        g = ctx.studio.gallery.get(generation_id)
-        return {detail_id: g.id, image: str(g.image_path), lineage: lineage_text(ctx, g),
-                recipe_json: _pretty(g.recipe), favourite: _star(g.favourite),
-                confirm_row: gr.update(visible=False), status: ""}
+    def current(self, values: dict):
+        """The page on show again (after a delete)."""
+        return self.load(values[self.page.cursors], values)[1]
+
+
+class _DetailHandlers:
+    def __init__(self, ctx: Context, detail: DetailControls) -> None:
+        self.ctx, self.detail = ctx, detail
+        self.outputs = _components(detail)
+
+    def show(self, generation_id: int) -> dict:
+        d = self.detail
+        g = self.ctx.studio.get(generation_id)
+        return {d.id: g.id, d.image: str(g.image_path), d.lineage: lineage_text(self.ctx, g),
+                d.recipe: json.dumps(g.recipe.to_dict(), indent=2, sort_keys=True), d.favourite: _star(g.favourite),
+                d.confirm_row: gr.update(visible=False), d.status: ""}
 
     @guarded
-    def select(page_ids, evt: gr.SelectData):
+    def select(self, page_ids, evt: gr.SelectData):
         if evt.index is None or not 0 <= evt.index < len(page_ids):
             return {}
-        return show(page_ids[evt.index])
+        return self.show(page_ids[evt.index])
 
-    def _current(generation_id) -> int:
-        if generation_id is None:
-            raise ValueError("Select a generation in the grid first.")
-        return int(generation_id)
+    def cleared(self, message: str) -> dict:
+        d = self.detail
+        return {d.id: None, d.image: None, d.lineage: "", d.recipe: "", d.confirm_row: gr.update(visible=False),
+                d.status: message}
+
+
+def _current(generation_id) -> int:
+    if generation_id is None:
+        raise ValueError("Select a generation in the grid first.")
+    return int(generation_id)
+
+
+def _wire_actions(ctx: Context, shown: _DetailHandlers, buttons: dict, pages: _PageHandlers,
+                  controls: bindings.GenerationControls, tabs: gr.Tabs, draft_tab_id: str, dropped: gr.File) -> None:
+    detail = shown.detail
 
     @guarded
     def toggle_favourite(generation_id):
-        g = ctx.studio.gallery.get(_current(generation_id))
-        g = ctx.studio.gallery.set_favourite(g.id, not g.favourite)
-        return {favourite: _star(g.favourite), status: "Added to favourites." if g.favourite else "Removed from favourites."}
+        g = ctx.studio.get(_current(generation_id))
+        g = ctx.studio.set_favourite(g.id, not g.favourite)
+        return {detail.favourite: _star(g.favourite),
+                detail.status: "Added to favourites." if g.favourite else "Removed from favourites."}
 
     @guarded
     def ask_delete(generation_id):
@@ -149,17 +251,14 @@ def render(ctx: Context, controls: bindings.GenerationControls, tabs: gr.Tabs, d
         return gr.update(visible=True)
 
     @guarded
-    def do_delete(generation_id, cursor_stack, *values):
-        gid = _current(generation_id)
-        ctx.studio.gallery.delete(gid)
-        update = load_page(cursor_stack, *values)[1]
-        update.update({detail_id: None, image: None, lineage: "", recipe_json: "", confirm_row: gr.update(visible=False),
-                       status: f"Deleted #{gid}."})
-        return update
+    def do_delete(values: dict):
+        gid = _current(values[detail.id])
+        ctx.studio.delete(gid)
+        return {**pages.current(values), **shown.cleared(f"Deleted #{gid}.")}
 
     @guarded
     def load_draft(generation_id):
-        recipe = ctx.studio.gallery.get(_current(generation_id)).recipe
+        recipe = ctx.studio.get(_current(generation_id)).recipe
         return {**bindings.values_from_recipe(controls, recipe), tabs: gr.Tabs(selected=draft_tab_id)}
 
     @guarded
@@ -168,44 +267,40 @@ def render(ctx: Context, controls: bindings.GenerationControls, tabs: gr.Tabs, d
             return {}
         saved = ctx.studio.import_png(path)
         gr.Info(f"Imported as #{saved.id}; its Recipe is loaded into Draft.")
-        return {**show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
+        return {**shown.show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
 
-    def rerun_job(generation_id, request: gr.Request):
-        gid = guarded(_current)(generation_id)
-        yield {status: f"Re-running #{gid}…"}
-        work = lambda on_step, should_cancel: ctx.studio.rerun(gid, on_step=on_step, should_cancel=should_cancel)  # noqa: E731
-        for event in ctx.jobs.stream(session_of(request), work):
+    buttons["favourite"].click(toggle_favourite, inputs=detail.id, outputs={detail.favourite, detail.status}, **QUIET)
+    buttons["delete"].click(ask_delete, inputs=detail.id, outputs=detail.confirm_row, **QUIET)
+    buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
+    buttons["confirm"].click(do_delete, inputs=pages.inputs | {detail.id}, outputs=pages.outputs | shown.outputs,
+                             **QUIET)
+    buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | {tabs}, **QUIET)
+    dropped.upload(import_png, inputs=dropped, outputs=shown.outputs | controls.inputs() | {dropped}, **QUIET)
+    for action, api_name in (("rerun", "rerun"), ("refine", "gallery_refine")):
+        gpu_event(ctx, buttons[action].click, _job(ctx, shown, action), inputs={detail.id}, outputs=shown.outputs,
+                  status=detail.status, api_name=api_name)
+
+
+def _job(ctx: Context, shown: _DetailHandlers, action: str):
+    """A GPU handler that re-runs (or refines) the generation on show and then shows the new one."""
+    doing, done = {"rerun": ("Re-running", "Re-ran"), "refine": ("Refining", "Refined")}[action]
+    status = shown.detail.status
+
+    @keeps_outputs(status)
+    def run(values: dict, request: gr.Request, ticket: str | None):
+        gid = _current(values[shown.detail.id])
+        yield {status: f"{doing} #{gid}…"}
+        method = getattr(ctx.studio, action)
+        work = lambda on_step, should_cancel: method(gid, on_step=on_step, should_cancel=should_cancel)  # noqa: E731
+        for event in ctx.jobs.stream(session_of(request), work, ticket):
             if isinstance(event, Step):
-                yield {status: progress_text(event.info, f"Re-running #{gid}")}
+                yield {status: progress_text(event.info, f"{doing} #{gid}")}
             elif isinstance(event, Interrupted):
                 yield {status: f"**{event.message}**"}
             elif isinstance(event, Done):
-                yield {**show(event.result.id), status: f"Re-ran #{gid} → **#{event.result.id}**."}
+                yield {**shown.show(event.result.id), status: f"{done} #{gid} → **#{event.result.id}**."}
 
-    page_outputs = {grid, ids, page_label, cursors, older, newer}
-    detail_outputs = {detail_id, image, lineage, recipe_json, favourite, confirm_row, status}
-    for trigger in (search_button.click, query.submit, refresh.click, tab.select):
-        trigger(first_page, inputs=filter_inputs, outputs=page_outputs, api_visibility="private")
-    older.click(older_page, inputs=[cursors, *filter_inputs], outputs=page_outputs, api_visibility="private")
-    newer.click(newer_page, inputs=[cursors, *filter_inputs], outputs=page_outputs, api_visibility="private")
-    grid.select(select, inputs=ids, outputs=detail_outputs, api_visibility="private")
-    favourite.click(toggle_favourite, inputs=detail_id, outputs={favourite, status}, api_visibility="private")
-    delete.click(ask_delete, inputs=detail_id, outputs=confirm_row, api_visibility="private")
-    cancel.click(lambda: gr.update(visible=False), outputs=confirm_row, queue=False, api_visibility="private")
-    confirm.click(do_delete, inputs=[detail_id, cursors, *filter_inputs], outputs=page_outputs | detail_outputs,
-                  api_visibility="private")
-    load_into_draft.click(load_draft, inputs=detail_id, outputs=controls.inputs() | {tabs}, api_visibility="private")
-    dropped.upload(import_png, inputs=dropped, outputs=detail_outputs | controls.inputs() | {dropped},
-                   api_visibility="private")
-    rerun.click(rerun_job, inputs=detail_id, outputs=detail_outputs, api_name="rerun", concurrency_id=GPU,
-                concurrency_limit=1)
-    return GalleryTab(detail_id, load_into_draft, send_to_img2img, refresh)
-
-
-def _pretty(recipe) -> str:
-    import json
-
-    return json.dumps(recipe.to_dict(), indent=2, sort_keys=True)
+    return run
 
 
 def _star(favourite: bool) -> str:

@@ -7,27 +7,29 @@ worker thread so the handler (a generator) can yield step previews while it runs
 
 from __future__ import annotations
 
+import functools
 import html
 import queue
 import sys
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from pipelines.engine.engine import GenerationCancelled, OutOfMemory, StepInfo
-from storage.gallery import NotFoundError
+from atelier.studio import USER_ERRORS, Cancelled, StepPreview
 
 GPU = "gpu"  # the concurrency_id every event that runs the engine shares
 PREVIEW_EVERY_S = 0.25  # at most ~4 preview updates a second; the browser need not see every step
+STALE_TICKET_S = 3600  # a reserved job that never started after this long is no longer counted
 
 
 @dataclass(frozen=True)
 class Step:
-    info: StepInfo
+    info: StepPreview
 
 
 @dataclass(frozen=True)
@@ -40,79 +42,144 @@ class Interrupted:
     message: str
 
 
-Work = Callable[[Callable[[StepInfo], None], Callable[[], bool]], Any]
+Work = Callable[[Callable[[StepPreview], None], Callable[[], bool]], Any]
+
+
+@dataclass
+class _Ticket:
+    session: str
+    cancel: threading.Event
+    reserved_at: float
+    started: bool = False
 
 
 class GpuJobs:
+    """The device's jobs in order: reserved (waiting in the queue), then running, one at a time.
+
+    A page reserves a ticket the moment the user clicks (an event outside the queue), so Interrupt can
+    reach a job still waiting in Gradio's queue: when its turn comes it sees the cancelled ticket and
+    never runs. A job whose page goes away (reload, closed tab) keeps running and is saved.
+    """
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cancel: dict[str, threading.Event] = {}  # session → its running job's flag
+        self._lock = threading.Lock()  # held while a job uses the device
+        self._tickets: dict[str, _Ticket] = {}  # in the order they were reserved
+        self._mutex = threading.Lock()  # guards _tickets and _durations
+        self._durations: list[float] = []  # seconds of the last few jobs, for the queue's ETA
+
+    def reserve(self, session: str) -> str:
+        """A ticket for a job about to be queued by `session`."""
+        ticket = uuid.uuid4().hex
+        with self._mutex:
+            self._forget_stale()
+            self._tickets[ticket] = _Ticket(session=session, cancel=threading.Event(), reserved_at=time.monotonic())
+        return ticket
+
+    def place(self, ticket: str) -> tuple[int, float | None]:
+        """(jobs ahead of this ticket, about how many seconds until it starts, None if not known yet)."""
+        with self._mutex:
+            order = list(self._tickets)
+            ahead = order.index(ticket) if ticket in order else 0
+            typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else None
+        return ahead, (typical * ahead if typical is not None else None)
 
     def interrupt(self, session: str) -> bool:
-        """Ask the session's running job to stop at its next step; False if it has none."""
-        event = self._cancel.get(session)
-        if event is None:
-            return False
-        event.set()
-        return True
+        """Stop the session's running job at its next step and drop its waiting ones; False if it has none."""
+        with self._mutex:
+            mine = [t for t in self._tickets.values() if t.session == session and not t.cancel.is_set()]
+        for ticket in mine:
+            ticket.cancel.set()
+        return bool(mine)
 
     def run_now(self, work: Callable[[], Any]) -> Any:
         """Run `work` holding the device (for work outside the queue, e.g. loading models)."""
         with self._lock:
             return work()
 
-    def stream(self, session: str, work: Work) -> Iterator[Step | Done | Interrupted]:
+    def stream(self, session: str, work: Work, ticket: str | None = None) -> Iterator[Step | Done | Interrupted]:
         """Run `work(on_step, should_cancel)` in a thread; yield throttled Steps, then Done or Interrupted.
 
-        Errors come out as gr.Error with a readable message (the traceback goes to the server log).
-        If the browser goes away (the generator is closed), the job is cancelled at its next step.
+        `ticket`: the one reserved when the user clicked (without one, e.g. from the API, one is made
+        now). Errors come out as gr.Error with a readable message (the traceback goes to the server log).
         """
-        cancel = threading.Event()
+        with self._mutex:
+            entry = self._tickets.get(ticket) if ticket else None
+            if entry is None:
+                ticket = uuid.uuid4().hex
+                entry = self._tickets[ticket] = _Ticket(session=session, cancel=threading.Event(),
+                                                        reserved_at=time.monotonic())
+            entry.started = True
+        if entry.cancel.is_set():
+            self._done(ticket, None)
+            yield Interrupted("Interrupted: taken out of the queue before it ran")
+            return
         events: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            # Registered before waiting for the device, so Interrupt also reaches a job still waiting.
-            self._cancel[session] = cancel
-            try:
-                with self._lock:
-                    if cancel.is_set():
-                        raise GenerationCancelled("before it started")
-                    outcome["result"] = work(lambda info: events.put(info), cancel.is_set)
-            except BaseException as exc:  # handed to the generator, which reports it
-                outcome["error"] = exc
-            finally:
-                if self._cancel.get(session) is cancel:
-                    self._cancel.pop(session, None)
-                events.put(None)
-
-        thread = threading.Thread(target=run, name="atelier-gpu-job", daemon=True)
+        thread = threading.Thread(target=self._run, args=(ticket, entry, work, events, outcome), name="atelier-gpu-job",
+                                  daemon=True)
         thread.start()
-        try:
-            last_yield, pending = 0.0, None
-            while True:
-                try:
-                    item = events.get(timeout=PREVIEW_EVERY_S)
-                except queue.Empty:
-                    item = ...
-                if item is None:
-                    break
-                if item is not ...:
-                    pending = item
-                if pending is not None and time.monotonic() - last_yield >= PREVIEW_EVERY_S:
-                    yield Step(pending)
-                    pending, last_yield = None, time.monotonic()
-        finally:
-            if thread.is_alive():  # the browser went away: stop the job at its next step
-                cancel.set()
-            thread.join()
+        yield from _throttled(events)
+        thread.join()
         if "error" in outcome:
             error = outcome["error"]
-            if isinstance(error, GenerationCancelled):
+            if isinstance(error, Cancelled):
                 yield Interrupted(f"Interrupted ({error})")
                 return
             raise readable_error(error)
         yield Done(outcome["result"])
+
+    def _run(self, ticket: str, entry: _Ticket, work: Work, events: queue.Queue, outcome: dict) -> None:
+        started = None
+        try:
+            with self._lock:
+                if entry.cancel.is_set():
+                    raise Cancelled("before it started")
+                started = time.monotonic()
+                outcome["result"] = work(lambda info: events.put(info), entry.cancel.is_set)
+        except BaseException as exc:  # handed to the generator, which reports it
+            outcome["error"] = exc
+        finally:
+            self._done(ticket, time.monotonic() - started if started is not None else None)
+            events.put(None)
+
+    def _done(self, ticket: str, seconds: float | None) -> None:
+        with self._mutex:
+            self._tickets.pop(ticket, None)
+            if seconds is not None:
+                self._durations = [*self._durations[-4:], seconds]
+
+    def _forget_stale(self) -> None:
+        """Tickets whose event never started (the page went away while it waited) stop counting after a while."""
+        now = time.monotonic()
+        for key in [k for k, t in self._tickets.items() if not t.started and now - t.reserved_at > STALE_TICKET_S]:
+            del self._tickets[key]
+
+
+def _throttled(events: queue.Queue) -> Iterator[Step]:
+    """Steps from the job's queue, at most one every PREVIEW_EVERY_S, until the job's end marker."""
+    last_yield, pending = 0.0, None
+    while True:
+        try:
+            item = events.get(timeout=PREVIEW_EVERY_S)
+        except queue.Empty:
+            item = ...
+        if item is None:
+            return
+        if item is not ...:
+            pending = item
+        if pending is not None and time.monotonic() - last_yield >= PREVIEW_EVERY_S:
+            yield Step(pending)
+            pending, last_yield = None, time.monotonic()
+
+
+def queue_text(ahead: int, seconds: float | None) -> str:
+    """"Starting…" or "Waiting — 2nd in the queue (about 40 s)"."""
+    if ahead == 0:
+        return "Starting…"
+    place = ahead + 1
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(place % 10 if place % 100 not in (11, 12, 13) else 0, "th")
+    eta = f" (about {max(1, round(seconds))} s)" if seconds is not None else ""
+    return f"Waiting — {place}{suffix} in the queue{eta}. **Interrupt** takes it out."
 
 
 def readable_error(error: BaseException) -> gr.Error:
@@ -120,28 +187,53 @@ def readable_error(error: BaseException) -> gr.Error:
     if isinstance(error, gr.Error):
         return error
     # gr.Error renders its message as HTML: escape it, since it may quote the user's own text.
-    if isinstance(error, (ValueError, OutOfMemory, NotFoundError, FileNotFoundError)):
+    if isinstance(error, USER_ERRORS):
         return gr.Error(html.escape(str(error)), title="Cannot do that", print_exception=False)
     traceback.print_exception(error, file=sys.stderr)
     return gr.Error(html.escape(f"{type(error).__name__}: {error}. Details are in the server log."),
                     title="Something went wrong", print_exception=False)
 
 
+def warn(error: BaseException) -> str:
+    """Show an error as a warning toast; returns its text (for a status line). Outputs are left alone:
+    an error never replaces what is on screen with "Error" badges."""
+    readable = readable_error(error)
+    gr.Warning(readable.message, title=readable.title or "Cannot do that")
+    return html.unescape(readable.message)
+
+
 def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """For quick (non-generator) handlers: user errors become page messages, not tracebacks."""
-    import functools
+    """For quick (non-generator) handlers: an error becomes a warning toast and changes no output."""
 
     @functools.wraps(handler)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return handler(*args, **kwargs)
         except Exception as exc:
-            raise readable_error(exc) from None
+            warn(exc)
+            return {}  # no component is updated
 
     return wrapper
 
 
-def progress_text(info: StepInfo, doing: str) -> str:
+def keeps_outputs(status: Any) -> Callable[[Callable[..., Iterator[dict]]], Callable[..., Iterator[dict]]]:
+    """For generator handlers (jobs): an error becomes a warning toast and a line in `status`; every
+    other output stays as it was (a typo in a width never hides the drafts on screen)."""
+
+    def decorate(handler: Callable[..., Iterator[dict]]) -> Callable[..., Iterator[dict]]:
+        @functools.wraps(handler)
+        def wrapper(*args: Any, **kwargs: Any) -> Iterator[dict]:
+            try:
+                yield from handler(*args, **kwargs)
+            except Exception as exc:
+                yield {status: f"⚠ {warn(exc)}"}
+
+        return wrapper
+
+    return decorate
+
+
+def progress_text(info: StepPreview, doing: str) -> str:
     stage = "base model" if info.stage == "base" else "refiner"
     return f"{doing}: {stage} step {info.step}/{info.total}"
 
@@ -150,13 +242,12 @@ def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, 
                       result_id: Any = None) -> Iterator[dict]:
     """Page updates for a job that makes one image: progress and a fast preview, then the saved PNG
     (and its gallery id into `result_id`, if given)."""
-    from pipelines.engine.previews import fast_preview
-
     for event in events:
         if isinstance(event, Step):
             update = {status: progress_text(event.info, doing)}
-            if event.info.clean_estimate is not None:
-                update[result] = fast_preview(event.info.clean_estimate[:1])[0]
+            previews = event.info.images()
+            if previews:
+                update[result] = previews[0]
             yield update
         elif isinstance(event, Interrupted):
             yield {status: f"**{event.message}** — nothing was saved."}

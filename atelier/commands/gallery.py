@@ -1,14 +1,15 @@
-"""Gallery subcommands: list, show, delete, export, favourite, tag (rerun and import live elsewhere:
-they need the engine and the PNG metadata readers)."""
+"""Gallery subcommands: list, show, delete, export, favourite, tag, import (rerun lives with the
+generating commands: it needs the engine). Errors reach `atelier.commands.common.run_command`, the one
+mapping to an exit status (a missing id is a ValueError: 2; a file that cannot be written: 1)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from atelier.commands.common import add_json_option, emit, open_studio
 from storage.gallery import Gallery, Generation
 
 
@@ -33,13 +34,16 @@ def register(subparsers) -> None:
     p.add_argument("tags", nargs="*", metavar="TAG", help="tags to add")
     p.add_argument("--remove", nargs="+", default=[], metavar="TAG", help="tags to remove")
     p.add_argument("--replace", action="store_true", help="replace all tags with the given ones")
+    p = _command(subparsers, "import", _import, "add an Atelier, A1111 or InvokeAI PNG to the gallery with its recipe",
+                 with_id=False)
+    p.add_argument("file", type=Path)
 
 
 def _command(subparsers, name: str, func, help_: str, *, with_id: bool = True):
     parser = subparsers.add_parser(name, help=help_)
     if with_id:
         parser.add_argument("id", type=int, help="gallery id")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(parser)
     parser.set_defaults(func=func)
     return parser
 
@@ -77,93 +81,69 @@ def _open(args) -> Gallery:
     return Gallery.open(Path(args.home))
 
 
-def _emit(args, data: Any, text: str) -> int:
-    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
-    return 0
-
-
-def _fail(message: str) -> int:
-    print(f"atelier: {message}", file=sys.stderr)
-    return 2
-
-
-def _run(args, action) -> int:
-    try:
-        with _open(args) as gallery:
-            return action(gallery)
-    except (ValueError, OSError) as exc:
-        return _fail(str(exc))
-
-
 def _list(args) -> int:
     filters = {k: getattr(args, k) for k in ("model", "lora", "kind", "favourite", "tag")}
-
-    def action(gallery: Gallery) -> int:
+    with _open(args) as gallery:
         page = gallery.search(args.search, limit=args.limit, after=args.after, **filters)
-        rows = [summary(g) for g in page.items]
-        lines = [
-            f"{g.id:>6}  {g.created_at:%Y-%m-%d %H:%M}  {g.kind:<10} {'*' if g.favourite else ' '} "
-            f"{g.recipe.model.name[:20]:<20} {_short(g.recipe.prompt, 60)}"
-            for g in page.items
-        ]
-        if page.next_cursor:
-            lines.append(f"(more: --after {page.next_cursor})")
-        return _emit(args, {"items": rows, "next_cursor": page.next_cursor}, "\n".join(lines) or "(no entries)")
-
-    return _run(args, action)
+    lines = [
+        f"{g.id:>6}  {g.created_at:%Y-%m-%d %H:%M}  {g.kind:<10} {'*' if g.favourite else ' '} "
+        f"{g.recipe.model.name[:20]:<20} {_short(g.recipe.prompt, 60)}"
+        for g in page.items
+    ]
+    if page.next_cursor:
+        lines.append(f"(more: --after {page.next_cursor})")
+    return emit(args, {"items": [summary(g) for g in page.items], "next_cursor": page.next_cursor},
+                lines or "(no entries)")
 
 
 def _show(args) -> int:
-    def action(gallery: Gallery) -> int:
+    with _open(args) as gallery:
         gen = gallery.get(args.id)
-        data = details(gen)
-        lines = [f"{k}: {v}" for k, v in data.items() if k != "recipe"]
-        lines.append("recipe: " + gen.recipe.to_json())
-        return _emit(args, data, "\n".join(lines))
-
-    return _run(args, action)
+    data = details(gen)
+    lines = [f"{k}: {v}" for k, v in data.items() if k != "recipe"]
+    lines.append("recipe: " + gen.recipe.to_json())
+    return emit(args, data, lines)
 
 
 def _delete(args) -> int:
-    def action(gallery: Gallery) -> int:
+    with _open(args) as gallery:
         removed = gallery.delete(args.id)
-        return _emit(args, {"id": args.id, "removed_files": list(removed)},
-                     f"deleted {args.id} ({len(removed)} file(s) removed)")
-
-    return _run(args, action)
+    return emit(args, {"id": args.id, "removed_files": list(removed)}, f"deleted {args.id} ({len(removed)} file(s) removed)")
 
 
 def _export(args) -> int:
-    def action(gallery: Gallery) -> int:
+    with _open(args) as gallery:
         gen = gallery.get(args.id)
-        folder = Path(args.dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        image = folder / f"atelier-{gen.id}.png"
-        recipe = folder / f"atelier-{gen.id}.json"
         data = gallery.read_file(gen.image_sha256)  # checks the sha256: the export is the saved image
-        _write(image, data)
-        _write(recipe, (json.dumps(gen.recipe.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        return _emit(args, {"id": gen.id, "image": str(image), "recipe": str(recipe)}, f"{image}\n{recipe}")
-
-    return _run(args, action)
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)  # a file in the way: an OSError, exit 1
+    image = folder / f"atelier-{gen.id}.png"
+    recipe = folder / f"atelier-{gen.id}.json"
+    _write(image, data)
+    _write(recipe, (json.dumps(gen.recipe.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    return emit(args, {"id": gen.id, "image": str(image), "recipe": str(recipe)}, [str(image), str(recipe)])
 
 
 def _favourite(args) -> int:
-    def action(gallery: Gallery) -> int:
+    with _open(args) as gallery:
         gen = gallery.set_favourite(args.id, not args.off)
-        return _emit(args, summary(gen), f"{gen.id}: favourite {'on' if gen.favourite else 'off'}")
-
-    return _run(args, action)
+    return emit(args, summary(gen), f"{gen.id}: favourite {'on' if gen.favourite else 'off'}")
 
 
 def _tag(args) -> int:
-    def action(gallery: Gallery) -> int:
+    with _open(args) as gallery:
         current = [] if args.replace else list(gallery.get(args.id).tags)
         tags = [t for t in [*current, *args.tags] if t not in set(args.remove)]
         gen = gallery.set_tags(args.id, tags)
-        return _emit(args, summary(gen), f"{gen.id}: tags {', '.join(gen.tags) or '(none)'}")
+    return emit(args, summary(gen), f"{gen.id}: tags {', '.join(gen.tags) or '(none)'}")
 
-    return _run(args, action)
+
+def _import(args) -> int:
+    if not args.file.is_file():
+        raise ValueError(f"file {str(args.file)!r}: no such file")
+    with open_studio(args) as studio:  # the PNG metadata readers and the gallery
+        saved = studio.import_png(args.file)
+    return emit(args, {"id": saved.id, "image": str(saved.image)}, f"imported {args.file} as {saved.id}")
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from atelier.commands.common import add_json_option, emit
 
 
 def register(subparsers) -> None:
@@ -18,7 +19,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="also write DIR/base.safetensors and DIR/refiner.safetensors (original A1111/Civitai layout)",
     )
-    parser.add_argument("--json", action="store_true", help="print the paths as JSON")
+    add_json_option(parser)
     parser.set_defaults(func=tiny_model)
 
 
@@ -35,9 +36,4 @@ def tiny_model(args: argparse.Namespace) -> int:
 
         paths["base_single_file"] = str(write_single_file(base, directory / "base.safetensors"))
         paths["refiner_single_file"] = str(write_single_file(refiner, directory / "refiner.safetensors"))
-    if args.json:
-        print(json.dumps(paths))
-    else:
-        for name, path in paths.items():
-            print(f"{name}: {path}")
-    return 0
+    return emit(args, paths, [f"{name}: {path}" for name, path in paths.items()])

@@ -13,6 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from atelier.commands.common import EXIT_BAD_INPUT, EXIT_OK, add_json_option
+
+EXIT_NOT_ALL_MARKED = 1  # detect-watermark's negative answer
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,7 +24,7 @@ def register(subparsers) -> None:
         help="check images for SDXL's invisible watermark (exit 0 if all carry it, 1 if not)",
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files (PNG keeps the mark; JPEG loses it)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(p)
     p.set_defaults(func=detect_watermark_command)
 
     p = subparsers.add_parser(
@@ -28,7 +32,7 @@ def register(subparsers) -> None:
         help="print the recipe inside a PNG (Atelier, A1111 or InvokeAI) and what could not be mapped",
     )
     p.add_argument("file", type=Path, metavar="FILE", help="a PNG")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(p)
     p.set_defaults(func=info_command)
 
 
@@ -69,8 +73,8 @@ def detect_watermark_command(args: argparse.Namespace) -> int:
             print(f"{r['file']}: {verdict} (bit accuracy {r['bit_accuracy']:.3f}){note}")
     if errors:
         print("atelier detect-watermark: some files could not be read", file=sys.stderr)
-        return 2
-    return 0 if all_present else 1
+        return EXIT_BAD_INPUT
+    return EXIT_OK if all_present else EXIT_NOT_ALL_MARKED
 
 
 def info_command(args: argparse.Namespace) -> int:

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import sys
 
+from atelier.commands.common import add_device_options, add_model_options, choose, open_studio
+
 
 def register(subparsers) -> None:
     serve = subparsers.add_parser("serve", help="start the web studio (Draft & Refine, Gallery, …)")
-    serve.add_argument("--model", help="tiny, a hub id, a diffusers folder, a .safetensors file, or a name in the models "
-                                       "folder (default: SDXL weights found locally, else the tiny demo model)")
-    serve.add_argument("--refiner", help="like --model; 'base' lets the base refine its own drafts")
+    add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; other than loopback needs --auth")
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--auth", metavar="USER:PASS", help="require this login (needed with a non-loopback --host)")
     serve.add_argument("--queue-size", type=int, help="jobs that may wait for the GPU; one more is told the queue is "
                                                       "full (default: $ATELIER_QUEUE_SIZE, else 16)")
-    serve.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the best available)")
-    serve.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="default: float16 on GPUs, float32 on CPU")
-    serve.add_argument("--cpu-offload", action="store_true", help="keep models in RAM, move each to the GPU when used")
-    serve.add_argument("--vae-tiling", action="store_true", help="decode large images in tiles (less memory)")
+    add_device_options(serve)
     serve.add_argument("--no-warm-up", action="store_true", help="load the models on the first job, not at start-up")
     serve.set_defaults(func=run_serve)
 
@@ -37,12 +34,10 @@ def run_serve(args) -> int:
         raise ValueError(f"--queue-size: must be at least 1 (got {queue_size})")
 
     set_environment(args.home)
-    from atelier.studio import Studio, choose_models
     from webui.app import build_app, launch, make_context, warm_up
 
-    choice = choose_models(args.home, args.model, args.refiner)
-    studio = Studio(args.home, device=args.device, dtype=args.dtype, cpu_offload=args.cpu_offload,
-                    vae_tiling=args.vae_tiling)
+    choice = choose(args)
+    studio = open_studio(args)
     try:
         ctx = make_context(studio, choice)
         if choice.demo:

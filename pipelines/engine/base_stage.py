@@ -5,6 +5,7 @@ forms; every one derived from the base with `from_pipe`, so they hold the base's
 img2img at strength 1 runs as txt2img (diffusers would still mix a trace of the source into its noise).
 SDXL's ControlNet img2img pipeline has no `denoising_end`: the engine stops it after the same steps
 (`stop_after`) by interrupting the loop, which leaves the latent exactly where `denoising_end` would.
+Where the base stops, and whether img2img runs as "refine any image", is decided by handoff.py.
 """
 
 from __future__ import annotations
@@ -16,17 +17,12 @@ from typing import Any, Callable
 from PIL import Image
 
 from pipelines.models.controlnet import ControlNetLibrary, combined, control_kwargs
+from pipelines.engine.inputs import EditInputs
+from pipelines.engine.handoff import plan_handoff
 from pipelines.engine.img2img import check_base_steps, stop_at_switch
+from pipelines.engine.schedulers import make_scheduler
 from pipelines.sizes import fit_to_bucket
 from pipelines.recipe import Recipe
-
-
-@dataclass(frozen=True)
-class EditInputs:
-    """Images a recipe refers to by sha256, handed in by the caller (the engine never reads storage)."""
-
-    source: Image.Image | None = None  # img2img: the source, any size (fitted to the recipe's size)
-    control_maps: tuple[Image.Image, ...] = ()  # one per recipe.controlnets unit, already preprocessed
 
 
 @dataclass
@@ -37,6 +33,8 @@ class BaseStage:
     runs: bool = True  # False: img2img at strength 0, the source latent is the result
     stop_after: int | None = None  # stop the loop after this many steps (denoising_end emulation)
     source: Image.Image | None = None  # the fitted source (img2img)
+    denoising_end: float = 1.0  # where the base stops (the effective switch, see handoff.py); 1.0: the end
+    notes: tuple[str, ...] = ()  # adjustments made to run the recipe, in words (see handoff.py)
 
 
 def check_inputs(recipe: Recipe, inputs: EditInputs | None) -> EditInputs:
@@ -66,18 +64,22 @@ def plan(recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetL
         StableDiffusionXLPipeline,
     )
 
+    # Where the base hands over; img2img that leaves the base no step becomes "refine any image".
+    handoff = plan_handoff(recipe, make_scheduler(recipe.scheduler, base.scheduler.config))
+    recipe, end, notes = handoff.recipe, handoff.denoising_end, handoff.notes
     # Strength 1 re-noises completely: the source must not leak into the result, so it is not used at all.
     img2img = recipe.mode == "img2img" and recipe.strength < 1.0
     size = {"width": recipe.width, "height": recipe.height}
-    denoising_end = {"denoising_end": recipe.switch if recipe.base_stops_early else None}
+    denoising_end = {"denoising_end": end if end < 1.0 else None}
     source = fit_to_bucket(inputs.source, recipe.width, recipe.height) if img2img else None
     if not recipe.controlnets:
         if not img2img:
             pipe = derive(StableDiffusionXLPipeline, base, recipe.scheduler)
-            return BaseStage(recipe, pipe, {**size, **denoising_end})
+            return BaseStage(recipe, pipe, {**size, **denoising_end}, denoising_end=end, notes=notes)
         pipe = derive(StableDiffusionXLImg2ImgPipeline, base, recipe.scheduler)
-        runs = check_base_steps(pipe.scheduler, recipe)
-        return BaseStage(recipe, pipe, {"image": source, "strength": recipe.strength, **denoising_end}, runs, None, source)
+        runs = check_base_steps(pipe.scheduler, recipe, end)
+        kwargs = {"image": source, "strength": recipe.strength, **denoising_end}
+        return BaseStage(recipe, pipe, kwargs, runs, None, source, end if runs else 1.0, notes)
 
     models, units = [], []
     dtype = base.unet.dtype
@@ -92,8 +94,10 @@ def plan(recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetL
     maps_arg = control.pop("_maps")
     if not img2img:
         pipe = derive(StableDiffusionXLControlNetPipeline, base, recipe.scheduler, controlnet=combined(models))
-        return BaseStage(recipe, pipe, {**size, **denoising_end, "image": maps_arg, **control})
+        return BaseStage(recipe, pipe, {**size, **denoising_end, "image": maps_arg, **control}, denoising_end=end,
+                         notes=notes)
     pipe = derive(StableDiffusionXLControlNetImg2ImgPipeline, base, recipe.scheduler, controlnet=combined(models))
-    runs = check_base_steps(pipe.scheduler, recipe)
+    runs = check_base_steps(pipe.scheduler, recipe, end)
     kwargs = {**size, "image": source, "control_image": maps_arg, "strength": recipe.strength, **control}
-    return BaseStage(recipe, pipe, kwargs, runs, stop_at_switch(recipe, pipe.scheduler), source)
+    return BaseStage(recipe, pipe, kwargs, runs, stop_at_switch(recipe, pipe.scheduler, end), source,
+                     end if runs else 1.0, notes)

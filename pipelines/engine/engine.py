@@ -21,7 +21,7 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from pipelines.engine import base_stage
-from pipelines.engine.base_stage import EditInputs
+from pipelines.engine.inputs import EditInputs
 from pipelines.models.controlnet import ControlNetLibrary
 from pipelines.engine.img2img import encode_source
 from pipelines.engine.kept_latent import KeptLatent
@@ -33,14 +33,7 @@ from pipelines.prompt_syntax import extract_lora_tokens
 from pipelines.recipe import MAX_DRAFTS, MAX_SEED, ModelRef, Recipe
 from pipelines.engine.schedulers import make_scheduler
 from pipelines.engine.watermark import apply_watermark
-
-
-class GenerationCancelled(Exception):
-    """The caller's `should_cancel` returned True; the run stopped at the next step."""
-
-
-class OutOfMemory(RuntimeError):
-    """The device ran out of memory; memory has been released and the next job can run."""
+from pipelines.errors import GenerationCancelled, OutOfMemory  # noqa: F401 (raised here, caught by callers)
 
 
 @dataclass(frozen=True)
@@ -56,6 +49,9 @@ class Draft:
     recipe: Recipe  # stage "draft", its own seed, and the batch it was made in
     latent: KeptLatent
     preview: Image.Image  # decoded from the model's clean-image estimate; watermarked if asked
+    # img2img at strength 0: the preview is the fitted source itself (no UNet call, not watermarked).
+    source_unchanged: bool = False
+    notes: tuple[str, ...] = ()  # how the engine adjusted the recipe to run it (see handoff.py), for the user
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,10 @@ class FinishedImage:
     recipe: Recipe  # stage "final"
     image: Image.Image
     latent: torch.Tensor  # the clean latent that was decoded, (channels, height/8, width/8)
+    # The image is the (fitted) source, unchanged: img2img at strength 0 with no refiner pass
+    # (Recipe.keeps_source). No UNet ran and no watermark was added; `latent` is the source encoded.
+    source_unchanged: bool = False
+    notes: tuple[str, ...] = ()  # how the engine adjusted the recipe to run it (see handoff.py), for the user
 
 
 OnStep = Callable[[StepInfo], None] | None
@@ -109,6 +109,8 @@ class Engine:
         recipe = draft.recipe
         if recipe.refine is None:
             raise ValueError("refine: this recipe has no refine stage (it was made to run the base to the end)")
+        if recipe.keeps_source:  # img2img at strength 0 before the switch: nothing to denoise
+            return _finished_from_draft(draft)
         base = self._load_base(recipe.model)
         refiner_pipe, refiner_ref = self._refiner_pipe(recipe, base)
         if recipe.refine.model is not None:  # record the refiner's resolved identity (sha256)
@@ -117,9 +119,11 @@ class Engine:
         with self.loras.applied(refiner_pipe, own_loras), self._memory_guard("refining"):
             prompt_kwargs = self._encode(refiner_pipe, recipe, refiner_ref)
             tap = CleanEstimateTap(refiner_pipe.scheduler)
+            # A clean latent is re-noised at refine.strength; at least one refiner step (RefineSettings.schedule_steps).
+            steps = recipe.steps if draft.latent.noisy else recipe.refine.schedule_steps(recipe.steps)
             latents = refiner_pipe(
                 image=draft.latent.tensor[None].to(self.models.device),
-                num_inference_steps=recipe.steps,
+                num_inference_steps=steps,
                 guidance_scale=recipe.guidance,
                 generator=torch.Generator("cpu").manual_seed(recipe.seed),
                 output_type="latent",
@@ -131,7 +135,8 @@ class Engine:
                 **prompt_kwargs.as_kwargs(),
             ).images
             image = decode_latents(refiner_pipe, latents)[0]
-        return self._finish(recipe.replace(stage="final"), image, latents[0])
+        finished = self._finish(recipe.replace(stage="final"), image, latents[0])
+        return dataclasses.replace(finished, notes=draft.notes)
 
     def render(self, recipe: Recipe, *, inputs: EditInputs | None = None, on_step: OnStep = None,
                should_cancel: ShouldCancel = None) -> Draft | FinishedImage:
@@ -144,9 +149,9 @@ class Engine:
         draft = drafts[seeds.index(recipe.seed)]
         if recipe.stage == "draft":
             return draft
-        if recipe.refine is None:
+        if draft.recipe.refine is None:
             # The base ran to the end: its draft preview is already the decoded, watermarked final image.
-            return FinishedImage(draft.recipe.replace(stage="final"), draft.preview, draft.latent.tensor)
+            return _finished_from_draft(draft)
         return self.refine(draft, on_step=on_step, should_cancel=should_cancel)
 
     def rerender(self, draft: Draft, steps: int, *, inputs: EditInputs | None = None, **callbacks: Any) -> FinishedImage:
@@ -167,32 +172,39 @@ class Engine:
         template, pipe = stage.recipe, stage.pipe
         tap = CleanEstimateTap(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        if not stage.runs:  # img2img at strength 0: the source itself, unchanged; its latent for the refiner
+            with self._memory_guard(f"encoding the source at {template.width}×{template.height}"):
+                latents = encode_source(pipe, stage.source, len(seeds))
+            return [
+                Draft(template.replace(seed=seed, watermark_applied=False), KeptLatent(latent.detach().to("cpu"), 1.0),
+                      stage.source.copy(), source_unchanged=True, notes=stage.notes)
+                for seed, latent in zip(seeds, latents)
+            ]
         with self.loras.applied(pipe, template.loras), \
                 self._memory_guard(f"making {len(seeds)} draft(s) at {template.width}×{template.height}"):
             prompt_kwargs = self._encode(pipe, template, base.ref)
-            if not stage.runs:  # img2img at strength 0: the source itself
-                latents = encode_source(pipe, stage.source, len(seeds))
-            else:
-                latents = pipe(
-                    num_inference_steps=template.steps,
-                    guidance_scale=template.guidance,
-                    num_images_per_prompt=len(seeds),
-                    generator=generators if len(generators) > 1 else generators[0],
-                    output_type="latent",
-                    callback_on_step_end=self._step_callback("base", tap, on_step, should_cancel, stage.stop_after),
-                    **template.micro.resolved(template.height, template.width),
-                    **prompt_kwargs.as_kwargs(),
-                    **stage.kwargs,
-                ).images
+            latents = pipe(
+                num_inference_steps=template.steps,
+                guidance_scale=template.guidance,
+                num_images_per_prompt=len(seeds),
+                generator=generators if len(generators) > 1 else generators[0],
+                output_type="latent",
+                callback_on_step_end=self._step_callback("base", tap, on_step, should_cancel, stage.stop_after),
+                **template.micro.resolved(template.height, template.width),
+                **prompt_kwargs.as_kwargs(),
+                **stage.kwargs,
+            ).images
             # A noisy latent shows noise: preview the model's own estimate of the finished image.
-            shown = tap.latest if template.base_stops_early else latents
+            shown = tap.latest if stage.denoising_end < 1.0 else latents
+            if shown is None:  # handoff.plan_handoff leaves the base at least one step; never expected
+                raise RuntimeError(f"the base ran no step for this recipe (steps {template.steps}, switch {template.switch})")
             previews = decode_latents(pipe, shown)
         drafts = []
         for seed, latent, preview in zip(seeds, latents, previews):
             recipe = template.replace(seed=seed)
             preview, applied = self._watermark(recipe, preview)
-            kept = KeptLatent(latent.detach().to("cpu"), template.switch)
-            drafts.append(Draft(recipe.replace(watermark_applied=applied), kept, preview))
+            kept = KeptLatent(latent.detach().to("cpu"), stage.denoising_end)
+            drafts.append(Draft(recipe.replace(watermark_applied=applied), kept, preview, notes=stage.notes))
         return drafts
 
     def _finish(self, recipe: Recipe, image: Image.Image, latent: torch.Tensor) -> FinishedImage:
@@ -265,6 +277,14 @@ class Engine:
                 f"Out of memory on {self.models.device} while {doing}. Memory has been released; try fewer "
                 "drafts, a smaller size, or the model CPU offload option."
             ) from None
+
+
+def _finished_from_draft(draft: Draft) -> FinishedImage:
+    """A draft that is already the finished image: the base ran to the end (refine None), or the source
+    as it is (Recipe.keeps_source: img2img at strength 0)."""
+    unchanged = draft.recipe.keeps_source
+    return FinishedImage(draft.recipe.replace(stage="final"), draft.preview, draft.latent.tensor,
+                         source_unchanged=unchanged, notes=draft.notes)
 
 
 def _derive(pipeline_class: Any, source: Any, scheduler_name: str, **modules: Any) -> Any:

@@ -1,8 +1,10 @@
 """img2img: a source image fitted to an SDXL bucket, re-noised to `strength`, denoised by the base.
 
 The base may stop at the switch point (its noisy latent kept for the refiner, as for drafts) or run
-to the end. Strength 0 is the source itself, through the VAE (encode, decode); "refine any image" is
-img2img with strength 0 followed by the refiner at its own strength on that clean latent.
+to the end. Strength 0 is the source itself: its image is the fitted source, unchanged, and no UNet
+runs (its kept latent is the source encoded by the VAE). "Refine any image" is img2img with strength 0
+followed by the refiner at its own strength on that clean latent; a strength that leaves the base no
+step before the switch runs that way too (see handoff.py).
 
 The engine takes the source as a PIL image: where it came from (upload, gallery, draft) and where it
 is stored are the caller's business; the recipe records its sha256.
@@ -15,36 +17,32 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipelines.recipe import Recipe
+from pipelines.engine.handoff import base_steps, schedule
+from pipelines.recipe import MAX_STEPS, Recipe
 
 
-def base_step_count(scheduler: Any, recipe: Recipe) -> int:
-    """How many steps the base will run for an img2img recipe (diffusers' strength and denoising_end rules)."""
+def base_step_count(scheduler: Any, recipe: Recipe, denoising_end: float = 1.0) -> int:
+    """How many steps the base will run for an img2img recipe (diffusers' strength and denoising_end rules);
+    `denoising_end`: where it stops (see handoff.plan_handoff), 1.0 = at the end."""
     assert recipe.strength is not None
-    scheduler.set_timesteps(recipe.steps)
+    timesteps = schedule(scheduler, recipe.steps)
     initial = min(int(recipe.steps * recipe.strength), recipe.steps)
-    timesteps = scheduler.timesteps[(recipe.steps - initial) * scheduler.order :]
-    if recipe.base_stops_early:
-        cutoff = round(scheduler.config.num_train_timesteps * (1 - recipe.switch))
-        timesteps = timesteps[timesteps >= cutoff]
-    return len(timesteps)
+    return base_steps(timesteps[len(timesteps) - initial:] if initial else [], scheduler, denoising_end)
 
 
-def check_base_steps(scheduler: Any, recipe: Recipe) -> bool:
+def check_base_steps(scheduler: Any, recipe: Recipe, denoising_end: float = 1.0) -> bool:
     """True when the base runs (False: strength 0, the source as it is); ValueError when the strength
-    is above 0 but too small to leave the base a single step."""
+    is above 0 but too small to leave the base a single step (only without a refine stage: with one,
+    handoff.plan_handoff has already turned such a recipe into "refine any image")."""
     if recipe.strength == 0.0:
-        if recipe.base_stops_early:
-            raise ValueError(
-                "strength: 0 keeps the source as it is, so there is no noisy latent to hand to the refiner at "
-                f"switch {recipe.switch}; use switch 1.0 (the refiner then works at its own strength)"
-            )
         return False
-    if base_step_count(scheduler, recipe) == 0:
-        where = f" before the switch point {recipe.switch}" if recipe.base_stops_early else ""
+    if base_step_count(scheduler, recipe, denoising_end) == 0:
+        lowest = next(k / 100 for k in range(1, 101) if int(recipe.steps * (k / 100)) >= 1)
+        least = next((n for n in range(recipe.steps, MAX_STEPS + 1) if int(n * recipe.strength) >= 1), None)
+        more_steps = f"the steps to at least {least}, " if least is not None else ""
         raise ValueError(
-            f"strength: {recipe.strength} at {recipe.steps} steps leaves the base no step to run{where}; raise the "
-            "strength or the steps" + (", or lower the switch" if recipe.base_stops_early else "")
+            f"strength: {recipe.strength} at {recipe.steps} steps leaves the base no step to run; raise the strength "
+            f"to at least {lowest} or {more_steps}or use strength 0 to keep the source as it is"
         )
     return True
 
@@ -73,9 +71,9 @@ def encode_source(pipe: Any, image: Image.Image, count: int) -> torch.Tensor:
     return latent.to(pipe.unet.dtype).repeat(count, 1, 1, 1)
 
 
-def stop_at_switch(recipe: Recipe, scheduler: Any) -> int | None:
+def stop_at_switch(recipe: Recipe, scheduler: Any, denoising_end: float) -> int | None:
     """For pipelines without `denoising_end` (SDXL ControlNet img2img): the number of steps after which
     the base must stop to hand over exactly where `denoising_end` would have (None: run to the end)."""
-    if not recipe.base_stops_early:
+    if denoising_end >= 1.0:
         return None
-    return base_step_count(scheduler, recipe)
+    return base_step_count(scheduler, recipe, denoising_end)

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from pipelines.engine import base_stage
 from pipelines.models import preprocessors
-from pipelines.engine.base_stage import EditInputs
+from pipelines.engine.inputs import EditInputs
 from pipelines.models.controlnet import ControlNetLibrary
 from pipelines.engine.engine import Engine, _derive
 from pipelines.recipe import ControlUnit, ModelRef

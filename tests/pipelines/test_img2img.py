@@ -11,7 +11,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
-from pipelines.engine.base_stage import EditInputs
+from pipelines.engine.inputs import EditInputs
 from pipelines.recipe import refine_any_recipe
 from pipelines.sizes import fit_to_bucket, nearest_bucket
 from pipelines.recipe import ModelRef, RefineSettings

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from atelier.commands.common import run_command
 from atelier.commands.gallery import register
 from pipelines.recipe import Recipe
 from storage.gallery import Gallery
@@ -22,7 +23,7 @@ def run(home, capsys):
 
     def call(*argv):
         args = parser.parse_args(list(argv))
-        code = args.func(args)
+        code = run_command(args)  # the one error → exit status mapping of atelier.cli.main
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
+from atelier.requests import ModelChoice
 from pipelines.recipe import LoraRef, MicroConditioning, ModelRef, Recipe, RefineSettings
 from webui import bindings
 
-DEFAULTS = bindings.Defaults(base="tiny", refiner="tiny", width=256, height=256, loras=("detail",))
+DEFAULTS = bindings.Defaults(models=ModelChoice(base="tiny", refiner="tiny"), width=256, height=256, loras=("detail",))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,8 @@ def img2img_size():
 
 
 @pytest.mark.parametrize("source, expected", [
-    ((80, 48), (1344, 768)), ((64, 64), (1024, 1024)), ((1080, 1920), (768, 1344)), ((3000, 1000), (1536, 640)),
+    ((80, 48), (104, 64)), ((64, 64), (64, 64)), ((1080, 1920), (576, 1024)), ((3000, 1000), (1024, 344)),
+    ((250, 251), (248, 248)),
 ])
 def test_img2img_size_follows_the_source_by_default(img2img_size, source, expected):
     assert img2img_size.preset.value == bindings.SOURCE_SIZE

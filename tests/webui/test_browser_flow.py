@@ -219,9 +219,9 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
     page.click("#draft-to-img2img")
     page.wait_for_selector("#img2img-button", state="visible")
     assert page.input_value("#img2img-parent input") == str(ids[0])
-    # The size follows the source (a square draft: the square SDXL bucket), as `atelier img2img` does ...
-    wait_img2img_size(page, 1024, 1024)
-    assert img2img_size(page)[0] == "Nearest bucket to the source"
+    # The size is the source's own (a 64 px draft stays 64 px, not a 1024² job), as `atelier img2img` does ...
+    wait_img2img_size(page, 64, 64)
+    assert img2img_size(page)[0] == "Source's own size"
     # ... until the user types a size of their own (small here: the tiny model is slow at 1024 px).
     page.fill("#img2img-width input", "128")
     page.fill("#img2img-height input", "64")
@@ -248,9 +248,9 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
         assert (second.recipe.width, second.recipe.height) == (128, 64)
         shot(page, "13-img2img-upload")
 
-        page.click("#img2img-size-preset input")  # back to following the source: 80×48 is nearest 1344×768
-        page.get_by_role("option", name="Nearest bucket to the source").click()
-        wait_img2img_size(page, 1344, 768)
+        page.click("#img2img-size-preset input")  # back to the source's size: 80×48 scaled up to a 64 px side
+        page.get_by_role("option", name="Source's own size").click()
+        wait_img2img_size(page, 104, 64)
     finally:
         gallery.close()
 

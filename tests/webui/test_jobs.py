@@ -8,8 +8,10 @@ import time
 import gradio as gr
 import pytest
 
-from pipelines.engine.engine import GenerationCancelled, OutOfMemory, StepInfo
-from webui.jobs import Done, GpuJobs, Interrupted, Step, readable_error
+from atelier.studio import Cancelled as GenerationCancelled
+from atelier.studio import StepPreview
+from pipelines.errors import OutOfMemory
+from webui.jobs import Done, GpuJobs, Interrupted, Step, queue_text, readable_error
 
 
 def stepping(steps: int, delay: float, seen: list):
@@ -18,7 +20,7 @@ def stepping(steps: int, delay: float, seen: list):
         for i in range(1, steps + 1):
             time.sleep(delay)
             seen.append(i)
-            on_step(StepInfo("base", i, steps, None))
+            on_step(StepPreview(stage="base", step=i, total=steps))
             if should_cancel():
                 raise GenerationCancelled(f"cancelled during the base at step {i}")
         return "finished"
@@ -44,14 +46,43 @@ def test_interrupt_stops_that_session_at_the_next_step():
     assert len(seen) < 1000
 
 
-def test_closing_the_stream_cancels_the_job():
-    jobs, seen = GpuJobs(), []
-    stream = jobs.stream("a", stepping(1000, 0.01, seen))
+def test_a_job_whose_page_went_away_runs_to_the_end():
+    jobs, seen, finished = GpuJobs(), [], threading.Event()
+    work = stepping(30, 0.01, seen)
+
+    def recorded(on_step, should_cancel):
+        result = work(on_step, should_cancel)
+        finished.set()
+        return result
+
+    stream = jobs.stream("a", recorded)
     next(stream)
-    stream.close()  # the browser went away
-    done = len(seen)
-    time.sleep(0.1)
-    assert len(seen) == done < 1000
+    stream.close()  # the browser went away (a reload): the job is kept, so its images are saved
+    assert finished.wait(5) and seen == list(range(1, 31))
+
+
+def test_interrupt_takes_a_reserved_job_out_of_the_queue_before_it_runs():
+    jobs, seen = GpuJobs(), []
+    first = jobs.reserve("page-a")
+    waiting = jobs.reserve("page-b")
+    assert jobs.place(first)[0] == 0 and jobs.place(waiting)[0] == 1
+    assert jobs.interrupt("page-b")  # while page A's job is still ahead of it
+    events = list(jobs.stream("page-b", stepping(5, 0.0, seen), waiting))
+    assert seen == [] and len(events) == 1 and isinstance(events[0], Interrupted)
+    assert "before it ran" in events[0].message
+    done = list(jobs.stream("page-a", stepping(3, 0.0, seen), first))  # page A's job was not touched
+    assert isinstance(done[-1], Done) and seen == [1, 2, 3]
+    assert not jobs.interrupt("page-b")  # nothing of B's is left
+
+
+def test_the_queue_place_counts_the_jobs_ahead_and_estimates_from_finished_ones():
+    jobs = GpuJobs()
+    list(jobs.stream("s", lambda on_step, should_cancel: time.sleep(0.2)))
+    a, b = jobs.reserve("x"), jobs.reserve("y")
+    ahead, eta = jobs.place(b)
+    assert ahead == 1 and 0.2 <= eta < 2
+    assert queue_text(ahead, eta).startswith("Waiting — 2nd in the queue (about ")
+    assert queue_text(0, None) == "Starting…"
 
 
 def test_one_job_at_a_time():

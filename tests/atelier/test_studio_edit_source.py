@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
+from atelier.studio import Studio
 from pipelines.recipe import ModelRef, Recipe
-from storage.gallery import Gallery
-from webui.img2img_tab import source_bytes
 
 
 def png(array, **info) -> bytes:
@@ -28,14 +26,13 @@ def png(array, **info) -> bytes:
 def test_the_gallery_file_is_used_when_the_pixels_are_the_same(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     stored = png(pixels, atelier_recipe="{}")
-    with Gallery.open(tmp_path / "home") as gallery:
-        entry = gallery.save(Recipe(model=ModelRef("tiny"), prompt="a fox", seed=1), "txt2img", stored)
-        ctx = SimpleNamespace(studio=SimpleNamespace(gallery=gallery))
+    with Studio(tmp_path / "home") as studio:
+        entry = studio.gallery.save(Recipe(model=ModelRef("tiny"), prompt="a fox", seed=1), "txt2img", stored)
         browser_copy = tmp_path / "upload.png"
         browser_copy.write_bytes(png(pixels))  # same pixels, other bytes (no metadata)
         assert browser_copy.read_bytes() != stored
-        assert source_bytes(ctx, str(browser_copy), entry.id) == stored
+        assert studio.edit_source(browser_copy.read_bytes(), entry.id) == stored
         other = tmp_path / "other.png"
         other.write_bytes(png(255 - pixels))  # the user uploaded something else since
-        assert source_bytes(ctx, str(other), entry.id) == other.read_bytes()
-        assert source_bytes(ctx, str(browser_copy), None) == browser_copy.read_bytes()
+        assert studio.edit_source(other.read_bytes(), entry.id) == other.read_bytes()
+        assert studio.edit_source(browser_copy.read_bytes(), None) == browser_copy.read_bytes()

@@ -1,0 +1,181 @@
+"""The studio as people use it, in real Chromium: no dead ends. Each test is a path that used to end in
+silence, a raw exception or a wiped output (issue "a browser workflow with no dead ends")."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.webui.conftest import open_page, shot, start_long_draft, wait_text
+
+pytestmark = pytest.mark.browser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))  # the tiny LoRA builders
+
+
+def draft_ids(page, prompt: str, *, steps: int | None = None, press: str | None = None) -> list[int]:
+    page.fill("#prompt textarea", prompt)
+    if steps is not None:
+        page.fill("#steps input[type=number]", str(steps))
+    if press:
+        page.press("#prompt textarea", press)
+    else:
+        page.click("#draft-button")
+    text = wait_text(page, "#draft-status", r"drafts? ready|Interrupted|⚠")
+    match = re.search(r"ids (\d+)–(\d+)", text)
+    assert match, text
+    first, last = map(int, match.groups())
+    return list(range(first, last + 1))
+
+
+def pixels(path: Path) -> str:
+    with Image.open(path) as image:
+        return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+
+
+def thumbnails(page) -> int:
+    return page.locator("#drafts .thumbnail-item").count()
+
+
+def test_interrupt_takes_a_job_waiting_behind_another_page_out_of_the_queue(chromium, server):
+    first, second = open_page(chromium, server.url), open_page(chromium, server.url)
+    gallery = server.gallery()
+    try:
+        before = {g.id for g in gallery.list(limit=1000).items}
+        start_long_draft(first, "a long job that holds the device")
+        second.fill("#prompt textarea", "a job that should never run")
+        second.click("#draft-button")
+        wait_text(second, "#draft-status", r"Waiting — 2nd in the queue")
+        shot(second, "20-waiting-in-the-queue")
+        second.click("#interrupt-button")
+        first.click("#interrupt-button")
+        wait_text(first, "#draft-status", r"Interrupted \(")
+        text = wait_text(second, "#draft-status", r"taken out of the queue before it ran")
+        assert "nothing was saved" in text
+        shot(second, "21-waiting-job-interrupted")
+        assert {g.id for g in gallery.list(limit=1000).items} == before  # neither job saved anything
+    finally:
+        gallery.close()
+        first.context.close()
+        second.context.close()
+
+
+def test_an_error_keeps_the_drafts_on_screen(page):
+    draft_ids(page, "a teapot on a windowsill")
+    assert thumbnails(page) == 4
+    page.fill("#width input", "7")
+    page.click("#draft-button")
+    page.locator(".toast-body", has_text="width").wait_for()
+    wait_text(page, "#draft-status", r"⚠ .*width")
+    assert thumbnails(page) == 4  # the drafts stay; no "Error" badge replaced them
+    assert page.locator("#drafts .error, #drafts [data-testid=error]").count() == 0
+    shot(page, "22-error-keeps-drafts")
+
+
+def test_ctrl_enter_drafts_from_the_prompt_and_the_seed_box_shows_the_seed(page, server):
+    ids = draft_ids(page, "a paper crane on a desk", press="Control+Enter")
+    gallery = server.gallery()
+    try:
+        seed = gallery.get(ids[0]).recipe.seed
+    finally:
+        gallery.close()
+    assert page.input_value("#seed input") == str(seed)
+    assert page.locator("#drafts .thumbnail-item", has_text=f"seed {seed}").count() == 1  # the full seed
+
+
+def test_a_reload_keeps_the_drafts_and_a_picked_draft_refinable(chromium, server):
+    page = open_page(chromium, server.url)
+    try:
+        ids = draft_ids(page, "a brass compass on a map")
+        page.reload()
+        page.wait_for_selector("#prompt textarea")
+        wait_text(page, "#draft-status", rf"ids {ids[0]}–{ids[-1]}\b.*restored")
+        assert thumbnails(page) == len(ids)
+        page.locator("#drafts .thumbnail-item").nth(1).click()
+        wait_text(page, "#draft-status", rf"Picked draft #{ids[1]}")
+        page.click("#refine-button")
+        wait_text(page, "#draft-status", rf"Refined draft #{ids[1]} → \*?\*?#\d+")
+        shot(page, "23-refined-after-reload")
+    finally:
+        page.context.close()
+
+
+def test_a_typed_draft_number_is_refinable_and_a_missing_pick_says_what_to_do(page, server):
+    page.click("#refine-button")
+    wait_text(page, "#draft-status", r"Pick a draft first")
+    ids = draft_ids(page, "a green bottle on a shelf")
+    other = open_page(page.context.browser, server.url)
+    try:
+        other.fill("#selected-draft input", str(ids[2]))
+        other.click("#refine-button")
+        wait_text(other, "#draft-status", rf"Refined draft #{ids[2]} →")
+    finally:
+        other.context.close()
+
+
+def refined_id(page, draft_id: int) -> tuple[int, str]:
+    """Press Refine and wait for this press's answer (the status line is cleared first)."""
+    page.evaluate("document.querySelector('#draft-status').setAttribute('data-old', '1')")
+    page.click("#refine-button")
+    page.wait_for_function("() => !document.querySelector('#draft-status').hasAttribute('data-old') || "
+                           "!/Refined draft/.test(document.querySelector('#draft-status').innerText)")
+    text = wait_text(page, "#draft-status", rf"Refined draft #{draft_id} → \*?\*?#\d+")
+    return int(re.search(r"→ \*?\*?#(\d+)", text).group(1)), text
+
+
+def test_refine_uses_the_refiner_settings_on_screen_and_never_stores_a_duplicate(page, server):
+    ids = draft_ids(page, "a stone bridge over a river")
+    page.locator("#drafts .thumbnail-item").nth(0).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{ids[0]}")
+    page.get_by_text("Micro-conditioning and refiner").click()
+    refined = []
+    for aesthetic in ("6", "2", "2"):
+        page.fill("#aesthetic input[type=number]", aesthetic)
+        page.press("#aesthetic input[type=number]", "Enter")
+        made, text = refined_id(page, ids[0])
+        refined.append(made)
+    assert "already made with these settings" in text
+    gallery = server.gallery()
+    try:
+        at6, at2 = gallery.get(refined[0]), gallery.get(refined[1])
+        assert (at6.recipe.micro.aesthetic_score, at2.recipe.micro.aesthetic_score) == (6.0, 2.0)
+        assert pixels(at6.image_path) != pixels(at2.image_path)  # the score on screen reached the refiner
+        assert refined[2] == refined[1]  # the same settings again: the existing entry, not a duplicate
+        assert len([c for c in gallery.children(ids[0]) if c.kind == "refined"]) == 2
+    finally:
+        gallery.close()
+
+
+def test_a_lora_copied_in_while_serving_appears_after_refresh_and_a_corrupt_one_is_marked(page, server):
+    from edit_models import write_peft
+
+    from pipelines.models.loading import ModelCache
+
+    folder = server.home / "models" / "Lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    base = ModelCache(server.home, device="cpu").load_base("tiny")
+    write_peft(folder / "fresh-ink.safetensors", base.pipe.unet, seed=3)
+    (folder / "broken.safetensors").write_bytes(b"not a safetensors file at all")
+    page.get_by_text("LoRA (also <lora:name:weight>").click()
+    page.click("#lora-refresh")
+    wait_text(page, "#lora-note", r"broken.*unusable")
+    page.click("#lora-0 input")
+    assert page.get_by_role("option", name="fresh-ink").count() == 1
+    assert page.get_by_role("option", name="broken").count() == 0  # never offered
+    shot(page, "24-lora-refreshed")
+
+
+def test_draft_at_one_step_works(page, server):
+    ids = draft_ids(page, "a single step", steps=1)
+    gallery = server.gallery()
+    try:
+        assert gallery.get(ids[0]).recipe.steps == 1
+    finally:
+        gallery.close()
+    page.locator("#drafts .thumbnail-item").nth(0).click()
+    page.click("#refine-button")
+    wait_text(page, "#draft-status", rf"Refined draft #{ids[0]} →")
