@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import MISSING, dataclass, field, fields
 
-from pipelines.prompt_syntax import merge_prompt_loras
+from pipelines.prompt_syntax import detect_syntax, merge_prompt_loras, prompt_warnings  # noqa: F401 (prompt_warnings: for the front ends)
 from pipelines.recipe import (
     MAX_DRAFTS, PROMPT_SYNTAXES, LoraRef, MicroConditioning, ModelRef, Recipe, RefineSettings,
     refine_any_recipe,
@@ -20,6 +20,8 @@ from pipelines.recipe import (
 from pipelines.sizes import own_size
 
 PROMPT_SYNTAX_ENV = "ATELIER_PROMPT_SYNTAX"
+AUTO_SYNTAX = "auto"  # A1111 constructs select A1111 parsing, anything else compel; the Recipe records which
+REQUEST_SYNTAXES = (AUTO_SYNTAX, *PROMPT_SYNTAXES)
 IMG2IMG_MAX_SIDE_ENV = "ATELIER_IMG2IMG_MAX_SIDE"  # img2img's default size: the source's, at most this side
 IMG2IMG_MAX_SIDE = 1024
 RANDOM_SEED_BELOW = 2**32  # random seeds are 32-bit, as in A1111/ComfyUI, so people can type them
@@ -59,7 +61,7 @@ class GenerationRequest:
 
     prompt: str
     negative: str = ""
-    syntax: str | None = None  # None: $ATELIER_PROMPT_SYNTAX, else compel
+    syntax: str | None = None  # "auto", "compel" or "a1111"; None: $ATELIER_PROMPT_SYNTAX, else auto
     seed: int | None = None  # None: a random seed
     count: int = DEFAULT_COUNT
     steps: int = DEFAULT_STEPS
@@ -79,11 +81,29 @@ class GenerationRequest:
 
 
 def default_prompt_syntax() -> str:
-    """$ATELIER_PROMPT_SYNTAX ("compel" or "a1111"): how prompts are read unless a request says otherwise."""
-    value = os.environ.get(PROMPT_SYNTAX_ENV, "compel").strip().lower()
-    if value not in PROMPT_SYNTAXES:
-        raise ValueError(f"{PROMPT_SYNTAX_ENV}: must be one of {', '.join(PROMPT_SYNTAXES)} (got {value!r})")
+    """$ATELIER_PROMPT_SYNTAX ("auto", "compel" or "a1111"; default auto): how prompts are read unless a
+    request says otherwise."""
+    value = os.environ.get(PROMPT_SYNTAX_ENV, AUTO_SYNTAX).strip().lower()
+    if value not in REQUEST_SYNTAXES:
+        raise ValueError(f"{PROMPT_SYNTAX_ENV}: must be one of {', '.join(REQUEST_SYNTAXES)} (got {value!r})")
     return value
+
+
+def resolved_syntax(prompt: str, negative: str, syntax: str | None) -> str:
+    """The syntax a prompt is read with: the one asked for, or for "auto" the one its constructs call
+    for (A1111 when the prompt or the negative uses an A1111-only construct)."""
+    syntax = syntax or default_prompt_syntax()
+    if syntax not in REQUEST_SYNTAXES:
+        raise ValueError(f"prompt_syntax: must be one of {', '.join(REQUEST_SYNTAXES)} (got {syntax!r})")
+    if syntax != AUTO_SYNTAX:
+        return syntax
+    return "a1111" if "a1111" in (detect_syntax(prompt), detect_syntax(negative or "")) else "compel"
+
+
+def recipe_warnings(recipe: Recipe) -> list[str]:
+    """What in the recipe's prompts will not do what the user probably meant (shown, never refused)."""
+    return [*prompt_warnings(recipe.prompt, recipe.prompt_syntax),
+            *(f"negative: {w}" for w in prompt_warnings(recipe.negative_prompt, recipe.prompt_syntax))]
 
 
 def img2img_max_side() -> int:
@@ -121,7 +141,7 @@ def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
     refiner = ModelRef(models.refiner) if models.refiner else None
     recipe = Recipe(
         model=ModelRef(models.base), prompt=request.prompt, negative_prompt=request.negative or "",
-        prompt_syntax=request.syntax or default_prompt_syntax(),
+        prompt_syntax=resolved_syntax(request.prompt, request.negative, request.syntax),
         seed=random_seed() if request.seed is None else request.seed,
         steps=request.steps, guidance=float(request.guidance), scheduler=request.scheduler, width=width, height=height,
         micro=request.micro, switch=round(float(request.switch), 4),

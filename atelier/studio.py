@@ -123,13 +123,24 @@ OnStep = Callable[[StepPreview], None]
 class Studio:
     def __init__(self, home: Path, *, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False,
                  vae_tiling: bool = False, database_url: str | None = None) -> None:
-        from pipelines.engine.engine import Engine
-        from pipelines.models.loading import ModelCache
-
         self.home = Path(home)
-        self.models = ModelCache(self.home, device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
-        self.engine = Engine(self.models, app_version=__version__)
+        self._device_options = dict(device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
+        self._engine = None
         self.gallery = Gallery.open(self.home, database_url)
+
+    @property
+    def engine(self):
+        """The engine, made on first use: gallery-only work (listing, search, export) never imports torch."""
+        if self._engine is None:
+            from pipelines.engine.engine import Engine
+            from pipelines.models.loading import ModelCache
+
+            self._engine = Engine(ModelCache(self.home, **self._device_options), app_version=__version__)
+        return self._engine
+
+    @property
+    def models(self):
+        return self.engine.models
 
     def close(self) -> None:
         self.gallery.close()
@@ -253,6 +264,13 @@ class Studio:
     def delete(self, generation_id: int) -> tuple[str, ...]:
         return self.gallery.delete(generation_id)
 
+    def set_tags(self, generation_id: int, tags: list[str]) -> Generation:
+        return self.gallery.set_tags(generation_id, tags)
+
+    def read_file(self, sha256: str) -> bytes:
+        """A stored file's bytes, checked against its sha256 (a damaged file is an error, never exported)."""
+        return self.gallery.read_file(sha256)
+
     def files_folder(self) -> Path:
         """The folder of the gallery's own files: the only one a web front end may serve."""
         return self.gallery.files.root
@@ -263,11 +281,17 @@ class Studio:
         """Every LoRA file in the models folder: name, and format or why it is unusable (read afresh)."""
         return self.engine.loras.available()
 
+    def lora_folder(self) -> Path | None:
+        return self.engine.loras.folder()
+
     def controlnets(self) -> list[dict[str, Any]]:
         return self.engine.controlnets.available()
 
+    def controlnet_folder(self) -> Path | None:
+        return self.engine.controlnets.folder()
+
     def annotators_folder(self) -> Path | None:
-        folder = self.engine.controlnets.folder()
+        folder = self.controlnet_folder()
         return folder.parent / "annotators" if folder is not None else None
 
     def preprocessors(self) -> list[dict[str, Any]]:
@@ -340,6 +364,23 @@ def _kind(recipe: Recipe) -> str:
 
 def _saved(generation: Generation) -> Saved:
     return Saved(id=generation.id, recipe=generation.recipe, image=generation.image_path, latent=generation.latent_path)
+
+
+def write_tiny_model(directory: Path, *, single_file: bool = False) -> dict[str, str]:
+    """The offline random-weight SDXL base and refiner as diffusers folders (and, with `single_file`, as
+    A1111-layout .safetensors files too); their paths by name."""
+    from pipelines.models.single_file import write_single_file
+    from pipelines.models.tiny_model import write_tiny_model as write
+
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a folder")
+    base, refiner = write(directory)
+    paths = {"base": str(base), "refiner": str(refiner)}
+    if single_file:
+        paths["base_single_file"] = str(write_single_file(base, directory / "base.safetensors"))
+        paths["refiner_single_file"] = str(write_single_file(refiner, directory / "refiner.safetensors"))
+    return paths
 
 
 def choose_models(home: Path, base: str | None = None, refiner: str | None = None) -> ModelChoice:

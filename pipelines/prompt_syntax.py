@@ -265,3 +265,41 @@ def merge_prompt_loras(picked: tuple[LoraRef, ...], prompt: str) -> tuple[LoraRe
             seen.add(name)
             weights[name] = weight
     return tuple(LoraRef(name=name, weight=weight) for name, weight in weights.items())
+
+
+# Constructs only A1111 gives a meaning to (compel's own are `word+`, `(words)1.3`, `.blend()`, `.and()`).
+_A1111_ONLY = (
+    ("(words:1.2)", re.compile(r"\([^()]*:\s*[+-]?[\d.]+\s*\)")),
+    ("(words) without a compel weight after it", re.compile(r"\((?:[^()]|\([^()]*\))*\)(?![\d.+-])")),
+    ("[words]", re.compile(r"\[[^\[\]]*\]")),
+    ("BREAK", re.compile(r"\bBREAK\b")),
+    ("\\( or \\[ escapes", re.compile(r"\\[()\[\]]")),
+)
+_COMPEL_ONLY = re.compile(r"\)[\d.]+|[\w)][+-]+(?=\s|,|$)|\.(?:blend|and|swap)\(")
+# A1111 features Atelier does not have; they are read as plain weighted text, so the user is told.
+_UNSUPPORTED = (
+    ("[from:to:when] prompt editing", re.compile(r"\[[^\[\]]*:[^\[\]]*:\s*[\d.]+\s*\]")),
+    ("[a|b] alternation", re.compile(r"\[[^\[\]]*\|[^\[\]]*\]")),
+)
+
+
+def detect_syntax(prompt: str) -> str:
+    """"a1111" when the prompt uses a construct only A1111 gives a meaning to ((words:1.2), ((words)),
+    [words], BREAK, \\( escapes) and no compel one; otherwise "compel" (plain text reads the same in both)."""
+    text, _ = extract_lora_tokens(prompt)
+    if _COMPEL_ONLY.search(text):
+        return "compel"
+    return "a1111" if any(pattern.search(text) for _, pattern in _A1111_ONLY) else "compel"
+
+
+def prompt_warnings(prompt: str, syntax: str) -> list[str]:
+    """What will not do what the user probably meant: A1111 constructs Atelier does not support, or
+    A1111 weighting in a prompt read as compel."""
+    text, _ = extract_lora_tokens(prompt)
+    found = []
+    if syntax == "a1111":
+        found += [f"{name} is not supported: it is read as weighted text" for name, p in _UNSUPPORTED if p.search(text)]
+    elif syntax == "compel" and _A1111_ONLY[0][1].search(text):
+        found.append("(words:1.2) is A1111 weighting; with compel syntax it is read as plain text "
+                     "(choose auto or a1111, or write (words)1.2)")
+    return found

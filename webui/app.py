@@ -24,6 +24,8 @@ QUEUE_SIZE_ENV = "ATELIER_QUEUE_SIZE"
 CSS = """
 #demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px; padding: 4px 12px; }
 #draft-status, #img2img-status, #cn-status, #gallery-status { font-size: 1.05em; min-height: 1.6em; }
+/* Captions carry ids and full seeds: wrap them instead of cutting them off. */
+#drafts .caption-label, #gallery-grid .caption-label { white-space: normal; max-width: 100%; overflow: visible; }
 """
 # Keyboard, as in A1111 and ComfyUI: Ctrl+Enter (⌘+Enter) makes an image with the visible tab's main
 # button; Esc interrupts. Only buttons on screen are pressed.

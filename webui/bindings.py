@@ -18,7 +18,7 @@ import gradio as gr
 from atelier import requests
 from atelier.requests import GenerationRequest, ModelChoice
 from pipelines.prompt_syntax import extract_lora_tokens
-from pipelines.recipe import MAX_DRAFTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, PROMPT_SYNTAXES, SCHEDULERS, LoraRef, MicroConditioning, Recipe
+from pipelines.recipe import MAX_DRAFTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, SCHEDULERS, LoraRef, MicroConditioning, Recipe
 from pipelines.sizes import SDXL_BUCKETS, own_size
 
 CUSTOM_SIZE = "Custom"
@@ -156,23 +156,40 @@ class GenerationControls:
         return found
 
 
+def syntax_note_text(prompt: str | None, negative: str | None, syntax: str | None) -> str:
+    """Which syntax the prompt will be read with (and what will not work), shown beside the choice."""
+    try:
+        chosen = requests.resolved_syntax(prompt or "", negative or "", syntax)
+        warnings = requests.prompt_warnings(prompt or "", chosen)
+    except ValueError as error:
+        return f"⚠ {error}"
+    how = f"read as **{chosen}**" + (" (auto)" if syntax == requests.AUTO_SYNTAX else "")
+    return "  \n".join([how, *(f"⚠ {w}" for w in warnings)])
+
+
 def render_generation_controls(d: Defaults) -> GenerationControls:
     """Create the controls in the current Blocks context (prompt first, details in accordions)."""
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", placeholder="a lighthouse on a cliff at dusk, oil painting")
     negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
-    syntax = gr.Radio(list(PROMPT_SYNTAXES), value=requests.default_prompt_syntax(), label="Prompt syntax",
-                      elem_id="syntax")
+    with gr.Row():
+        syntax = gr.Radio(list(requests.REQUEST_SYNTAXES), value=requests.default_prompt_syntax(), label="Prompt syntax",
+                          elem_id="syntax", scale=2)
+        syntax_note = gr.Markdown(syntax_note_text("", "", requests.default_prompt_syntax()), elem_id="syntax-note")
+    quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
+    for trigger in (prompt.change, negative.change, syntax.change):
+        trigger(syntax_note_text, inputs=[prompt, negative, syntax], outputs=syntax_note, **quiet)
     size = render_size_controls(d.width, d.height)
     with gr.Row():
         count = gr.Slider(1, MAX_DRAFTS, value=requests.DEFAULT_COUNT, step=1, label="Drafts", elem_id="count")
         steps = gr.Slider(1, MAX_STEPS, value=requests.DEFAULT_STEPS, step=1, label="Draft steps", elem_id="steps")
         switch = gr.Slider(0.05, 1.0, value=requests.DEFAULT_SWITCH, step=0.05, label="Switch to refiner at",
                            elem_id="switch")
-    with gr.Row():
+    with gr.Row():  # two to a row: the sliders' labels and limits stay readable in a narrow column
         scheduler = gr.Dropdown(list(SCHEDULERS), value=requests.DEFAULT_SCHEDULER, label="Sampler", elem_id="scheduler")
         guidance = gr.Slider(0.0, 20.0, value=requests.DEFAULT_GUIDANCE, step=0.5, label="Guidance", elem_id="guidance")
-        random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
+    with gr.Row():
         seed = gr.Number(0, label="Seed", minimum=0, precision=0, elem_id="seed")
+        random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
     with gr.Accordion("LoRA (also <lora:name:weight> in the prompt, whose weight wins)", open=False):
         names, weights = [], []
         for i in range(LORA_SLOTS):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from atelier import requests
 from atelier.studio import GalleryFilters, RefineChoice
 from webui import bindings
 from webui.context import Context, gpu_event, interrupt_handler, session_of
@@ -20,7 +21,7 @@ READY = "Type a prompt and press **Draft** (Ctrl+Enter in the prompt)."
 @dataclass
 class DraftTab:
     controls: bindings.GenerationControls
-    selected: gr.Number  # the gallery id of the picked draft (also the API's way to name one)
+    selected: gr.Textbox  # the gallery id of the picked draft (also the API's way to name one); "" = none
     shown: gr.State  # the gallery id of the newest result on show: refined/re-rendered, else the picked draft
     send_to_img2img: gr.Button
     draft_button: gr.Button
@@ -34,13 +35,23 @@ class _Outputs:
     drafts: gr.Gallery
     draft_ids: gr.State
     shown: gr.State
-    selected: gr.Number
+    selected: gr.Textbox
     before: gr.Image
     after: gr.Image
 
 
 def caption(saved) -> str:
     return f"#{saved.id} · seed {saved.recipe.seed}"
+
+
+def picked_id(value) -> int:
+    """The gallery id in the Picked draft box (clicked or typed)."""
+    text = str(value if value is not None else "").strip().lstrip("#")
+    if not text:
+        raise ValueError("Pick a draft first: click one of the drafts (or type a draft's number).")
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"Picked draft: type a draft's number, like 12 (got {text!r})")
+    return int(text)
 
 
 def steps_text(steps: int) -> str:
@@ -59,8 +70,8 @@ def render(ctx: Context) -> DraftTab:
             drafts = gr.Gallery(label="Drafts (click one to pick it)", columns=4, height="auto", format="png",
                                 allow_preview=False, buttons=[], elem_id="drafts", interactive=False)
             with gr.Row():
-                selected = gr.Number(None, label="Picked draft #", precision=0, minimum=1, elem_id="selected-draft",
-                                     placeholder="click a draft, or type its number")
+                selected = gr.Textbox("", label="Picked draft #", placeholder="click a draft, or type its number",
+                                      elem_id="selected-draft", max_lines=1)
                 refine_button = gr.Button("Refine", variant="primary", elem_id="refine-button")
                 rerender_steps = gr.Number(40, label="Re-render at N steps", precision=0, minimum=1, elem_id="rerender-steps")
                 rerender_button = gr.Button("Re-render", elem_id="rerender-button")
@@ -86,6 +97,8 @@ def _wire_drafting(ctx: Context, controls: bindings.GenerationControls, out: _Ou
     @keeps_outputs(out.status)
     def run_drafts(values: dict, request: gr.Request, ticket: str | None):
         recipe, count = bindings.recipe_from_values(controls, values, ctx.defaults)
+        for warning in requests.recipe_warnings(recipe):
+            gr.Warning(warning, title="Prompt")
         seeds = f"seed {recipe.seed}" if count == 1 else f"seeds {recipe.seed}…{recipe.seed + count - 1}"
         # The Seed box shows the seed used, so the same drafts can be made again.
         yield {out.status: f"Drafting {count} ({seeds})…", controls.seed: recipe.seed}
@@ -116,9 +129,7 @@ def _batch_shown(out: _Outputs, saved: list, how: str) -> dict:
 def _wire_finishing(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, refine_button: gr.Button,
                     rerender_button: gr.Button, rerender_steps: gr.Number) -> None:
     def finish(values: dict, request: gr.Request, ticket: str | None, steps: int | None):
-        if values[out.selected] is None:
-            raise ValueError("Pick a draft first: click one of the drafts (or type a draft's number).")
-        draft_id = int(values[out.selected])
+        draft_id = picked_id(values[out.selected])
         yield {out.before: str(ctx.studio.get(draft_id).image_path)}
         settings = RefineChoice(aesthetic_score=float(values[controls.aesthetic]),
                                 negative_aesthetic_score=float(values[controls.negative_aesthetic]),
@@ -171,14 +182,12 @@ def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Out
         draft_id = ids[evt.index]
         image = ctx.studio.get(draft_id).image_path
         # A refined image of another draft no longer belongs beside this one.
-        return {out.selected: draft_id, out.shown: draft_id, out.before: str(image), out.after: None,
+        return {out.selected: str(draft_id), out.shown: draft_id, out.before: str(image), out.after: None,
                 out.status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps."}
 
     @guarded
     def reuse(draft_id):
-        if draft_id is None:
-            raise ValueError("Pick a draft first, then ♻ reuses its seed.")
-        seed = ctx.studio.get(int(draft_id)).recipe.seed
+        seed = ctx.studio.get(picked_id(draft_id)).recipe.seed
         return {controls.seed: seed, controls.random_seed: False, out.status: f"Seed {seed} set; **Draft** to use it."}
 
     def restore(request: gr.Request):

@@ -51,10 +51,8 @@ def run_img2img(args: argparse.Namespace) -> int:
 
 
 def run_loras(args: argparse.Namespace) -> int:
-    from pipelines.models.lora import LoraLibrary
-
-    library = LoraLibrary(args.home)
-    folder, found = library.folder(), library.available()
+    with open_studio(args) as studio:
+        folder, found = studio.lora_folder(), studio.loras()
     lines = [f"LoRA folder: {folder or 'none (put LoRAs in <home>/models/Lora or set ATELIER_MODELS)'}"]
     for entry in found:
         lines.append(f"  {entry['name']}  " + (f"{entry['format']}, {entry['layers']} layers" if "format" in entry
@@ -63,13 +61,8 @@ def run_loras(args: argparse.Namespace) -> int:
 
 
 def run_controlnets(args: argparse.Namespace) -> int:
-    from pipelines.models.controlnet import ControlNetLibrary
-    from pipelines.models.preprocessors import available
-
-    library = ControlNetLibrary(args.home)
-    folder = library.folder()
-    annotators = folder.parent / "annotators" if folder is not None else None
-    models, preprocessors = library.available(), available(annotators)
+    with open_studio(args) as studio:
+        folder, models, preprocessors = studio.controlnet_folder(), studio.controlnets(), studio.preprocessors()
     lines = [f"ControlNet folder: {folder or 'none (put ControlNets in <home>/models/ControlNet or set ATELIER_MODELS)'}"]
     lines += [f"  {entry['name']}  {entry['path']}" for entry in models]
     lines.append("Preprocessors:")

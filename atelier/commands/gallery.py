@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from atelier.commands.common import add_json_option, emit, open_studio
-from storage.gallery import Gallery, Generation
+from atelier.studio import GalleryFilters, Generation
 
 
 def register(subparsers) -> None:
@@ -77,14 +77,11 @@ def details(gen: Generation) -> dict[str, Any]:
     }
 
 
-def _open(args) -> Gallery:
-    return Gallery.open(Path(args.home))
-
-
 def _list(args) -> int:
-    filters = {k: getattr(args, k) for k in ("model", "lora", "kind", "favourite", "tag")}
-    with _open(args) as gallery:
-        page = gallery.search(args.search, limit=args.limit, after=args.after, **filters)
+    filters = GalleryFilters(kinds=(args.kind,) if args.kind else (), model=args.model, lora=args.lora,
+                             favourites_only=bool(args.favourite), tag=args.tag)
+    with open_studio(args) as studio:
+        page = studio.search(args.search, filters, limit=args.limit, after=args.after)
     lines = [
         f"{g.id:>6}  {g.created_at:%Y-%m-%d %H:%M}  {g.kind:<10} {'*' if g.favourite else ' '} "
         f"{g.recipe.model.name[:20]:<20} {_short(g.recipe.prompt, 60)}"
@@ -97,8 +94,8 @@ def _list(args) -> int:
 
 
 def _show(args) -> int:
-    with _open(args) as gallery:
-        gen = gallery.get(args.id)
+    with open_studio(args) as studio:
+        gen = studio.get(args.id)
     data = details(gen)
     lines = [f"{k}: {v}" for k, v in data.items() if k != "recipe"]
     lines.append("recipe: " + gen.recipe.to_json())
@@ -106,15 +103,15 @@ def _show(args) -> int:
 
 
 def _delete(args) -> int:
-    with _open(args) as gallery:
-        removed = gallery.delete(args.id)
+    with open_studio(args) as studio:
+        removed = studio.delete(args.id)
     return emit(args, {"id": args.id, "removed_files": list(removed)}, f"deleted {args.id} ({len(removed)} file(s) removed)")
 
 
 def _export(args) -> int:
-    with _open(args) as gallery:
-        gen = gallery.get(args.id)
-        data = gallery.read_file(gen.image_sha256)  # checks the sha256: the export is the saved image
+    with open_studio(args) as studio:
+        gen = studio.get(args.id)
+        data = studio.read_file(gen.image_sha256)  # checks the sha256: the export is the saved image
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)  # a file in the way: an OSError, exit 1
     image = folder / f"atelier-{gen.id}.png"
@@ -125,16 +122,16 @@ def _export(args) -> int:
 
 
 def _favourite(args) -> int:
-    with _open(args) as gallery:
-        gen = gallery.set_favourite(args.id, not args.off)
+    with open_studio(args) as studio:
+        gen = studio.set_favourite(args.id, not args.off)
     return emit(args, summary(gen), f"{gen.id}: favourite {'on' if gen.favourite else 'off'}")
 
 
 def _tag(args) -> int:
-    with _open(args) as gallery:
-        current = [] if args.replace else list(gallery.get(args.id).tags)
+    with open_studio(args) as studio:
+        current = [] if args.replace else list(studio.get(args.id).tags)
         tags = [t for t in [*current, *args.tags] if t not in set(args.remove)]
-        gen = gallery.set_tags(args.id, tags)
+        gen = studio.set_tags(args.id, tags)
     return emit(args, summary(gen), f"{gen.id}: tags {', '.join(gen.tags) or '(none)'}")
 
 

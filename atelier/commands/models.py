@@ -24,16 +24,7 @@ def register(subparsers) -> None:
 
 
 def tiny_model(args: argparse.Namespace) -> int:
-    from pipelines.models.tiny_model import write_tiny_model
+    from atelier.studio import write_tiny_model
 
-    directory = Path(args.directory).expanduser()
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory}: exists and is not a folder")
-    base, refiner = write_tiny_model(directory)
-    paths = {"base": str(base), "refiner": str(refiner)}
-    if args.single_file:
-        from pipelines.models.single_file import write_single_file
-
-        paths["base_single_file"] = str(write_single_file(base, directory / "base.safetensors"))
-        paths["refiner_single_file"] = str(write_single_file(refiner, directory / "refiner.safetensors"))
+    paths = write_tiny_model(args.directory, single_file=args.single_file)
     return emit(args, paths, [f"{name}: {path}" for name, path in paths.items()])

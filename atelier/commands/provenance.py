@@ -40,7 +40,7 @@ def check_file(path: Path) -> dict[str, Any]:
     """{file, present, bit_accuracy, note}: note says why a file could not be checked."""
     from PIL import Image, UnidentifiedImageError
 
-    from pipelines.engine.watermark import DETECTION_THRESHOLD, MIN_SIDE, detect_watermark
+    from pipelines.provenance.watermark import DETECTION_THRESHOLD, MIN_SIDE, detect_watermark
 
     result: dict[str, Any] = {"file": str(path), "present": False, "bit_accuracy": 0.0, "note": None}
     try:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 from atelier.requests import (
     DEFAULT_AESTHETIC, DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_HEIGHT, DEFAULT_IMG2IMG_STRENGTH,
     DEFAULT_NEGATIVE_AESTHETIC, DEFAULT_REFINE_STRENGTH, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_SWITCH,
-    DEFAULT_WIDTH, IMG2IMG_MAX_SIDE, IMG2IMG_MAX_SIDE_ENV, GenerationRequest,
+    DEFAULT_WIDTH, IMG2IMG_MAX_SIDE, IMG2IMG_MAX_SIDE_ENV, REQUEST_SYNTAXES, GenerationRequest,
 )
-from pipelines.recipe import MAX_DRAFTS, PROMPT_SYNTAXES, SCHEDULERS, LoraRef, MicroConditioning, Recipe
+from pipelines.recipe import MAX_DRAFTS, SCHEDULERS, LoraRef, MicroConditioning, Recipe
 
 if TYPE_CHECKING:  # the CLI starts light: the image and model modules load when a command runs
     from atelier.edit_inputs import InputFiles
@@ -55,16 +55,18 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, *, img2img: bool = Fal
     """The recipe options of every generating command (draft, img2img; img2img's size follows its source)."""
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative", default="")
-    parser.add_argument("--syntax", choices=PROMPT_SYNTAXES, default=None,
-                        help="prompt weighting syntax (default: $ATELIER_PROMPT_SYNTAX, else compel)")
+    parser.add_argument("--syntax", choices=REQUEST_SYNTAXES, default=None,
+                        help="prompt weighting syntax; auto: a1111 when the prompt uses an A1111-only construct, "
+                             "else compel (default: $ATELIER_PROMPT_SYNTAX, else auto)")
     parser.add_argument("--seed", type=int, help="first seed (default: random); draft i gets seed+i")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N", help="(default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N", help="denoising steps (default: %(default)s)")
     parser.add_argument("--switch", type=float, default=DEFAULT_SWITCH, metavar="F",
                         help="fraction of the schedule the base runs, (0, 1] (default: %(default)s)")
     for side, default in (("width", DEFAULT_WIDTH), ("height", DEFAULT_HEIGHT)):
         parser.add_argument(f"--{side}", type=int, default=None, metavar="PX",
                             help=f"a multiple of 8; give both or neither (default: {IMG2IMG_SIZE if img2img else default})")
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, metavar="G", help="(default: %(default)s)")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, metavar="G",
+                        help="classifier-free guidance scale (default: %(default)s)")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER, metavar="NAME",
                         help=f"{', '.join(SCHEDULERS)} (default: %(default)s)")
     parser.add_argument("--refine-strength", type=float, default=DEFAULT_REFINE_STRENGTH, metavar="R",
@@ -72,12 +74,14 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, *, img2img: bool = Fal
                              "(default: %(default)s)")
     for name in ("original-size", "target-size", "negative-original-size", "negative-target-size"):
         parser.add_argument(f"--{name}", type=_pair, metavar="HxW", help="SDXL size conditioning, height x width")
-    for name in ("crop", "negative-crop"):
-        parser.add_argument(f"--{name}", type=_pair, metavar="TOPxLEFT", help="SDXL crop conditioning (default: 0x0)")
+    for name, default in (("crop", MicroConditioning().crops_coords_top_left),
+                          ("negative-crop", MicroConditioning().negative_crops_coords_top_left)):
+        parser.add_argument(f"--{name}", type=_pair, metavar="TOPxLEFT",
+                            help=f"SDXL crop conditioning (default: {default[0]}x{default[1]})")
     parser.add_argument("--aesthetic-score", type=float, default=DEFAULT_AESTHETIC, metavar="A",
                         help="refiner conditioning (default: %(default)s)")
     parser.add_argument("--negative-aesthetic-score", type=float, default=DEFAULT_NEGATIVE_AESTHETIC, metavar="A",
-                        help="(default: %(default)s)")
+                        help="the refiner's negative aesthetic conditioning (default: %(default)s)")
     parser.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
 
 

@@ -32,7 +32,7 @@ from pipelines.engine.prompt_encoding import PromptEncoder
 from pipelines.prompt_syntax import extract_lora_tokens
 from pipelines.recipe import MAX_DRAFTS, MAX_SEED, ModelRef, Recipe
 from pipelines.engine.schedulers import make_scheduler
-from pipelines.engine.watermark import apply_watermark
+from pipelines.provenance.watermark import apply_watermark
 from pipelines.errors import GenerationCancelled, OutOfMemory  # noqa: F401 (raised here, caught by callers)
 
 

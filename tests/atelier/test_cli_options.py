@@ -59,6 +59,8 @@ DRAFT_TABLE = [
         GenerationRequest(prompt="ink <lora:ink:0.4> wash", seed=1,
                           loras=(LoraRef(name="ink", weight=0.7), LoraRef(name="paper"))),
         TINY, id="loras"),
+    pytest.param(["--prompt", "(a cat:1.3)", "--syntax", "auto", "--seed", "3"],
+                 GenerationRequest(prompt="(a cat:1.3)", syntax="auto", seed=3), TINY, id="auto-syntax"),
 ]
 
 
@@ -273,7 +275,7 @@ def test_every_command_maps_errors_the_same_way(capsys, monkeypatch, tmp_path, e
     def fail(args):
         raise error
 
-    monkeypatch.setattr(gallery_commands, "_open", fail)
+    monkeypatch.setattr(gallery_commands, "open_studio", fail)
     assert exit_code(error) == code
     assert main(["list", "--home", str(tmp_path)]) == code
     err = capsys.readouterr().err
@@ -284,7 +286,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
     def fail(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(gallery_commands, "_open", fail)
+    monkeypatch.setattr(gallery_commands, "open_studio", fail)
     assert exit_code(RuntimeError("a bug")) is None
     with pytest.raises(RuntimeError, match="a bug"):
         main(["list", "--home", str(tmp_path)])

@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 
 from pipelines.provenance.png_metadata import encode_png
 from pipelines.recipe import ModelRef, Recipe
-from pipelines.engine.watermark import apply_watermark
+from pipelines.provenance.watermark import apply_watermark
 
 
 def atelier(*args, home):

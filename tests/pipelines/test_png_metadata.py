@@ -77,7 +77,7 @@ def test_round_trip_gives_the_recipe_exactly_and_keeps_pixels(tmp_path):
 
 
 def test_watermark_survives_metadata():
-    from pipelines.engine.watermark import apply_watermark, detect_watermark
+    from pipelines.provenance.watermark import apply_watermark, detect_watermark
     y, x = np.mgrid[0:512, 0:512]
     luma = 90 + 0.2 * x + 0.1 * y + 20 * np.sin(x / 9) * np.cos(y / 13)  # low-chroma, textured
     pixels = np.stack([luma, luma * 0.95, luma * 0.9], axis=-1).clip(0, 255).astype(np.uint8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.engine.watermark import WATERMARK_BITS, WATERMARK_MESSAGE, apply_watermark, detect_watermark
+from pipelines.provenance.watermark import WATERMARK_BITS, WATERMARK_MESSAGE, apply_watermark, detect_watermark
 
 
 def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
