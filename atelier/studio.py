@@ -45,6 +45,7 @@ class Saved:
     image: Path
     latent: Path | None = None
     reused: bool = False  # an existing entry made from the same request (nothing new was stored)
+    notes: tuple[str, ...] = ()  # how the engine adjusted the request to run it, in words for the user
 
     def as_json(self) -> dict[str, Any]:
         data = {"id": self.id, "seed": self.recipe.seed, "image": str(self.image)}
@@ -267,6 +268,10 @@ class Studio:
     def set_tags(self, generation_id: int, tags: list[str]) -> Generation:
         return self.gallery.set_tags(generation_id, tags)
 
+    def stored_file(self, sha256: str) -> Path:
+        """Where the gallery keeps a file it stores by sha256 (a source or control image)."""
+        return self.gallery.file_path(sha256)
+
     def read_file(self, sha256: str) -> bytes:
         """A stored file's bytes, checked against its sha256 (a damaged file is an error, never exported)."""
         return self.gallery.read_file(sha256)
@@ -322,7 +327,7 @@ class Studio:
             draft.recipe, "draft", encode_png(draft.preview, draft.recipe), parent_id=parent_id, batch_id=batch_id,
             latent=draft.latent.to_bytes(draft.recipe.to_json()), inputs=inputs.files if inputs else None,
         )
-        return _saved(generation)
+        return dataclasses.replace(_saved(generation), notes=draft.notes)
 
     def _save_final(self, finished: FinishedImage, kind: str, *, parent_id: int | None,
                     inputs: InputFiles | None = None) -> Saved:
@@ -335,7 +340,7 @@ class Studio:
                 raise
             # The parent was deleted while this image was being made: keep the image, without lineage.
             generation = self.gallery.save(finished.recipe, kind, png, inputs=files)
-        return _saved(generation)
+        return dataclasses.replace(_saved(generation), notes=finished.notes)
 
 
 def _callbacks(on_step: OnStep | None, should_cancel: Callable[[], bool] | None) -> dict[str, Any]:

@@ -1,20 +1,83 @@
-"""Shared fixtures: one tiny random-weight SDXL per test session, built offline in a temp home."""
+"""Shared fixtures: one tiny random-weight SDXL per test session, built offline once and copied into
+every home that needs it (`tiny_home`, `make_tiny_home`, the session's `atelier_home`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DISABLE_TELEMETRY", "1")
+# One CPU thread for torch (and, through the environment, for every `atelier` subprocess a test starts).
+# The tiny model's tensors are far too small to gain from a second thread, and on a busy 2-core machine
+# OpenMP's threads wait on each other at every op: a 64 px draft took 1.7-6 s with 2 threads, 0.07 s with 1.
+# An explicit OMP_NUM_THREADS / MKL_NUM_THREADS in the environment still wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (by a plugin): the environment came too late
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import pytest
 
+# Markers the lead registers in pyproject.toml; registered here too so that `-m` selections and
+# --strict-markers work before that lands (a marker pyproject already has is left alone).
+MARKERS = {
+    "crash": "SIGKILL crash loops on the gallery (tests/storage/test_gallery_crash.py)",
+}
+
+
+def pytest_configure(config):
+    known = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
+    for name, text in MARKERS.items():
+        if name not in known:
+            config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def tiny_home_at(home: Path, tiny_model_dir: Path) -> Path:
+    """Make `home` an Atelier home holding a copy of the session's tiny model at home/models/tiny (where
+    ModelCache looks for it, so nothing is rebuilt). A copy, not a link: a test may change its files."""
+    home = Path(home)
+    target = home / "models" / "tiny"
+    if not (target / "base" / "model_index.json").exists() or not (target / "refiner" / "model_index.json").exists():
+        shutil.copytree(tiny_model_dir, target, dirs_exist_ok=True)
+    return home
+
 
 @pytest.fixture(scope="session")
-def atelier_home(tmp_path_factory):
-    """An Atelier home folder shared by the session; the tiny model is written into it on first use."""
-    return tmp_path_factory.mktemp("atelier-home")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny SDXL (base/ and refiner/ diffusers folders), written once per session. Read it, never change
+    it: copy it first (tiny_home, make_tiny_home) when a test needs to alter files."""
+    from pipelines.models.tiny_model import write_tiny_model
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    write_tiny_model(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def make_tiny_home(tmp_path_factory, tiny_model_dir):
+    """make_tiny_home(path=None) -> a fresh home with the tiny model in place; for module- and session-scoped
+    fixtures (e.g. a Studio or an `atelier` subprocess with ATELIER_HOME), which would otherwise build their own."""
+
+    def make(path: Path | None = None, name: str = "home") -> Path:
+        return tiny_home_at(path if path is not None else tmp_path_factory.mktemp(name), tiny_model_dir)
+
+    return make
+
+
+@pytest.fixture()
+def tiny_home(tmp_path, tiny_model_dir):
+    """A fresh home for one test (tmp_path / "home") with the tiny model in place."""
+    return tiny_home_at(tmp_path / "home", tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def atelier_home(make_tiny_home):
+    """An Atelier home folder shared by the session, with the tiny model in place."""
+    return make_tiny_home(name="atelier-home")
 
 
 @pytest.fixture(scope="session")

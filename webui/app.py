@@ -16,7 +16,7 @@ from atelier.studio import Studio  # noqa: E402
 from webui import controlnet_tab, draft_tab, gallery_tab, img2img_tab, security  # noqa: E402
 from webui.bindings import Defaults, default_size, lora_lists  # noqa: E402
 from webui.context import Context  # noqa: E402
-from webui.jobs import GpuJobs  # noqa: E402
+from webui.jobs import GPU, GpuJobs  # noqa: E402
 
 DEMO_BANNER = "demo model with random weights — set --model to an SDXL checkpoint"
 QUEUE_SIZE = 16  # jobs waiting at most; one more is told the queue is full
@@ -79,16 +79,24 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             with gr.Tab("Img2Img", id="img2img"):
                 img2img = img2img_tab.render(ctx, draft.controls)
             with gr.Tab("ControlNet", id="controlnet"):
-                controlnet_tab.render(ctx, draft.controls)
+                units = controlnet_tab.render(ctx, draft.controls)
             with gr.Tab("Gallery", id="gallery") as gallery_tab_item:
-                gallery = gallery_tab.render(ctx, draft.controls, tabs, "draft", gallery_tab_item)
+                edit_tabs = gallery_tab.EditTabs(tabs=tabs, img2img=img2img, control_units=units)
+                gallery = gallery_tab.render(ctx, draft.controls, edit_tabs, gallery_tab_item)
         for event in draft.on_load:
             demo.load(**event, api_visibility="private")
         send = img2img_tab.send_from_gallery(ctx, img2img, tabs, "img2img")
         for button, generation_id in ((draft.send_to_img2img, draft.shown), (gallery.send_to_img2img, gallery.detail_id)):
             button.click(send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private")
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    ctx.jobs.count_waiting(lambda: _waiting_for_the_device(demo))
     return demo
+
+
+def _waiting_for_the_device(demo: gr.Blocks) -> int:
+    """Events waiting in Gradio's queue for the device (its concurrency id), for the queue's place."""
+    waiting = getattr(demo._queue, "event_queue_per_concurrency_id", {}).get(GPU)
+    return len(waiting.queue) if waiting is not None else 0
 
 
 def warm_up(ctx: Context) -> threading.Thread:

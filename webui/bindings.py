@@ -87,9 +87,11 @@ def render_size_controls(width: int, height: int, *, elem_prefix: str = "", from
         presets, preset = SIZE_PRESETS, bucket_label(width, height) if (width, height) in SDXL_BUCKETS else CUSTOM_SIZE
     with gr.Row():
         size_preset = gr.Dropdown(presets, value=preset, label="Size (SDXL buckets)", elem_id=f"{elem_prefix}size-preset")
-        width_box = gr.Number(width, label="Width", minimum=MIN_SIDE, maximum=MAX_SIDE, step=8, precision=0,
+        # No minimum/maximum on the boxes: Gradio would refuse the event with an "Error" badge on every
+        # output; the Recipe's own check says what is allowed, in a message that keeps the outputs.
+        width_box = gr.Number(width, label="Width", step=8, precision=0,
                               elem_id=f"{elem_prefix}width")
-        height_box = gr.Number(height, label="Height", minimum=MIN_SIDE, maximum=MAX_SIDE, step=8, precision=0,
+        height_box = gr.Number(height, label="Height", step=8, precision=0,
                                elem_id=f"{elem_prefix}height")
     quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
     size_preset.change(_preset_to_size, inputs=size_preset, outputs=[width_box, height_box], **quiet)
@@ -188,7 +190,7 @@ def render_generation_controls(d: Defaults) -> GenerationControls:
         scheduler = gr.Dropdown(list(SCHEDULERS), value=requests.DEFAULT_SCHEDULER, label="Sampler", elem_id="scheduler")
         guidance = gr.Slider(0.0, 20.0, value=requests.DEFAULT_GUIDANCE, step=0.5, label="Guidance", elem_id="guidance")
     with gr.Row():
-        seed = gr.Number(0, label="Seed", minimum=0, precision=0, elem_id="seed")
+        seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
         random_seed = gr.Checkbox(True, label="Random seed", elem_id="random-seed")
     with gr.Accordion("LoRA (also <lora:name:weight> in the prompt, whose weight wins)", open=False):
         names, weights = [], []
@@ -223,7 +225,7 @@ def _render_micro_controls() -> dict[str, gr.components.Component]:
                                ("target_w", "target width"), ("target_h", "target height"),
                                ("crop_top", "crop top"), ("crop_left", "crop left")):
                 caption = f"{label}{text}" if label else text.capitalize()
-                boxes[prefix + name] = gr.Number(0, label=caption, precision=0, minimum=0,
+                boxes[prefix + name] = gr.Number(0, label=caption, precision=0,
                                                  elem_id=(prefix + name).replace("_", "-"))
     with gr.Row():
         boxes["aesthetic"] = gr.Slider(0.0, 10.0, value=requests.DEFAULT_AESTHETIC, step=0.1,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from atelier import requests
-from atelier.studio import GalleryFilters, RefineChoice
+from atelier.studio import GalleryFilters, RefineChoice, Saved
 from webui import bindings
 from webui.context import Context, gpu_event, interrupt_handler, session_of
 from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, one_image_updates, progress_text
@@ -73,7 +73,7 @@ def render(ctx: Context) -> DraftTab:
                 selected = gr.Textbox("", label="Picked draft #", placeholder="click a draft, or type its number",
                                       elem_id="selected-draft", max_lines=1)
                 refine_button = gr.Button("Refine", variant="primary", elem_id="refine-button")
-                rerender_steps = gr.Number(40, label="Re-render at N steps", precision=0, minimum=1, elem_id="rerender-steps")
+                rerender_steps = gr.Number(40, label="Re-render at N steps", precision=0, elem_id="rerender-steps")
                 rerender_button = gr.Button("Re-render", elem_id="rerender-button")
             with gr.Row():
                 reuse_seed = gr.Button("♻ Reuse seed", size="sm", elem_id="reuse-seed")
@@ -112,6 +112,8 @@ def _wire_drafting(ctx: Context, controls: bindings.GenerationControls, out: _Ou
             elif isinstance(event, Interrupted):
                 yield {out.status: f"**{event.message}** — nothing was saved."}
             elif isinstance(event, Done):
+                for note in dict.fromkeys(n for saved in event.result for n in saved.notes):
+                    gr.Info(note, title="Note")
                 yield _batch_shown(out, event.result, "ready")
 
     outputs = {out.drafts, out.draft_ids, controls.seed}
@@ -197,7 +199,8 @@ def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Out
             return {}
         batch = newest[0].batch_id
         saved = ctx.studio.search(None, GalleryFilters(batch_id=batch), limit=16).items if batch else newest
-        return _batch_shown(out, sorted(saved, key=lambda g: g.id), "restored from the gallery")
+        shown = [Saved(id=g.id, recipe=g.recipe, image=g.image_path) for g in sorted(saved, key=lambda g: g.id)]
+        return _batch_shown(out, shown, "restored from the gallery")
 
     out.drafts.select(pick, inputs=out.draft_ids, outputs={out.selected, out.shown, out.before, out.after, out.status},
                       api_visibility="private")

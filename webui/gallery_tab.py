@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from typing import Any
 
 import gradio as gr
 
@@ -61,6 +62,20 @@ class DetailControls:
     favourite: gr.Button
     confirm_row: gr.Row
     status: gr.Markdown
+
+
+@dataclass
+class EditTabs:
+    """Where Load into Draft puts what a recipe holds besides the Draft controls."""
+
+    tabs: gr.Tabs
+    img2img: Any  # img2img_tab.Img2ImgTab: source, parent, size, strength
+    control_units: list  # controlnet_tab.Unit: image, preprocessor, model, scale, start, end
+
+    def outputs(self) -> set:
+        units = {getattr(u, name) for u in self.control_units
+                 for name in ("image", "preprocessor", "model", "scale", "start", "end")}
+        return {self.tabs, self.img2img.source, self.img2img.parent, self.img2img.strength, *units}
 
 
 @dataclass
@@ -142,7 +157,7 @@ def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
     return detail, buttons
 
 
-def render(ctx: Context, controls: bindings.GenerationControls, tabs: gr.Tabs, draft_tab_id: str, tab: gr.Tab) -> GalleryTab:
+def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, tab: gr.Tab) -> GalleryTab:
     """The tab's contents; `tab` is the Tab they sit in (opening it shows the newest page)."""
     filters, search, refresh = _render_filters(ctx)
     with gr.Row():
@@ -159,7 +174,7 @@ def render(ctx: Context, controls: bindings.GenerationControls, tabs: gr.Tabs, d
     page.newer.click(pages.newer_page, inputs=pages.inputs, outputs=pages.outputs, **QUIET)
     shown = _DetailHandlers(ctx, detail)
     page.grid.select(shown.select, inputs=page.ids, outputs=shown.outputs, **QUIET)
-    _wire_actions(ctx, shown, buttons, pages, controls, tabs, draft_tab_id, dropped)
+    _wire_actions(ctx, shown, buttons, pages, controls, edit, dropped)
     return GalleryTab(detail_id=detail.id, load_into_draft=buttons["load"], send_to_img2img=buttons["img2img"],
                       refresh=refresh)
 
@@ -234,8 +249,27 @@ def _current(generation_id) -> int:
     return int(generation_id)
 
 
+def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
+    """What Load into Draft sets besides the Draft controls: an img2img's source and strength (then the
+    Img2Img tab opens), or the ControlNet units' images and settings (then the ControlNet tab opens)."""
+    if recipe.mode == "img2img" and recipe.source_image_sha256:
+        # A low strength is recorded as the refiner alone (strength 0, switch 1.0): its strength is the refiner's.
+        refiner_alone = recipe.strength == 0 and recipe.switch == 1.0 and recipe.refine is not None
+        strength = recipe.refine.strength if refiner_alone else recipe.strength
+        return {edit.img2img.source: str(ctx.studio.stored_file(recipe.source_image_sha256)), edit.img2img.parent: None,
+                edit.img2img.strength: strength, edit.tabs: gr.Tabs(selected="img2img")}
+    if recipe.controlnets:
+        update: dict = {edit.tabs: gr.Tabs(selected="controlnet")}
+        for unit, box in zip(recipe.controlnets, edit.control_units):
+            image = unit.image_sha256 or unit.map_sha256
+            update.update({box.image: str(ctx.studio.stored_file(image)), box.preprocessor: unit.preprocessor,
+                           box.model: unit.model.name, box.scale: unit.scale, box.start: unit.start, box.end: unit.end})
+        return update
+    return {edit.tabs: gr.Tabs(selected="draft")}
+
+
 def _wire_actions(ctx: Context, shown: _DetailHandlers, buttons: dict, pages: _PageHandlers,
-                  controls: bindings.GenerationControls, tabs: gr.Tabs, draft_tab_id: str, dropped: gr.File) -> None:
+                  controls: bindings.GenerationControls, edit: EditTabs, dropped: gr.File) -> None:
     detail = shown.detail
 
     @guarded
@@ -259,7 +293,7 @@ def _wire_actions(ctx: Context, shown: _DetailHandlers, buttons: dict, pages: _P
     @guarded
     def load_draft(generation_id):
         recipe = ctx.studio.get(_current(generation_id)).recipe
-        return {**bindings.values_from_recipe(controls, recipe), tabs: gr.Tabs(selected=draft_tab_id)}
+        return {**bindings.values_from_recipe(controls, recipe), **loaded_edits(ctx, edit, recipe)}
 
     @guarded
     def import_png(path):
@@ -274,7 +308,7 @@ def _wire_actions(ctx: Context, shown: _DetailHandlers, buttons: dict, pages: _P
     buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
     buttons["confirm"].click(do_delete, inputs=pages.inputs | {detail.id}, outputs=pages.outputs | shown.outputs,
                              **QUIET)
-    buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | {tabs}, **QUIET)
+    buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | edit.outputs(), **QUIET)
     dropped.upload(import_png, inputs=dropped, outputs=shown.outputs | controls.inputs() | {dropped}, **QUIET)
     for action, api_name in (("rerun", "rerun"), ("refine", "gallery_refine")):
         gpu_event(ctx, buttons[action].click, _job(ctx, shown, action), inputs={detail.id}, outputs=shown.outputs,

@@ -26,6 +26,7 @@ class Img2ImgTab:
     source: gr.Image
     parent: gr.Number  # the gallery id the source came from (lineage), if any
     size: bindings.SizeControls
+    strength: gr.Slider
 
 
 def source_size(path: str | None) -> tuple[int, int] | None:
@@ -41,7 +42,8 @@ def img2img_recipe(controls: bindings.GenerationControls, size: bindings.SizeCon
 
 
 def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
-    gr.Markdown("Prompt and sampler come from **Draft & Refine**. Strength 0 keeps the source, 1 ignores it.")
+    gr.Markdown("Prompt and sampler come from **Draft & Refine**. Strength 0 keeps the source, 1 ignores it; a low "
+                "strength (below 1 − switch) is the refiner alone.")
     with gr.Row():
         with gr.Column():
             source = gr.Image(label="Source image", type="filepath", format="png", image_mode="RGB",
@@ -87,7 +89,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
     gpu_event(ctx, run.click, make, inputs=inputs, outputs={result}, status=status, api_name="img2img")
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_visibility="private")
     source.upload(lambda: None, outputs=parent, queue=False, api_visibility="private")  # an upload has no gallery parent
-    return Img2ImgTab(source=source, parent=parent, size=size)
+    return Img2ImgTab(source=source, parent=parent, size=size, strength=strength)
 
 
 def send_from_gallery(ctx: Context, tab: Img2ImgTab, tabs: gr.Tabs, tab_id: str):

@@ -62,6 +62,7 @@ class GpuJobs:
     """
 
     def __init__(self) -> None:
+        self._waiting: Callable[[], int] | None = None
         self._lock = threading.Lock()  # held while a job uses the device
         self._tickets: dict[str, _Ticket] = {}  # in the order they were reserved
         self._mutex = threading.Lock()  # guards _tickets and _durations
@@ -76,12 +77,28 @@ class GpuJobs:
         return ticket
 
     def place(self, ticket: str) -> tuple[int, float | None]:
-        """(jobs ahead of this ticket, about how many seconds until it starts, None if not known yet)."""
+        """(jobs ahead of a ticket just reserved, about how many seconds until it starts or None if
+        not known yet): the running job and those waiting in the queue."""
         with self._mutex:
-            order = list(self._tickets)
-            ahead = order.index(ticket) if ticket in order else 0
+            if self._waiting is not None:
+                ahead = self._waiting() + int(any(t.started for t in self._tickets.values()))
+            else:
+                order = list(self._tickets)
+                ahead = order.index(ticket) if ticket in order else 0
             typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else None
         return ahead, (typical * ahead if typical is not None else None)
+
+    def count_waiting(self, waiting: Callable[[], int]) -> None:
+        """How to count the jobs waiting in the web server's queue (the app passes Gradio's count);
+        without it, the reserved tickets that have not started are counted."""
+        self._waiting = waiting
+
+    def release(self, ticket: str | None) -> None:
+        """Forget a ticket whose job never started (its handler stopped early, e.g. on a bad value)."""
+        with self._mutex:
+            entry = self._tickets.get(ticket) if ticket else None
+            if entry is not None and not entry.started:
+                del self._tickets[ticket]
 
     def interrupt(self, session: str) -> bool:
         """Stop the session's running job at its next step and drop its waiting ones; False if it has none."""
@@ -252,6 +269,8 @@ def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, 
         elif isinstance(event, Interrupted):
             yield {status: f"**{event.message}** — nothing was saved."}
         elif isinstance(event, Done):
+            for note in getattr(event.result, "notes", ()):
+                gr.Info(note, title="Note")
             update = {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
             if result_id is not None:
                 update[result_id] = event.result.id

@@ -77,6 +77,12 @@ def emit(args: argparse.Namespace, payload: Any, text: str | list[str]) -> int:
     return EXIT_OK
 
 
+def tell(command: str, lines) -> None:
+    """Notes and warnings for the user on stderr (stdout stays one JSON document with --json)."""
+    for line in dict.fromkeys(lines):
+        print(f"atelier {command}: note: {line}", file=sys.stderr)
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 

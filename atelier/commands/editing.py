@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from atelier.commands.common import add_device_options, add_json_option, add_model_options, choose, emit, open_studio
+from atelier.commands.common import (
+    add_device_options, add_json_option, add_model_options, choose, emit, open_studio, tell,
+)
 from atelier.commands.request_options import (
     add_edit_arguments, add_img2img_arguments, add_recipe_arguments, edit_inputs_from_args, image_size,
     read_image_arg, request_from_args,
@@ -46,6 +48,7 @@ def run_img2img(args: argparse.Namespace) -> int:
         recipe = img2img_recipe(args, image_size(source))  # validated before any model loads
         recipe, inputs = edit_inputs_from_args(args, recipe, studio, source)
         saved = studio.edit(recipe, inputs, parent_id=parent_id)
+    tell("img2img", saved.notes)
     return emit(args, {"id": saved.id, "seed": saved.recipe.seed, "image": str(saved.image), "parent_id": parent_id},
                 f"img2img {saved.id}  seed {saved.recipe.seed}  {saved.image}")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from atelier.commands.common import add_device_options, add_json_option, add_model_options, choose, emit, open_studio
+from atelier.commands.common import (
+    add_device_options, add_json_option, add_model_options, choose, emit, open_studio, tell,
+)
 from atelier.commands.request_options import (
     add_count_argument, add_edit_arguments, add_recipe_arguments, edit_inputs_from_args, request_from_args,
 )
@@ -43,10 +45,14 @@ def draft_recipe(args: argparse.Namespace) -> Recipe:
 
 
 def run_draft(args: argparse.Namespace) -> int:
+    from atelier.requests import recipe_warnings
+
     recipe = draft_recipe(args)  # every value validated before the studio opens or a model loads
+    tell("draft", recipe_warnings(recipe))
     with open_studio(args) as studio:
         recipe, inputs = edit_inputs_from_args(args, recipe, studio)  # --control
         saved = studio.draft(recipe, args.count, inputs=inputs)
+    tell("draft", [note for s in saved for note in s.notes])
     return emit(args, {"drafts": [s.as_json() for s in saved]},
                 [f"draft {s.id}  seed {s.recipe.seed}  {s.image}" for s in saved])
 
@@ -54,6 +60,7 @@ def run_draft(args: argparse.Namespace) -> int:
 def run_refine(args: argparse.Namespace) -> int:
     with open_studio(args) as studio:
         saved = studio.rerender(args.draft_id, args.steps) if args.steps else studio.refine(args.draft_id)
+    tell("refine", saved.notes)
     return emit(args, {"id": saved.id, "image": str(saved.image)}, f"refined {saved.id}  {saved.image}")
 
 

@@ -92,8 +92,8 @@ def add_count_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_img2img_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, default=DEFAULT_IMG2IMG_STRENGTH, metavar="S",
-                        help="denoise strength: 0 keeps the source, 1 ignores it; with the refiner, above "
-                             "1 - switch (default: %(default)s)")
+                        help="denoise strength: 0 keeps the source, 1 ignores it; a strength that leaves the base "
+                             "no step before the switch runs the refiner alone (default: %(default)s)")
     parser.add_argument("--refine-only", action="store_true",
                         help="refine any image: the refiner alone at --refine-strength (the base runs no step)")
 

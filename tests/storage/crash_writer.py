@@ -2,6 +2,13 @@
 
 Usage: crash_writer.py HOME SEED LOG. Each completed action is appended to LOG (unbuffered, so
 what the kernel has is what was reported): "open", "saved ID", "deleting ID", "deleted ID".
+
+crash_writer.py --serve: a fork server, so that a round costs no interpreter start-up and no storage
+import (about a second on a busy 2-core machine). For each line "HOME<TAB>SEED<TAB>LOG<TAB>STDERR" on
+stdin it forks a writer (exactly as the command line above, its stderr to the file STDERR) and
+prints the writer's pid, then, once the writer has ended, its exit code (-N: killed by signal N).
+The ended writer is reaped only when the next line (or the end of stdin) comes, so its pid cannot
+be reused while the test may still signal it.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -18,8 +26,38 @@ from storage.gallery import Gallery  # noqa: E402
 from storage_checks import make_latent, make_png, make_recipe  # noqa: E402
 
 
-def main() -> None:
-    home, seed, log_path = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+def serve() -> None:
+    previous = None
+    while line := sys.stdin.readline():
+        if previous is not None:
+            os.waitpid(previous, 0)
+        home, seed, log_path, stderr_path = line.rstrip("\n").split("\t")
+        pid = os.fork()
+        if pid == 0:  # the writer
+            code = 1
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(null, 0), os.dup2(null, 1), os.dup2(err, 2)
+                main([home, seed, log_path])
+                code = 0
+            except BaseException:  # noqa: BLE001 - reported on its stderr, as a crashed process would
+                traceback.print_exc()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        print(pid, flush=True)
+        ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # not reaped yet: the pid stays taken
+        killed = ended.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+        print(-ended.si_status if killed else ended.si_status, flush=True)
+        previous = pid
+    if previous is not None:
+        os.waitpid(previous, 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    home, seed, log_path = Path(argv[0]), int(argv[1]), argv[2]
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     say = lambda text: os.write(log, f"{text}\n".encode())  # noqa: E731
     rng = random.Random(seed)
@@ -49,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    serve() if sys.argv[1:] == ["--serve"] else main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -21,7 +22,62 @@ WRITER = Path(__file__).with_name("crash_writer.py")
 ROUNDS = 30
 
 
-def _wait_for_saves(log: Path, saves: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+class Writer:
+    """One `crash_writer.py HOME SEED LOG`, forked by the writer server, with the subprocess.Popen calls
+    the test makes (poll, returncode, send_signal, wait, stderr)."""
+
+    def __init__(self, server: subprocess.Popen, home: Path, seed: int, log: Path):
+        self._server, self._stderr, self.returncode = server, log.with_suffix(".stderr"), None
+        server.stdin.write(f"{home}\t{seed}\t{log}\t{self._stderr}\n".encode())
+        server.stdin.flush()
+        self.pid = int(self._line())
+
+    def _line(self) -> bytes:
+        line = self._server.stdout.readline()  # unbuffered: never reads past this line
+        if not line:
+            raise AssertionError(f"the writer server ended with {self._server.wait()}")
+        return line
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._server.stdout], [], [], 0)[0]:
+            self.returncode = int(self._line())
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = int(self._line())
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)  # safe even once it has ended: the server reaps it only at the next round
+
+    @property
+    def stderr(self):
+        return open(self._stderr, "rb") if self._stderr.exists() else open(os.devnull, "rb")
+
+
+@pytest.fixture(scope="module")
+def start_writer():
+    """start_writer(home, seed, log) -> Writer, forked by `crash_writer.py --serve` (which imports storage
+    once); a writer still running at the end (a failed test) is killed."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    server = subprocess.Popen([sys.executable, str(WRITER), "--serve"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, bufsize=0, env=env)
+    started: list[Writer] = []
+
+    def start(home: Path, seed: int, log: Path) -> Writer:
+        started.append(Writer(server, home, seed, log))
+        return started[-1]
+
+    yield start
+    if started and started[-1].poll() is None:
+        started[-1].send_signal(signal.SIGKILL)
+        started[-1].wait()
+    server.stdin.close()
+    server.wait(timeout=60)
+
+
+def _wait_for_saves(log: Path, saves: int, proc: Writer, timeout: float = 60.0) -> None:
     """Until the writer has opened the gallery and reported `saves` saves (robust to a slow machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -35,16 +91,15 @@ def _wait_for_saves(log: Path, saves: int, proc: subprocess.Popen, timeout: floa
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_never_leaves_damage(home):
+@pytest.mark.crash
+def test_sigkill_at_random_points_never_leaves_damage(home, start_writer):
     rng = random.Random(20250101)
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     reported: set[int] = set()
     uncertain: set[int] = set()
     total_saved = 0
     for round_ in range(ROUNDS):
         log = home.parent / f"writer-{round_}.log"
-        proc = subprocess.Popen([sys.executable, str(WRITER), str(home), str(round_ + 1), str(log)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        proc = start_writer(home, round_ + 1, log)
         if round_ % 6 == 5:
             time.sleep(rng.uniform(0.0, 1.0))  # may land during start-up: migration or sweep
         else:
