@@ -11,12 +11,11 @@ PROMPT, NEGATIVE = "a photo of a cat on a red sofa", "blurry, lowres"
 
 
 @pytest.fixture(scope="session")
-def tiny_pipes(tmp_path_factory):
+def tiny_pipes(tiny_model_dir):
+    """The session's tiny model loaded by diffusers directly (its own objects: no ModelCache, no LoRA state)."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    from pipelines.models.tiny_model import write_tiny_model
-
-    base_dir, refiner_dir = write_tiny_model(tmp_path_factory.mktemp("tiny-sdxl"))
+    base_dir, refiner_dir = tiny_model_dir / "base", tiny_model_dir / "refiner"
     base = StableDiffusionXLPipeline.from_pretrained(base_dir)
     refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
         refiner_dir, text_encoder_2=base.text_encoder_2, vae=base.vae

@@ -29,11 +29,11 @@ from pipelines.models.single_file import (
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from pipelines.models.tiny_model import write_tiny_model
-
+def tiny(tmp_path_factory, tiny_model_dir):
+    """A copy of the session's tiny model (base/, refiner/) with its single files beside the folders."""
     root = tmp_path_factory.mktemp("tiny")
-    base, refiner = write_tiny_model(root)
+    base, refiner = root / "base", root / "refiner"
+    shutil.copytree(tiny_model_dir, root, dirs_exist_ok=True)
     write_single_file(base, root / "base.safetensors")
     write_single_file(refiner, root / "refiner.safetensors")
     return root

@@ -93,7 +93,7 @@ def test_a_reload_keeps_the_drafts_and_a_picked_draft_refinable(chromium, server
         ids = draft_ids(page, "a brass compass on a map")
         page.reload()
         page.wait_for_selector("#prompt textarea")
-        wait_text(page, "#draft-status", rf"ids {ids[0]}–{ids[-1]}\b.*restored")
+        wait_text(page, "#draft-status", rf"restored from the gallery \(ids {ids[0]}–{ids[-1]}\)")
         assert thumbnails(page) == len(ids)
         page.locator("#drafts .thumbnail-item").nth(1).click()
         wait_text(page, "#draft-status", rf"Picked draft #{ids[1]}")
