@@ -9,9 +9,10 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
@@ -72,17 +73,41 @@ def _modules(base, refiner) -> dict[str, torch.nn.Module]:
     }
 
 
-def engine_figures(home: Path, *, model: str = "tiny", refiner: str = "tiny", size: int = 256, steps: int = 20,
-                   drafts: int = 4, repeats: int = 5, device: str | None = None) -> dict[str, Any]:
+def engine_figures(
+    home: Path,
+    *,
+    model: str = "tiny",
+    refiner: str = "tiny",
+    size: int = 256,
+    steps: int = 20,
+    drafts: int = 4,
+    repeats: int = 5,
+    device: str | None = None,
+) -> dict[str, Any]:
     cache = ModelCache(home, device=device)
     base = cache.load_base(model)
     ref = cache.load_refiner(refiner, base)
     engine = Engine(cache, app_version="bench")
-    recipe = Recipe(model=ModelRef(model), prompt="a lighthouse on a cliff at dusk, oil painting", negative_prompt="blurry",
-                    seed=1, steps=steps, width=size, height=size, refine=RefineSettings(model=ModelRef(refiner)), watermark=False)
+    recipe = Recipe(
+        model=ModelRef(model),
+        prompt="a lighthouse on a cliff at dusk, oil painting",
+        negative_prompt="blurry",
+        seed=1,
+        steps=steps,
+        width=size,
+        height=size,
+        refine=RefineSettings(model=ModelRef(refiner)),
+        watermark=False,
+    )
     figures: dict[str, Any] = {
-        "model": model, "refiner": refiner, "device": str(cache.device), "dtype": str(cache.dtype).replace("torch.", ""),
-        "size": size, "steps": steps, "switch": recipe.switch, "drafts": drafts,
+        "model": model,
+        "refiner": refiner,
+        "device": str(cache.device),
+        "dtype": str(cache.dtype).replace("torch.", ""),
+        "size": size,
+        "steps": steps,
+        "switch": recipe.switch,
+        "drafts": drafts,
         "shared_modules_same_objects": {
             "text_encoder_2": ref.pipe.text_encoder_2 is base.pipe.text_encoder_2,
             "vae": ref.pipe.vae is base.pipe.vae,
@@ -100,28 +125,51 @@ def engine_figures(home: Path, *, model: str = "tiny", refiner: str = "tiny", si
         "draft": draft_counts["base_unet"],
         "refine": {"base": counts["base_unet"] - draft_counts["base_unet"], "refiner": counts["refiner_unet"]},
     }
-    figures["vae_decodes"] = {"draft_batch": draft_counts["vae_decoder"], "refine": counts["vae_decoder"] - draft_counts["vae_decoder"]}
+    figures["vae_decodes"] = {
+        "draft_batch": draft_counts["vae_decoder"],
+        "refine": counts["vae_decoder"] - draft_counts["vae_decoder"],
+    }
     figures["vae_encodes"] = counts["vae_encoder"]
     figures["text_encoder_calls"] = {"text_encoder": counts["text_encoder"], "text_encoder_2": counts["text_encoder_2"]}
 
     # The same work by diffusers directly (the documented one-shot handoff), counted the same way.
     raw_base = StableDiffusionXLPipeline(**base.pipe.components, add_watermarker=False)
-    raw_refiner = StableDiffusionXLImg2ImgPipeline(**ref.pipe.components, requires_aesthetics_score=True,
-                                                   force_zeros_for_empty_prompt=False, add_watermarker=False)
+    raw_refiner = StableDiffusionXLImg2ImgPipeline(
+        **ref.pipe.components, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False
+    )
 
     def raw_draft_and_refine() -> None:
-        common = dict(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, num_inference_steps=steps, guidance_scale=recipe.guidance)
-        latents = raw_base(**common, width=size, height=size, denoising_end=recipe.switch, output_type="latent",
-                           generator=torch.Generator("cpu").manual_seed(1)).images
-        raw_refiner(**common, image=latents, denoising_start=recipe.switch, output_type="pil",
-                    generator=torch.Generator("cpu").manual_seed(1))
+        common = dict(
+            prompt=recipe.prompt,
+            negative_prompt=recipe.negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=recipe.guidance,
+        )
+        latents = raw_base(
+            **common,
+            width=size,
+            height=size,
+            denoising_end=recipe.switch,
+            output_type="latent",
+            generator=torch.Generator("cpu").manual_seed(1),
+        ).images
+        raw_refiner(
+            **common,
+            image=latents,
+            denoising_start=recipe.switch,
+            output_type="pil",
+            generator=torch.Generator("cpu").manual_seed(1),
+        )
 
     def app_draft_and_refine() -> None:
         engine.refine(engine.draft(recipe, 1)[0])
 
     with _metered(_modules(base, ref)) as meter:
         raw_draft_and_refine()
-    figures["unet_calls"]["one_shot_reference"] = {"base": meter.calls["base_unet"], "refiner": meter.calls["refiner_unet"]}
+    figures["unet_calls"]["one_shot_reference"] = {
+        "base": meter.calls["base_unet"],
+        "refiner": meter.calls["refiner_unet"],
+    }
 
     app_times, raw_times = [], []
     for _ in range(repeats):  # interleaved, so drift in machine state hits both alike
@@ -165,7 +213,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def run_all(home: Path | None = None, *, gallery_rows: int = 100_000, ui: bool = True, **engine_kwargs: Any) -> dict[str, Any]:
+def run_all(
+    home: Path | None = None, *, gallery_rows: int = 100_000, ui: bool = True, **engine_kwargs: Any
+) -> dict[str, Any]:
     from storage.bench import gallery_figures
 
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as tmp:

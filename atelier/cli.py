@@ -41,8 +41,12 @@ class _WithCommonOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", type=Path, default=default_home(),
-                        help="where the gallery, outputs and models live (default: $ATELIER_HOME or ~/.atelier)")
+    common.add_argument(
+        "--home",
+        type=Path,
+        default=default_home(),
+        help="where the gallery, outputs and models live (default: $ATELIER_HOME or ~/.atelier)",
+    )
     parser = argparse.ArgumentParser(prog="atelier", description="A browser studio for Stable Diffusion XL.")
     parser.add_argument("--version", action="version", version=f"atelier {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -16,8 +16,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.engine.inputs import EditInputs
-from pipelines.sizes import fit_to_bucket
 from pipelines.recipe import ControlUnit, ModelRef, Recipe
+from pipelines.sizes import fit_to_bucket
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def with_inputs(recipe: Recipe, source: bytes | None = None, controls: list[ControlRequest] = (),
-                annotators_dir: Path | None = None) -> tuple[Recipe, InputFiles]:
+def with_inputs(
+    recipe: Recipe, source: bytes | None = None, controls: list[ControlRequest] = (), annotators_dir: Path | None = None
+) -> tuple[Recipe, InputFiles]:
     """The recipe with its input hashes recorded, and the images for the engine and the gallery."""
     from pipelines.models.preprocessors import check_params, preprocess
 
@@ -77,9 +78,18 @@ def with_inputs(recipe: Recipe, source: bytes | None = None, controls: list[Cont
         map_png = png_bytes(control_map)
         files[f"control:{i}"], files[f"map:{i}"] = request.image, map_png
         maps.append(control_map)
-        units.append(ControlUnit(model=ModelRef(request.model), preprocessor=request.preprocessor,
-                                 image_sha256=sha256_hex(request.image), map_sha256=sha256_hex(map_png),
-                                 scale=request.scale, start=request.start, end=request.end, params=params))
+        units.append(
+            ControlUnit(
+                model=ModelRef(request.model),
+                preprocessor=request.preprocessor,
+                image_sha256=sha256_hex(request.image),
+                map_sha256=sha256_hex(map_png),
+                scale=request.scale,
+                start=request.start,
+                end=request.end,
+                params=params,
+            )
+        )
     if controls:
         recipe = recipe.replace(controlnets=tuple(units))
     return recipe, InputFiles(EditInputs(source=source_image, control_maps=tuple(maps)), files)

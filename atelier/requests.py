@@ -14,7 +14,13 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from pipelines.prompt_syntax import detect_syntax, merge_prompt_loras, prompt_warnings  # noqa: F401 (prompt_warnings: for the front ends)
 from pipelines.recipe import (
-    MAX_DRAFTS, PROMPT_SYNTAXES, LoraRef, MicroConditioning, ModelRef, Recipe, RefineSettings,
+    MAX_DRAFTS,
+    PROMPT_SYNTAXES,
+    LoraRef,
+    MicroConditioning,
+    ModelRef,
+    Recipe,
+    RefineSettings,
     refine_any_recipe,
 )
 from pipelines.sizes import own_size
@@ -102,8 +108,10 @@ def resolved_syntax(prompt: str, negative: str, syntax: str | None) -> str:
 
 def recipe_warnings(recipe: Recipe) -> list[str]:
     """What in the recipe's prompts will not do what the user probably meant (shown, never refused)."""
-    return [*prompt_warnings(recipe.prompt, recipe.prompt_syntax),
-            *(f"negative: {w}" for w in prompt_warnings(recipe.negative_prompt, recipe.prompt_syntax))]
+    return [
+        *prompt_warnings(recipe.prompt, recipe.prompt_syntax),
+        *(f"negative: {w}" for w in prompt_warnings(recipe.negative_prompt, recipe.prompt_syntax)),
+    ]
 
 
 def img2img_max_side() -> int:
@@ -140,13 +148,21 @@ def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
     width, height = request_size(request)
     refiner = ModelRef(models.refiner) if models.refiner else None
     recipe = Recipe(
-        model=ModelRef(models.base), prompt=request.prompt, negative_prompt=request.negative or "",
+        model=ModelRef(models.base),
+        prompt=request.prompt,
+        negative_prompt=request.negative or "",
         prompt_syntax=resolved_syntax(request.prompt, request.negative, request.syntax),
         seed=random_seed() if request.seed is None else request.seed,
-        steps=request.steps, guidance=float(request.guidance), scheduler=request.scheduler, width=width, height=height,
-        micro=request.micro, switch=round(float(request.switch), 4),
+        steps=request.steps,
+        guidance=float(request.guidance),
+        scheduler=request.scheduler,
+        width=width,
+        height=height,
+        micro=request.micro,
+        switch=round(float(request.switch), 4),
         refine=RefineSettings(model=refiner, strength=float(request.refine_strength)),
-        loras=merge_prompt_loras(request.loras, request.prompt), watermark=bool(request.watermark),
+        loras=merge_prompt_loras(request.loras, request.prompt),
+        watermark=bool(request.watermark),
     )
     if request.strength is None and not request.refine_only:
         if request.source_size is not None:

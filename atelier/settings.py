@@ -9,4 +9,3 @@ from pathlib import Path
 def default_home() -> Path:
     """$ATELIER_HOME, else ~/.atelier: the gallery, its files, the tiny model and caches live here."""
     return Path(os.environ.get("ATELIER_HOME") or Path.home() / ".atelier")
-

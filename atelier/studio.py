@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -24,7 +25,7 @@ from atelier.requests import ModelChoice
 from pipelines.errors import GenerationCancelled, OutOfMemory
 from pipelines.provenance.png_metadata import encode_png, read_png
 from pipelines.recipe import Recipe
-from storage.gallery import KINDS, Gallery, Generation, NotFoundError, Page
+from storage.gallery import KINDS, Gallery, Generation, NotFoundError, Page  # noqa: F401 (KINDS, Page: for the front ends)
 
 if TYPE_CHECKING:
     from pipelines.engine.engine import Draft, FinishedImage
@@ -83,8 +84,9 @@ class RefineChoice:
     strength: float  # used only for a clean latent (switch 1.0)
 
     def applied_to(self, recipe: Recipe) -> Recipe:
-        micro = dataclasses.replace(recipe.micro, aesthetic_score=self.aesthetic_score,
-                                    negative_aesthetic_score=self.negative_aesthetic_score)
+        micro = dataclasses.replace(
+            recipe.micro, aesthetic_score=self.aesthetic_score, negative_aesthetic_score=self.negative_aesthetic_score
+        )
         refine = dataclasses.replace(recipe.refine, strength=self.strength) if recipe.refine else None
         return recipe.replace(micro=micro, refine=refine)  # validates
 
@@ -105,8 +107,10 @@ class GalleryFilters:
     def as_search_arguments(self) -> dict[str, Any]:
         from pipelines.prompt_syntax import lora_name
 
-        text = {name: (getattr(self, name) or "").strip() or None
-                for name in ("model", "lora", "since", "until", "tag", "batch_id")}
+        text = {
+            name: (getattr(self, name) or "").strip() or None
+            for name in ("model", "lora", "since", "until", "tag", "batch_id")
+        }
         if text["lora"]:
             text["lora"] = lora_name(text["lora"])  # "x.safetensors" and "x" are the same LoRA
         return {"kind": list(self.kinds) or None, "favourite": True if self.favourites_only else None, **text}
@@ -122,8 +126,16 @@ OnStep = Callable[[StepPreview], None]
 
 
 class Studio:
-    def __init__(self, home: Path, *, device: str | None = None, dtype: str | None = None, cpu_offload: bool = False,
-                 vae_tiling: bool = False, database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        cpu_offload: bool = False,
+        vae_tiling: bool = False,
+        database_url: str | None = None,
+    ) -> None:
         self.home = Path(home)
         self._device_options = dict(device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
         self._engine = None
@@ -146,7 +158,7 @@ class Studio:
     def close(self) -> None:
         self.gallery.close()
 
-    def __enter__(self) -> "Studio":
+    def __enter__(self) -> Studio:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -160,15 +172,30 @@ class Studio:
 
     # -- generation ----------------------------------------------------------------------------------
 
-    def draft(self, recipe: Recipe, count: int, *, inputs: InputFiles | None = None, parent_id: int | None = None,
-              on_step: OnStep | None = None, should_cancel: Callable[[], bool] | None = None) -> list[Saved]:
+    def draft(
+        self,
+        recipe: Recipe,
+        count: int,
+        *,
+        inputs: InputFiles | None = None,
+        parent_id: int | None = None,
+        on_step: OnStep | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> list[Saved]:
         inputs = inputs or InputFiles()
         drafts = self.engine.draft(recipe, count, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         batch_id = uuid.uuid4().hex if len(drafts) > 1 and drafts[0].recipe.batch_seeds else None
         return [self._save_draft(d, batch_id=batch_id, parent_id=parent_id, inputs=inputs) for d in drafts]
 
-    def edit(self, recipe: Recipe, inputs: InputFiles, *, parent_id: int | None = None, on_step: OnStep | None = None,
-             should_cancel: Callable[[], bool] | None = None) -> Saved:
+    def edit(
+        self,
+        recipe: Recipe,
+        inputs: InputFiles,
+        *,
+        parent_id: int | None = None,
+        on_step: OnStep | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Saved:
         """One img2img or ControlNet image made to the end (refined when the recipe says so); `parent_id`:
         the gallery image it was made from."""
         result = self.engine.render(recipe, inputs=inputs.images, **_callbacks(on_step, should_cancel))
@@ -176,8 +203,14 @@ class Studio:
             return self._save_draft(result, parent_id=parent_id, inputs=inputs)
         return self._save_final(result, _kind(result.recipe), parent_id=parent_id, inputs=inputs)
 
-    def refine(self, draft_id: int, *, settings: RefineChoice | None = None, on_step: OnStep | None = None,
-               should_cancel: Callable[[], bool] | None = None) -> Saved:
+    def refine(
+        self,
+        draft_id: int,
+        *,
+        settings: RefineChoice | None = None,
+        on_step: OnStep | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Saved:
         """Finish a draft with the refiner, using `settings` (the refiner's controls as they are now) over
         those the draft was made with. Refining a draft again with the same settings returns the
         entry made the first time (`reused`) instead of storing the same pixels twice."""
@@ -196,30 +229,46 @@ class Studio:
     def _refined_before(self, draft_id: int, recipe: Recipe) -> Generation | None:
         """A refined child of the draft made with the same refiner settings, whose files are all there."""
         for child in self.gallery.children(draft_id):
-            same = child.kind == "refined" and child.recipe.micro == recipe.micro and child.recipe.steps == recipe.steps \
+            same = (
+                child.kind == "refined"
+                and child.recipe.micro == recipe.micro
+                and child.recipe.steps == recipe.steps
                 and (child.recipe.refine and recipe.refine and child.recipe.refine.strength == recipe.refine.strength)
+            )
             if same and not child.files_missing and child.image_path.exists():
                 return child
         return None
 
-    def rerender(self, draft_id: int, steps: int, *, on_step: OnStep | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> Saved:
+    def rerender(
+        self,
+        draft_id: int,
+        steps: int,
+        *,
+        on_step: OnStep | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Saved:
         draft = self.load_draft(draft_id)
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
         finished = self.engine.rerender(draft, steps, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         kind = "refined" if finished.recipe.refine else _kind(finished.recipe)
         return self._save_final(finished, kind, parent_id=draft_id, inputs=inputs)
 
-    def rerun(self, generation_id: int, *, on_step: OnStep | None = None,
-              should_cancel: Callable[[], bool] | None = None) -> Saved:
+    def rerun(
+        self, generation_id: int, *, on_step: OnStep | None = None, should_cancel: Callable[[], bool] | None = None
+    ) -> Saved:
         """The recipe of `generation_id` made again: a new generation whose parent is the original."""
         original = self.gallery.get(generation_id)
         inputs = stored_inputs(original.recipe, self.gallery.read_file)
-        result = self.engine.render(original.recipe.replace(watermark_applied=None), inputs=inputs.images,
-                                    **_callbacks(on_step, should_cancel))
+        result = self.engine.render(
+            original.recipe.replace(watermark_applied=None), inputs=inputs.images, **_callbacks(on_step, should_cancel)
+        )
         if _is_draft(result):
             return self._save_draft(result, parent_id=generation_id, inputs=inputs)
-        kind = original.kind if original.kind != "imported" else ("refined" if result.recipe.refine else _kind(result.recipe))
+        kind = (
+            original.kind
+            if original.kind != "imported"
+            else ("refined" if result.recipe.refine else _kind(result.recipe))
+        )
         return self._save_final(result, kind, parent_id=generation_id, inputs=inputs)
 
     def import_png(self, path: Path) -> Saved:
@@ -231,8 +280,9 @@ class Studio:
 
     # -- edit inputs ---------------------------------------------------------------------------------
 
-    def prepare_inputs(self, recipe: Recipe, *, source: bytes | None = None,
-                       controls: list[ControlRequest] = ()) -> tuple[Recipe, InputFiles]:
+    def prepare_inputs(
+        self, recipe: Recipe, *, source: bytes | None = None, controls: list[ControlRequest] = ()
+    ) -> tuple[Recipe, InputFiles]:
         """The recipe with its input images' hashes recorded, the images for the engine (control maps
         made by their preprocessors) and the files for the gallery."""
         return with_inputs(recipe, source, list(controls), self.annotators_folder())
@@ -243,8 +293,10 @@ class Studio:
         if not parent_id:
             return data
         original = self.gallery.read_file(self.gallery.get(parent_id).image_sha256)
-        same = open_image(original, "gallery image").convert("RGB").tobytes() == \
-            open_image(data, "source image").convert("RGB").tobytes()
+        same = (
+            open_image(original, "gallery image").convert("RGB").tobytes()
+            == open_image(data, "source image").convert("RGB").tobytes()
+        )
         return original if same else data
 
     # -- the gallery ---------------------------------------------------------------------------------
@@ -252,8 +304,14 @@ class Studio:
     def get(self, generation_id: int) -> Generation:
         return self.gallery.get(generation_id)
 
-    def search(self, query: str | None = None, filters: GalleryFilters = GalleryFilters(), *, limit: int = 50,
-               after: str | None = None) -> Page:
+    def search(
+        self,
+        query: str | None = None,
+        filters: GalleryFilters = GalleryFilters(),
+        *,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> Page:
         return self.gallery.search(query, limit=limit, after=after, **filters.as_search_arguments())
 
     def lineage(self, generation_id: int) -> Lineage:
@@ -313,7 +371,9 @@ class Studio:
 
         generation = self.gallery.get(draft_id)
         if generation.kind != "draft":
-            raise ValueError(f"refine: generation {draft_id} is a {generation.kind!r}, not a draft; refine takes a draft id")
+            raise ValueError(
+                f"refine: generation {draft_id} is a {generation.kind!r}, not a draft; refine takes a draft id"
+            )
         if generation.latent_path is None or generation.files_missing or not generation.latent_path.exists():
             raise ValueError(f"refine: draft {draft_id} has lost its kept latent file; re-run it to make it again")
         latent = KeptLatent.from_bytes(generation.latent_path.read_bytes(), name=f"latent of draft {draft_id}")
@@ -321,16 +381,28 @@ class Studio:
             preview.load()
         return Draft(generation.recipe, latent, preview)
 
-    def _save_draft(self, draft: Draft, *, batch_id: str | None = None, parent_id: int | None = None,
-                    inputs: InputFiles | None = None) -> Saved:
+    def _save_draft(
+        self,
+        draft: Draft,
+        *,
+        batch_id: str | None = None,
+        parent_id: int | None = None,
+        inputs: InputFiles | None = None,
+    ) -> Saved:
         generation = self.gallery.save(
-            draft.recipe, "draft", encode_png(draft.preview, draft.recipe), parent_id=parent_id, batch_id=batch_id,
-            latent=draft.latent.to_bytes(draft.recipe.to_json()), inputs=inputs.files if inputs else None,
+            draft.recipe,
+            "draft",
+            encode_png(draft.preview, draft.recipe),
+            parent_id=parent_id,
+            batch_id=batch_id,
+            latent=draft.latent.to_bytes(draft.recipe.to_json()),
+            inputs=inputs.files if inputs else None,
         )
         return dataclasses.replace(_saved(generation), notes=draft.notes)
 
-    def _save_final(self, finished: FinishedImage, kind: str, *, parent_id: int | None,
-                    inputs: InputFiles | None = None) -> Saved:
+    def _save_final(
+        self, finished: FinishedImage, kind: str, *, parent_id: int | None, inputs: InputFiles | None = None
+    ) -> Saved:
         png = encode_png(finished.image, finished.recipe)
         files = inputs.files if inputs else None
         try:
@@ -348,7 +420,8 @@ def _callbacks(on_step: OnStep | None, should_cancel: Callable[[], bool] | None)
     callbacks: dict[str, Any] = {}
     if on_step is not None:
         callbacks["on_step"] = lambda info: on_step(
-            StepPreview(stage=info.stage, step=info.step, total=info.total, _estimate=info.clean_estimate))
+            StepPreview(stage=info.stage, step=info.step, total=info.total, _estimate=info.clean_estimate)
+        )
     if should_cancel is not None:
         callbacks["should_cancel"] = should_cancel
     return callbacks

@@ -32,13 +32,22 @@ def free_port() -> int:
 def start_serve(home: Path, *args: str, size: int = 64, log: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`atelier serve --home HOME --port FREE ARGS…` in a subprocess; returns it and its URL (not yet waited for)."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", ATELIER_UI_SIZE=str(size),
-               PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        ATELIER_UI_SIZE=str(size),
+        PYTHONUNBUFFERED="1",
+    )
     for name in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE", "ATELIER_MODELS", "ATELIER_DATABASE_URL"):
         env.pop(name, None)
     out = log.open("wb") if log else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "-m", "atelier.cli", "serve", "--home", str(home), "--port", str(port), *args],
-                               stdout=out, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "atelier.cli", "serve", "--home", str(home), "--port", str(port), *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -70,8 +79,15 @@ def stop(process: subprocess.Popen) -> None:
 def api_draft_args(client, prompt: str, steps: int, **by_label: Any) -> list[Any]:
     """The /draft endpoint's arguments: defaults, with the prompt, one draft, a fixed seed and the steps;
     `by_label` sets other controls by their label with spaces as underscores (Width=256)."""
-    wanted = {"Prompt": prompt, "Drafts": 1, "Random seed": False, "Seed": 1, "Draft steps": steps,
-              "Invisible watermark": False, **{k.replace("_", " "): v for k, v in by_label.items()}}
+    wanted = {
+        "Prompt": prompt,
+        "Drafts": 1,
+        "Random seed": False,
+        "Seed": 1,
+        "Draft steps": steps,
+        "Invisible watermark": False,
+        **{k.replace("_", " "): v for k, v in by_label.items()},
+    }
     parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/draft"]["parameters"]
     return [wanted.get(p["label"], p.get("parameter_default")) for p in parameters]
 
@@ -99,9 +115,16 @@ def ui_figures(*, size: int = 64, steps: int = 20, repeats: int = 5, home: Path 
                 client.predict(draft_id, api_name="/refine")
 
             engine = Engine(ModelCache(home), app_version="bench")
-            recipe = Recipe(model=ModelRef("tiny"), prompt="a lighthouse on a cliff at dusk, oil painting", seed=1,
-                            steps=steps, width=size, height=size, refine=RefineSettings(model=ModelRef("tiny")),
-                            watermark=False)
+            recipe = Recipe(
+                model=ModelRef("tiny"),
+                prompt="a lighthouse on a cliff at dusk, oil painting",
+                seed=1,
+                steps=steps,
+                width=size,
+                height=size,
+                refine=RefineSettings(model=ModelRef("tiny")),
+                watermark=False,
+            )
 
             def engine_directly() -> None:
                 engine.refine(engine.draft(recipe, 1)[0])
@@ -114,9 +137,12 @@ def ui_figures(*, size: int = 64, steps: int = 20, repeats: int = 5, home: Path 
         finally:
             stop(process)
     return {
-        "ui_ready_s": ready, "ui_draft_refine_s_median": statistics.median(app_s),
+        "ui_ready_s": ready,
+        "ui_draft_refine_s_median": statistics.median(app_s),
         "engine_draft_refine_s_median": statistics.median(engine_s),
-        "ui_overhead": statistics.median(app_s) / statistics.median(engine_s), "size": size, "steps": steps,
+        "ui_overhead": statistics.median(app_s) / statistics.median(engine_s),
+        "size": size,
+        "steps": steps,
     }
 
 

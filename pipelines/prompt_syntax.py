@@ -260,8 +260,10 @@ def merge_prompt_loras(picked: tuple[LoraRef, ...], prompt: str) -> tuple[LoraRe
         for name, weight in pairs:
             name = lora_name(name)
             if name in seen:
-                raise ValueError(f"{'loras' if source == 'LoRA list' else 'prompt'}: the LoRA {name!r} appears "
-                                 f"twice in the {source}; give each LoRA once")
+                raise ValueError(
+                    f"{'loras' if source == 'LoRA list' else 'prompt'}: the LoRA {name!r} appears "
+                    f"twice in the {source}; give each LoRA once"
+                )
             seen.add(name)
             weights[name] = weight
     return tuple(LoraRef(name=name, weight=weight) for name, weight in weights.items())
@@ -284,7 +286,7 @@ _UNSUPPORTED = (
 
 
 def detect_syntax(prompt: str) -> str:
-    """"a1111" when the prompt uses a construct only A1111 gives a meaning to ((words:1.2), ((words)),
+    """ "a1111" when the prompt uses a construct only A1111 gives a meaning to ((words:1.2), ((words)),
     [words], BREAK, \\( escapes) and no compel one; otherwise "compel" (plain text reads the same in both)."""
     text, _ = extract_lora_tokens(prompt)
     if _COMPEL_ONLY.search(text):
@@ -300,6 +302,8 @@ def prompt_warnings(prompt: str, syntax: str) -> list[str]:
     if syntax == "a1111":
         found += [f"{name} is not supported: it is read as weighted text" for name, p in _UNSUPPORTED if p.search(text)]
     elif syntax == "compel" and _A1111_ONLY[0][1].search(text):
-        found.append("(words:1.2) is A1111 weighting; with compel syntax it is read as plain text "
-                     "(choose auto or a1111, or write (words)1.2)")
+        found.append(
+            "(words:1.2) is A1111 weighting; with compel syntax it is read as plain text "
+            "(choose auto or a1111, or write (words)1.2)"
+        )
     return found

@@ -39,7 +39,6 @@ MAX_DRAFTS = 16  # drafts per request; documented in the README
 MAX_SEED = 2**63 - 1
 
 
-
 def _fail(name: str, allowed: str, got: Any) -> None:
     raise ValueError(f"{name}: must be {allowed} (got {got!r})")
 
@@ -198,8 +197,11 @@ class RefineSettings:
             n += 1
             if n > MAX_STEPS:
                 lowest = next(k / 1000 for k in range(1, 1001) if int(MAX_STEPS * (k / 1000)) >= 1)
-                _fail("refine.strength", f"at least {lowest} (a smaller strength leaves the refiner no step)",
-                      self.strength)
+                _fail(
+                    "refine.strength",
+                    f"at least {lowest} (a smaller strength leaves the refiner no step)",
+                    self.strength,
+                )
         return n
 
 
@@ -306,7 +308,7 @@ class Recipe:
         stage at switch 1.0), where the refiner still re-noises the source at refine.strength."""
         return self.mode == "img2img" and self.strength == 0.0 and (self.refine is None or self.base_stops_early)
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
 
     # -- JSON --------------------------------------------------------------------------------------
@@ -318,7 +320,7 @@ class Recipe:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Recipe":
+    def from_json(cls, text: str | bytes) -> Recipe:
         try:
             data = json.loads(text)
         except (TypeError, ValueError) as exc:
@@ -326,7 +328,7 @@ class Recipe:
         return cls.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Recipe":
+    def from_dict(cls, data: Any) -> Recipe:
         if not isinstance(data, dict):
             raise ValueError(f"recipe: must be a JSON object (got {type(data).__name__})")
         data = _upgrade(dict(data))
@@ -371,6 +373,6 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 
 
 def refine_any_recipe(recipe: Recipe, refiner: RefineSettings) -> Recipe:
-    """"Refine any image": the source as it is (strength 0, base runs no step), then the refiner at
+    """ "Refine any image": the source as it is (strength 0, base runs no step), then the refiner at
     `refiner.strength` on the clean latent."""
     return recipe.replace(mode="img2img", strength=0.0, switch=1.0, refine=refiner)

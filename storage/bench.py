@@ -12,9 +12,9 @@ import random
 import shutil
 import statistics
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 from sqlalchemy import insert, select
@@ -28,14 +28,93 @@ from storage.search import encode_cursor
 MODELS = ("sdxl-base-1.0", "juggernaut-xl", "dreamshaper-xl", "animagine-xl", "tiny")
 LORAS = ("ink-style", "film-grain", "pixel-art", "watercolor")
 KIND_WEIGHTS = (("draft", 5), ("refined", 2), ("txt2img", 2), ("img2img", 1), ("controlnet", 1))
-WORDS = (
-    "portrait landscape castle forest river mountain city street night sunset dawn fog rain snow "
-    "dragon knight wizard robot cat dog fox owl horse whale ship train car bicycle lantern candle "
-    "garden desert ocean island temple tower bridge market cafe library studio kitchen window mirror "
-    "red blue green golden silver purple crimson amber teal ivory black white pastel neon vivid muted "
-    "cinematic photographic painterly detailed intricate minimal dramatic soft moody bright dark epic "
-    "oil watercolor ink charcoal pencil digital render illustration sketch poster photo closeup wide"
-).split()
+WORDS = [
+    "portrait",
+    "landscape",
+    "castle",
+    "forest",
+    "river",
+    "mountain",
+    "city",
+    "street",
+    "night",
+    "sunset",
+    "dawn",
+    "fog",
+    "rain",
+    "snow",
+    "dragon",
+    "knight",
+    "wizard",
+    "robot",
+    "cat",
+    "dog",
+    "fox",
+    "owl",
+    "horse",
+    "whale",
+    "ship",
+    "train",
+    "car",
+    "bicycle",
+    "lantern",
+    "candle",
+    "garden",
+    "desert",
+    "ocean",
+    "island",
+    "temple",
+    "tower",
+    "bridge",
+    "market",
+    "cafe",
+    "library",
+    "studio",
+    "kitchen",
+    "window",
+    "mirror",
+    "red",
+    "blue",
+    "green",
+    "golden",
+    "silver",
+    "purple",
+    "crimson",
+    "amber",
+    "teal",
+    "ivory",
+    "black",
+    "white",
+    "pastel",
+    "neon",
+    "vivid",
+    "muted",
+    "cinematic",
+    "photographic",
+    "painterly",
+    "detailed",
+    "intricate",
+    "minimal",
+    "dramatic",
+    "soft",
+    "moody",
+    "bright",
+    "dark",
+    "epic",
+    "oil",
+    "watercolor",
+    "ink",
+    "charcoal",
+    "pencil",
+    "digital",
+    "render",
+    "illustration",
+    "sketch",
+    "poster",
+    "photo",
+    "closeup",
+    "wide",
+]
 RARE_WORD, RARE_EVERY = "aurora", 997  # in about 0.1% of prompts
 CHUNK = 5_000
 
@@ -116,7 +195,7 @@ def _seed(gallery: Gallery, rows: int, rng: random.Random) -> None:
     template = Recipe(model=ModelRef("tiny"), prompt="", seed=0).to_dict()
     kinds = [k for k, w in KIND_WEIGHTS for _ in range(w)]
     weights = [1.0 / (i + 1) for i in range(len(WORDS))]
-    start = datetime.now(timezone.utc) - timedelta(days=365)
+    start = datetime.now(UTC) - timedelta(days=365)
     step = timedelta(days=365) / max(rows, 1)
     with gallery.db.writing() as session:
         session.execute(insert(FileRow), [f for pair in files for f in pair])
@@ -129,21 +208,46 @@ def _seed(gallery: Gallery, rows: int, rng: random.Random) -> None:
                     prompt += f" {RARE_WORD}"
                 model = MODELS[n % len(MODELS)]
                 used = [LoraRef(LORAS[n % len(LORAS)], weight=0.8)] if n % 3 == 0 else []
-                recipe = dict(template, prompt=prompt, negative_prompt="blurry, lowres", seed=n,
-                              model=dict(template["model"], name=model),
-                              loras=[{"name": l.name, "sha256": None, "weight": l.weight} for l in used])
+                recipe = dict(
+                    template,
+                    prompt=prompt,
+                    negative_prompt="blurry, lowres",
+                    seed=n,
+                    model=dict(template["model"], name=model),
+                    loras=[{"name": lora.name, "sha256": None, "weight": lora.weight} for lora in used],
+                )
                 image, thumb = files[n % len(files)][0], files[n % len(files)][1]
-                generations.append(dict(
-                    id=gen_id, created_at=start + step * n, kind=rng.choice(kinds), parent_id=None,
-                    batch_id=None, recipe_json=json.dumps(recipe, sort_keys=True, separators=(",", ":")),
-                    prompt=prompt, negative="blurry, lowres", seed=n, model_name=model, model_sha256=None,
-                    scheduler="Euler", steps=30, guidance=5.0, width=1024, height=1024, switch=0.8,
-                    strength=None, image_sha256=image["sha256"], favourite=n % 20 == 0, files_missing=False,
-                ))
+                generations.append(
+                    dict(
+                        id=gen_id,
+                        created_at=start + step * n,
+                        kind=rng.choice(kinds),
+                        parent_id=None,
+                        batch_id=None,
+                        recipe_json=json.dumps(recipe, sort_keys=True, separators=(",", ":")),
+                        prompt=prompt,
+                        negative="blurry, lowres",
+                        seed=n,
+                        model_name=model,
+                        model_sha256=None,
+                        scheduler="Euler",
+                        steps=30,
+                        guidance=5.0,
+                        width=1024,
+                        height=1024,
+                        switch=0.8,
+                        strength=None,
+                        image_sha256=image["sha256"],
+                        favourite=n % 20 == 0,
+                        files_missing=False,
+                    )
+                )
                 links.append(dict(generation_id=gen_id, role="image", sha256=image["sha256"]))
                 links.append(dict(generation_id=gen_id, role="thumbnail", sha256=thumb["sha256"]))
-                loras.extend(dict(generation_id=gen_id, position=i, name=l.name, sha256=None, weight=l.weight)
-                             for i, l in enumerate(used))
+                loras.extend(
+                    dict(generation_id=gen_id, position=i, name=lora.name, sha256=None, weight=lora.weight)
+                    for i, lora in enumerate(used)
+                )
             session.execute(insert(GenerationRow), generations)
             session.execute(insert(GenerationFileRow), links)
             if loras:

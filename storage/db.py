@@ -8,9 +8,9 @@ busy timeout instead of failing with "database is locked".
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -45,8 +45,10 @@ def sqlite_file(engine: Engine) -> Path | None:
 
 def make_engine(url: str) -> Engine:
     is_sqlite = url.startswith("sqlite")
-    engine = create_engine(url, pool_size=16, max_overflow=16, pool_timeout=120) if is_sqlite else create_engine(
-        url, pool_pre_ping=True
+    engine = (
+        create_engine(url, pool_size=16, max_overflow=16, pool_timeout=120)
+        if is_sqlite
+        else create_engine(url, pool_pre_ping=True)
     )
     if is_sqlite:
         path = sqlite_file(engine)
@@ -80,7 +82,9 @@ class Database:
         try:
             self.engine = make_engine(url)
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise ValueError(f"database URL {url!r}: cannot be used ({exc}); SQLite and PostgreSQL URLs are supported") from None
+            raise ValueError(
+                f"database URL {url!r}: cannot be used ({exc}); SQLite and PostgreSQL URLs are supported"
+            ) from None
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         writer = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine

@@ -9,10 +9,11 @@ the files this save created, so nothing partial remains. Input roles for `save(i
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -69,7 +70,7 @@ class Gallery:
         self._use_fts = db.is_sqlite
 
     @classmethod
-    def open(cls, home: Path, database_url: str | None = None) -> "Gallery":
+    def open(cls, home: Path, database_url: str | None = None) -> Gallery:
         """Open (creating if needed) the gallery in `home`: migrate with backup, then sweep.
 
         The database URL is the argument, else $ATELIER_DATABASE_URL, else <home>/gallery.db.
@@ -104,7 +105,7 @@ class Gallery:
         self.db.close()
         self._lock.release()
 
-    def __enter__(self) -> "Gallery":
+    def __enter__(self) -> Gallery:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -135,7 +136,7 @@ class Gallery:
             with self.db.writing() as session:
                 if parent_id is not None and session.get(GenerationRow, parent_id) is None:
                     raise NotFoundError(f"parent_id: no generation with id {parent_id}")
-                for role, sha, relative, data in stored:
+                for _role, _sha, relative, data in stored:
                     if self.files.ensure(relative, data):  # removed by a delete since we wrote it
                         created.append(relative)
                 self._insert_files(session, stored)
@@ -144,8 +145,10 @@ class Gallery:
                 session.flush()
                 session.add_all(GenerationFileRow(generation_id=row.id, role=r, sha256=s) for r, s, _, _ in stored)
                 session.add_all(
-                    GenerationLoraRow(generation_id=row.id, position=i, name=l.name, sha256=l.sha256, weight=l.weight)
-                    for i, l in enumerate(recipe.loras)
+                    GenerationLoraRow(
+                        generation_id=row.id, position=i, name=lora.name, sha256=lora.sha256, weight=lora.weight
+                    )
+                    for i, lora in enumerate(recipe.loras)
                 )
             new_id = row.id
         except OperationalError as exc:
@@ -180,8 +183,10 @@ class Gallery:
         return blobs
 
     def _insert_files(self, session, stored) -> None:
-        values = {sha: {"sha256": sha, "role": role, "relative_path": rel, "size": len(data)}
-                  for role, sha, rel, data in reversed(stored)}
+        values = {
+            sha: {"sha256": sha, "role": role, "relative_path": rel, "size": len(data)}
+            for role, sha, rel, data in reversed(stored)
+        }
         dialect = {"sqlite": sqlite, "postgresql": postgresql}.get(self.db.engine.dialect.name)
         if dialect is not None:
             session.execute(dialect.insert(FileRow).values(list(values.values())).on_conflict_do_nothing())
@@ -271,7 +276,9 @@ class Gallery:
         self.get(id)
         with self.db.reading() as session:
             rows = session.scalars(
-                select(GenerationRow).where(GenerationRow.parent_id == id).order_by(GenerationRow.created_at, GenerationRow.id)
+                select(GenerationRow)
+                .where(GenerationRow.parent_id == id)
+                .order_by(GenerationRow.created_at, GenerationRow.id)
             )
             return self._build(session, list(rows))
 
@@ -312,15 +319,19 @@ class Gallery:
         try:
             with self.db.writing() as session:
                 self._row_for_update(session, id)
-                used = set(session.scalars(select(GenerationFileRow.sha256).where(GenerationFileRow.generation_id == id)))
+                used = set(
+                    session.scalars(select(GenerationFileRow.sha256).where(GenerationFileRow.generation_id == id))
+                )
                 session.execute(delete(GenerationRow).where(GenerationRow.id == id))
                 still_used = set(
                     session.scalars(select(GenerationFileRow.sha256).where(GenerationFileRow.sha256.in_(used)))
                 )
                 removed = sorted(used - still_used)
-                paths = dict(session.execute(
-                    select(FileRow.sha256, FileRow.relative_path).where(FileRow.sha256.in_(removed))
-                ).all())
+                paths = dict(
+                    session.execute(
+                        select(FileRow.sha256, FileRow.relative_path).where(FileRow.sha256.in_(removed))
+                    ).all()
+                )
                 session.execute(delete(FileRow).where(FileRow.sha256.in_(removed)))
                 # Renamed away while we hold the write lock, so a concurrent save that reuses one
                 # of these files sees it gone and writes it again.
@@ -349,7 +360,9 @@ class Gallery:
         links: dict[int, dict[str, Path]] = {i: {} for i in ids}
         shas: dict[int, dict[str, str]] = {i: {} for i in ids}
         for gen_id, role, sha, relative in session.execute(
-            select(GenerationFileRow.generation_id, GenerationFileRow.role, GenerationFileRow.sha256, FileRow.relative_path)
+            select(
+                GenerationFileRow.generation_id, GenerationFileRow.role, GenerationFileRow.sha256, FileRow.relative_path
+            )
             .join(FileRow, FileRow.sha256 == GenerationFileRow.sha256)
             .where(GenerationFileRow.generation_id.in_(ids))
         ):
@@ -377,7 +390,9 @@ class Gallery:
                 favourite=r.favourite,
                 tags=tuple(tags[r.id]),
                 files_missing=r.files_missing,
-                inputs=tuple(sorted((k, v) for k, v in shas[r.id].items() if k not in ("image", "thumbnail", "latent"))),
+                inputs=tuple(
+                    sorted((k, v) for k, v in shas[r.id].items() if k not in ("image", "thumbnail", "latent"))
+                ),
             )
             for r in rows
         ]
@@ -385,7 +400,7 @@ class Gallery:
 
 def _row_from_recipe(recipe: Recipe, kind: str, parent_id, batch_id, image_sha: str) -> GenerationRow:
     return GenerationRow(
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
         kind=kind,
         parent_id=parent_id,
         batch_id=batch_id,
@@ -420,8 +435,10 @@ def _normalise_inputs(recipe: Recipe, inputs: Mapping[str, bytes]) -> dict[str, 
             unit = int(index or 0)
             key = f"{name}:{unit}"
             if unit >= len(recipe.controlnets):
-                raise ValueError(f"inputs: role {role!r} names ControlNet unit {unit}, but the recipe has "
-                                 f"{len(recipe.controlnets)} unit(s)")
+                raise ValueError(
+                    f"inputs: role {role!r} names ControlNet unit {unit}, but the recipe has "
+                    f"{len(recipe.controlnets)} unit(s)"
+                )
             ctrl = recipe.controlnets[unit]
             expected = ctrl.image_sha256 if name == "control" else ctrl.map_sha256
         else:

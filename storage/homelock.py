@@ -21,7 +21,7 @@ class HomeLock:
 
     def acquire(self) -> bool:
         """Take the lock; True if exclusive (no other process holds it), else wait for a shared one."""
-        self._file = open(self.path, "a+b")
+        self._file = open(self.path, "a+b")  # noqa: SIM115 (held open: the lock lives as long as the file)
         if fcntl is None:
             return True
         try:

@@ -4,7 +4,7 @@ in the migrations alone (see storage/search.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
@@ -40,11 +40,11 @@ class UTCDateTime(TypeDecorator):
 
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         return value
 
     def process_result_value(self, value, dialect):
-        return value.replace(tzinfo=timezone.utc) if value is not None else None
+        return value.replace(tzinfo=UTC) if value is not None else None
 
 
 class Base(DeclarativeBase):
@@ -84,9 +84,7 @@ class GenerationRow(Base):
 class GenerationLoraRow(Base):
     __tablename__ = "generation_loras"
 
-    generation_id: Mapped[int] = mapped_column(
-        ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True
-    )
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(512), nullable=False, index=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -109,9 +107,7 @@ class GenerationFileRow(Base):
 
     __tablename__ = "generation_files"
 
-    generation_id: Mapped[int] = mapped_column(
-        ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True
-    )
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(32), primary_key=True)
     sha256: Mapped[str] = mapped_column(ForeignKey("files.sha256"), nullable=False, index=True)
 
@@ -121,9 +117,7 @@ class GenerationTagRow(Base):
 
     __tablename__ = "generation_tags"
 
-    generation_id: Mapped[int] = mapped_column(
-        ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True
-    )
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), primary_key=True)
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, nullable=False)
 

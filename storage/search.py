@@ -10,8 +10,9 @@ fall back to case-insensitive LIKE on each word.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, time
+from typing import Any
 
 from sqlalchemy import Integer, Select, and_, column, exists, or_, table, text
 from sqlalchemy.sql.elements import ColumnElement
@@ -22,9 +23,7 @@ MAX_LIMIT = 1000
 FILTERS = ("model", "lora", "kind", "since", "until", "favourite", "tag", "batch_id", "parent_id")
 _FTS_SYNTAX = re.compile(r'["*():^+{}]|\b(AND|OR|NOT|NEAR)\b')
 _WORD_SPLIT = re.compile(r"[\s,;]+")
-FTS_HELP = (
-    'use plain words, "quoted phrases", AND / OR / NOT, prefix* or prompt: / negative: column filters'
-)
+FTS_HELP = 'use plain words, "quoted phrases", AND / OR / NOT, prefix* or prompt: / negative: column filters'
 
 
 def fts_query(query: str) -> str:
@@ -134,16 +133,18 @@ def as_utc(what: str, value: Any) -> datetime:
         try:
             value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"{what}: must be an ISO date or time such as 2025-01-31 or 2025-01-31T12:00 "
-                             f"(got {value!r})") from None
+            raise ValueError(
+                f"{what}: must be an ISO date or time such as 2025-01-31 or 2025-01-31T12:00 (got {value!r})"
+            ) from None
     elif isinstance(value, date) and not isinstance(value, datetime):
         value = datetime.combine(value, time(0))
     if not isinstance(value, datetime):
         raise ValueError(f"{what}: must be a datetime, a date or an ISO string (got {value!r})")
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # -- keyset cursor: newest first = highest id first (ids follow insertion order) -------------------
+
 
 def encode_cursor(generation_id: int) -> str:
     return str(generation_id)

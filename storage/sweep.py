@@ -43,7 +43,11 @@ def sweep(db: Database, files: FileStore) -> SweepReport:
                 final = name[1:].rsplit(".", 2)[0]
                 sha = files.sha_from_name(folder, final)
                 final_path = folder / final
-                if name.endswith(TRASH_SUFFIX) and known.get(sha) == f"{folder.name}/{final}" and not final_path.exists():
+                if (
+                    name.endswith(TRASH_SUFFIX)
+                    and known.get(sha) == f"{folder.name}/{final}"
+                    and not final_path.exists()
+                ):
                     files.restore(entry)
                     restored += 1
                 else:
@@ -79,7 +83,9 @@ def sweep(db: Database, files: FileStore) -> SweepReport:
         for ids, value in ((to_flag, True), (to_unflag, False)):
             for start in range(0, len(ids), CHUNK):
                 session.execute(
-                    update(GenerationRow).where(GenerationRow.id.in_(ids[start : start + CHUNK])).values(files_missing=value)
+                    update(GenerationRow)
+                    .where(GenerationRow.id.in_(ids[start : start + CHUNK]))
+                    .values(files_missing=value)
                 )
     return SweepReport(removed_temp, restored, removed_orphans, len(missing), len(to_flag), len(to_unflag))
 

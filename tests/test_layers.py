@@ -32,8 +32,17 @@ FORBIDDEN = {
     # the engine knows nothing above it
     "pipelines.engine.engine": ABOVE_PIPELINES,
     # the gallery: no torch, no front end, of pipelines only the Recipe
-    "storage.gallery": TORCH_STACK | {"gradio", "webui", "atelier", "pipelines.engine", "pipelines.models",
-                                      "pipelines.provenance", "pipelines.prompt_syntax", "pipelines.sizes"},
+    "storage.gallery": TORCH_STACK
+    | {
+        "gradio",
+        "webui",
+        "atelier",
+        "pipelines.engine",
+        "pipelines.models",
+        "pipelines.provenance",
+        "pipelines.prompt_syntax",
+        "pipelines.sizes",
+    },
     # the application: light to import, never a front end
     "atelier.requests": TORCH_STACK | {"gradio", "webui", "storage", "sqlalchemy", "atelier.studio"} | ENGINE,
     "atelier.studio": TORCH_STACK | {"gradio", "webui"},
@@ -75,8 +84,9 @@ def test_imports_respect_the_layers(module):
 @pytest.mark.parametrize("module", STDLIB_ONLY)
 def test_module_needs_only_the_standard_library(module):
     loaded = {m.split(".")[0] for m in _newly_loaded(module)}
-    third_party = sorted(m for m in loaded if m not in sys.stdlib_module_names and m != "pipelines"
-                         and not m.startswith("_"))
+    third_party = sorted(
+        m for m in loaded if m not in sys.stdlib_module_names and m != "pipelines" and not m.startswith("_")
+    )
     assert not third_party, f"importing {module} loads {third_party}; it must need only the standard library"
 
 
@@ -87,6 +97,8 @@ def test_import_contracts():
         pytest.fail(f"{lint_imports} is missing: install the test tools (pip install -e '.[test]')")
     result = subprocess.run(
         [str(lint_imports), "--config", str(ROOT / ".importlinter"), "--no-cache", "--no-logo"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, f"lint-imports found broken contracts:\n{result.stdout}\n{result.stderr}"

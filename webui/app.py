@@ -65,8 +65,12 @@ def queue_size_default() -> int:
 def make_context(studio: Studio, choice: ModelChoice) -> Context:
     width, height = default_size(choice.demo)
     loras, unusable = lora_lists(studio.loras())
-    return Context(studio=studio, jobs=GpuJobs(), choice=choice,
-                   defaults=Defaults(models=choice, width=width, height=height, loras=loras, unusable_loras=unusable))
+    return Context(
+        studio=studio,
+        jobs=GpuJobs(),
+        choice=choice,
+        defaults=Defaults(models=choice, width=width, height=height, loras=loras, unusable_loras=unusable),
+    )
 
 
 def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
@@ -86,8 +90,13 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         for event in draft.on_load:
             demo.load(**event, api_visibility="private")
         send = img2img_tab.send_from_gallery(ctx, img2img, tabs, "img2img")
-        for button, generation_id in ((draft.send_to_img2img, draft.shown), (gallery.send_to_img2img, gallery.detail_id)):
-            button.click(send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private")
+        for button, generation_id in (
+            (draft.send_to_img2img, draft.shown),
+            (gallery.send_to_img2img, gallery.detail_id),
+        ):
+            button.click(
+                send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private"
+            )
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     ctx.jobs.count_waiting(lambda: _waiting_for_the_device(demo))
     return demo
@@ -118,17 +127,40 @@ def theme() -> gr.themes.Base:
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def launch(demo: gr.Blocks, ctx: Context, *, host: str = "127.0.0.1", port: int = 7860,
-           auth: tuple[str, str] | None = None, block: bool = True):
+def launch(
+    demo: gr.Blocks,
+    ctx: Context,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    block: bool = True,
+):
     security.check_listen(host, auth)
     files = ctx.studio.files_folder().resolve()
     files.mkdir(parents=True, exist_ok=True)
     return demo.launch(
-        server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        prevent_thread_lock=not block,
         allowed_paths=[str(files)],  # the gallery's own files; nothing else of the home folder
-        max_file_size=security.MAX_UPLOAD, enable_monitoring=False, strict_cors=True, ssr_mode=False,
-        mcp_server=False, run_history=False, footer_links=[], show_error=False, quiet=True,
-        app_kwargs={"middleware": [Middleware(security.SameOriginOnly),
-                                   Middleware(security.QueueFullMessage, max_size=demo._queue.max_size)]},
-        theme=theme(), css=CSS, js=KEYS_JS,
+        max_file_size=security.MAX_UPLOAD,
+        enable_monitoring=False,
+        strict_cors=True,
+        ssr_mode=False,
+        mcp_server=False,
+        run_history=False,
+        footer_links=[],
+        show_error=False,
+        quiet=True,
+        app_kwargs={
+            "middleware": [
+                Middleware(security.SameOriginOnly),
+                Middleware(security.QueueFullMessage, max_size=demo._queue.max_size),
+            ]
+        },
+        theme=theme(),
+        css=CSS,
+        js=KEYS_JS,
     )

@@ -18,7 +18,7 @@ import gradio as gr
 from atelier import requests
 from atelier.requests import GenerationRequest, ModelChoice
 from pipelines.prompt_syntax import extract_lora_tokens
-from pipelines.recipe import MAX_DRAFTS, MAX_SIDE, MAX_STEPS, MIN_SIDE, SCHEDULERS, LoraRef, MicroConditioning, Recipe
+from pipelines.recipe import MAX_DRAFTS, MAX_STEPS, SCHEDULERS, LoraRef, MicroConditioning, Recipe
 from pipelines.sizes import SDXL_BUCKETS, own_size
 
 CUSTOM_SIZE = "Custom"
@@ -42,7 +42,9 @@ def default_size(demo: bool) -> tuple[int, int]:
         try:
             parts = [int(p) for p in text.split("x")]
         except ValueError:
-            raise ValueError(f"{SIZE_ENV}: expected a side like 256 or WIDTHxHEIGHT like 512x384 (got {text!r})") from None
+            raise ValueError(
+                f"{SIZE_ENV}: expected a side like 256 or WIDTHxHEIGHT like 512x384 (got {text!r})"
+            ) from None
         return (parts[0], parts[-1])
     return (256, 256) if demo else (1024, 1024)
 
@@ -86,13 +88,13 @@ def render_size_controls(width: int, height: int, *, elem_prefix: str = "", from
     else:
         presets, preset = SIZE_PRESETS, bucket_label(width, height) if (width, height) in SDXL_BUCKETS else CUSTOM_SIZE
     with gr.Row():
-        size_preset = gr.Dropdown(presets, value=preset, label="Size (SDXL buckets)", elem_id=f"{elem_prefix}size-preset")
+        size_preset = gr.Dropdown(
+            presets, value=preset, label="Size (SDXL buckets)", elem_id=f"{elem_prefix}size-preset"
+        )
         # No minimum/maximum on the boxes: Gradio would refuse the event with an "Error" badge on every
         # output; the Recipe's own check says what is allowed, in a message that keeps the outputs.
-        width_box = gr.Number(width, label="Width", step=8, precision=0,
-                              elem_id=f"{elem_prefix}width")
-        height_box = gr.Number(height, label="Height", step=8, precision=0,
-                               elem_id=f"{elem_prefix}height")
+        width_box = gr.Number(width, label="Width", step=8, precision=0, elem_id=f"{elem_prefix}width")
+        height_box = gr.Number(height, label="Height", step=8, precision=0, elem_id=f"{elem_prefix}height")
     quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
     size_preset.change(_preset_to_size, inputs=size_preset, outputs=[width_box, height_box], **quiet)
     for box in (width_box, height_box):  # .input: the user's own typing, not a preset filling the box
@@ -171,11 +173,18 @@ def syntax_note_text(prompt: str | None, negative: str | None, syntax: str | Non
 
 def render_generation_controls(d: Defaults) -> GenerationControls:
     """Create the controls in the current Blocks context (prompt first, details in accordions)."""
-    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", placeholder="a lighthouse on a cliff at dusk, oil painting")
+    prompt = gr.Textbox(
+        label="Prompt", lines=3, elem_id="prompt", placeholder="a lighthouse on a cliff at dusk, oil painting"
+    )
     negative = gr.Textbox(label="Negative prompt", lines=1, elem_id="negative")
     with gr.Row():
-        syntax = gr.Radio(list(requests.REQUEST_SYNTAXES), value=requests.default_prompt_syntax(), label="Prompt syntax",
-                          elem_id="syntax", scale=2)
+        syntax = gr.Radio(
+            list(requests.REQUEST_SYNTAXES),
+            value=requests.default_prompt_syntax(),
+            label="Prompt syntax",
+            elem_id="syntax",
+            scale=2,
+        )
         syntax_note = gr.Markdown(syntax_note_text("", "", requests.default_prompt_syntax()), elem_id="syntax-note")
     quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
     for trigger in (prompt.change, negative.change, syntax.change):
@@ -184,10 +193,13 @@ def render_generation_controls(d: Defaults) -> GenerationControls:
     with gr.Row():
         count = gr.Slider(1, MAX_DRAFTS, value=requests.DEFAULT_COUNT, step=1, label="Drafts", elem_id="count")
         steps = gr.Slider(1, MAX_STEPS, value=requests.DEFAULT_STEPS, step=1, label="Draft steps", elem_id="steps")
-        switch = gr.Slider(0.05, 1.0, value=requests.DEFAULT_SWITCH, step=0.05, label="Switch to refiner at",
-                           elem_id="switch")
+        switch = gr.Slider(
+            0.05, 1.0, value=requests.DEFAULT_SWITCH, step=0.05, label="Switch to refiner at", elem_id="switch"
+        )
     with gr.Row():  # two to a row: the sliders' labels and limits stay readable in a narrow column
-        scheduler = gr.Dropdown(list(SCHEDULERS), value=requests.DEFAULT_SCHEDULER, label="Sampler", elem_id="scheduler")
+        scheduler = gr.Dropdown(
+            list(SCHEDULERS), value=requests.DEFAULT_SCHEDULER, label="Sampler", elem_id="scheduler"
+        )
         guidance = gr.Slider(0.0, 20.0, value=requests.DEFAULT_GUIDANCE, step=0.5, label="Guidance", elem_id="guidance")
     with gr.Row():
         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
@@ -196,8 +208,15 @@ def render_generation_controls(d: Defaults) -> GenerationControls:
         names, weights = [], []
         for i in range(LORA_SLOTS):
             with gr.Row():
-                names.append(gr.Dropdown([NO_LORA, *d.loras], value=NO_LORA, label=f"LoRA {i + 1}", allow_custom_value=True,
-                                         elem_id=f"lora-{i}"))
+                names.append(
+                    gr.Dropdown(
+                        [NO_LORA, *d.loras],
+                        value=NO_LORA,
+                        label=f"LoRA {i + 1}",
+                        allow_custom_value=True,
+                        elem_id=f"lora-{i}",
+                    )
+                )
                 weights.append(gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="Weight", elem_id=f"lora-weight-{i}"))
         with gr.Row():
             lora_refresh = gr.Button("↻ Refresh LoRA list", size="sm", elem_id="lora-refresh")
@@ -205,14 +224,36 @@ def render_generation_controls(d: Defaults) -> GenerationControls:
     with gr.Accordion("Micro-conditioning and refiner (0 = the generated size)", open=False):
         micro = _render_micro_controls()
         with gr.Row():
-            refine_strength = gr.Slider(0.05, 1.0, value=requests.DEFAULT_REFINE_STRENGTH, step=0.05,
-                                        label="Refine strength (switch 1.0 only)", elem_id="refine-strength")
+            refine_strength = gr.Slider(
+                0.05,
+                1.0,
+                value=requests.DEFAULT_REFINE_STRENGTH,
+                step=0.05,
+                label="Refine strength (switch 1.0 only)",
+                elem_id="refine-strength",
+            )
             watermark = gr.Checkbox(True, label="Invisible watermark", elem_id="watermark")
     return GenerationControls(
-        prompt=prompt, negative=negative, syntax=syntax, size_preset=size.preset, width=size.width, height=size.height,
-        count=count, steps=steps, switch=switch, scheduler=scheduler, guidance=guidance, random_seed=random_seed,
-        seed=seed, refine_strength=refine_strength, watermark=watermark, lora_names=tuple(names),
-        lora_weights=tuple(weights), lora_refresh=lora_refresh, lora_note=lora_note, **micro,
+        prompt=prompt,
+        negative=negative,
+        syntax=syntax,
+        size_preset=size.preset,
+        width=size.width,
+        height=size.height,
+        count=count,
+        steps=steps,
+        switch=switch,
+        scheduler=scheduler,
+        guidance=guidance,
+        random_seed=random_seed,
+        seed=seed,
+        refine_strength=refine_strength,
+        watermark=watermark,
+        lora_names=tuple(names),
+        lora_weights=tuple(weights),
+        lora_refresh=lora_refresh,
+        lora_note=lora_note,
+        **micro,
     )
 
 
@@ -221,17 +262,35 @@ def _render_micro_controls() -> dict[str, gr.components.Component]:
     boxes: dict[str, gr.components.Component] = {}
     for prefix, label in (("", ""), ("negative_", "Negative ")):
         with gr.Row():
-            for name, text in (("original_w", "original width"), ("original_h", "original height"),
-                               ("target_w", "target width"), ("target_h", "target height"),
-                               ("crop_top", "crop top"), ("crop_left", "crop left")):
+            for name, text in (
+                ("original_w", "original width"),
+                ("original_h", "original height"),
+                ("target_w", "target width"),
+                ("target_h", "target height"),
+                ("crop_top", "crop top"),
+                ("crop_left", "crop left"),
+            ):
                 caption = f"{label}{text}" if label else text.capitalize()
-                boxes[prefix + name] = gr.Number(0, label=caption, precision=0,
-                                                 elem_id=(prefix + name).replace("_", "-"))
+                boxes[prefix + name] = gr.Number(
+                    0, label=caption, precision=0, elem_id=(prefix + name).replace("_", "-")
+                )
     with gr.Row():
-        boxes["aesthetic"] = gr.Slider(0.0, 10.0, value=requests.DEFAULT_AESTHETIC, step=0.1,
-                                       label="Aesthetic score (refiner)", elem_id="aesthetic")
-        boxes["negative_aesthetic"] = gr.Slider(0.0, 10.0, value=requests.DEFAULT_NEGATIVE_AESTHETIC, step=0.1,
-                                                label="Negative aesthetic score", elem_id="negative-aesthetic")
+        boxes["aesthetic"] = gr.Slider(
+            0.0,
+            10.0,
+            value=requests.DEFAULT_AESTHETIC,
+            step=0.1,
+            label="Aesthetic score (refiner)",
+            elem_id="aesthetic",
+        )
+        boxes["negative_aesthetic"] = gr.Slider(
+            0.0,
+            10.0,
+            value=requests.DEFAULT_NEGATIVE_AESTHETIC,
+            step=0.1,
+            label="Negative aesthetic score",
+            elem_id="negative-aesthetic",
+        )
     return boxes
 
 
@@ -260,29 +319,53 @@ def _size(values: dict, w: gr.components.Component, h: gr.components.Component, 
     return (height, width)  # the Recipe's sizes are (height, width), as in diffusers
 
 
-def request_from_values(c: GenerationControls, values: dict, *, source_size: tuple[int, int] | None = None,
-                        size: tuple[int, int] | None = None, strength: float | None = None) -> GenerationRequest:
+def request_from_values(
+    c: GenerationControls,
+    values: dict,
+    *,
+    source_size: tuple[int, int] | None = None,
+    size: tuple[int, int] | None = None,
+    strength: float | None = None,
+) -> GenerationRequest:
     """The request the controls describe (img2img: the source's size, the size chosen for it, the
     strength); field errors name the field."""
-    loras = tuple(LoraRef(name=(values[n] or "").strip(), weight=float(values[w]))
-                  for n, w in zip(c.lora_names, c.lora_weights) if (values[n] or "").strip())
+    loras = tuple(
+        LoraRef(name=(values[n] or "").strip(), weight=float(values[w]))
+        for n, w in zip(c.lora_names, c.lora_weights)
+        if (values[n] or "").strip()
+    )
     micro = MicroConditioning(
         original_size=_size(values, c.original_w, c.original_h, "original size"),
         target_size=_size(values, c.target_w, c.target_h, "target size"),
         crops_coords_top_left=(_int(values, c.crop_top, "crop top"), _int(values, c.crop_left, "crop left")),
         negative_original_size=_size(values, c.negative_original_w, c.negative_original_h, "negative original size"),
         negative_target_size=_size(values, c.negative_target_w, c.negative_target_h, "negative target size"),
-        negative_crops_coords_top_left=(_int(values, c.negative_crop_top, "negative crop top"),
-                                        _int(values, c.negative_crop_left, "negative crop left")),
-        aesthetic_score=float(values[c.aesthetic]), negative_aesthetic_score=float(values[c.negative_aesthetic]),
+        negative_crops_coords_top_left=(
+            _int(values, c.negative_crop_top, "negative crop top"),
+            _int(values, c.negative_crop_left, "negative crop left"),
+        ),
+        aesthetic_score=float(values[c.aesthetic]),
+        negative_aesthetic_score=float(values[c.negative_aesthetic]),
     )
     width, height = size or (_int(values, c.width, "width"), _int(values, c.height, "height"))
     return GenerationRequest(
-        prompt=values[c.prompt] or "", negative=values[c.negative] or "", syntax=values[c.syntax],
-        seed=None if values[c.random_seed] else _int(values, c.seed, "seed"), count=_int(values, c.count, "drafts"),
-        steps=_int(values, c.steps, "steps"), guidance=float(values[c.guidance]), scheduler=values[c.scheduler],
-        width=width, height=height, switch=float(values[c.switch]), refine_strength=float(values[c.refine_strength]),
-        micro=micro, loras=loras, watermark=bool(values[c.watermark]), source_size=source_size, strength=strength,
+        prompt=values[c.prompt] or "",
+        negative=values[c.negative] or "",
+        syntax=values[c.syntax],
+        seed=None if values[c.random_seed] else _int(values, c.seed, "seed"),
+        count=_int(values, c.count, "drafts"),
+        steps=_int(values, c.steps, "steps"),
+        guidance=float(values[c.guidance]),
+        scheduler=values[c.scheduler],
+        width=width,
+        height=height,
+        switch=float(values[c.switch]),
+        refine_strength=float(values[c.refine_strength]),
+        micro=micro,
+        loras=loras,
+        watermark=bool(values[c.watermark]),
+        source_size=source_size,
+        strength=strength,
     )
 
 
@@ -301,21 +384,35 @@ def values_from_recipe(c: GenerationControls, recipe: Recipe) -> dict[gr.compone
 
     preset = bucket_label(recipe.width, recipe.height)
     values: dict[gr.components.Component, Any] = {
-        c.prompt: recipe.prompt, c.negative: recipe.negative_prompt, c.syntax: recipe.prompt_syntax,
-        c.size_preset: preset if preset in SIZE_PRESETS else CUSTOM_SIZE, c.width: recipe.width, c.height: recipe.height,
-        c.steps: recipe.steps, c.switch: recipe.switch, c.scheduler: recipe.scheduler,
-        c.guidance: recipe.guidance, c.random_seed: False, c.watermark: recipe.watermark,
+        c.prompt: recipe.prompt,
+        c.negative: recipe.negative_prompt,
+        c.syntax: recipe.prompt_syntax,
+        c.size_preset: preset if preset in SIZE_PRESETS else CUSTOM_SIZE,
+        c.width: recipe.width,
+        c.height: recipe.height,
+        c.steps: recipe.steps,
+        c.switch: recipe.switch,
+        c.scheduler: recipe.scheduler,
+        c.guidance: recipe.guidance,
+        c.random_seed: False,
+        c.watermark: recipe.watermark,
         # A draft made in a batch is made again by the same batch (batching changes float rounding).
         c.seed: recipe.batch_seeds[0] if recipe.batch_seeds else recipe.seed,
         c.count: len(recipe.batch_seeds) if recipe.batch_seeds else 1,
         c.refine_strength: recipe.refine.strength if recipe.refine else requests.DEFAULT_REFINE_STRENGTH,
-        c.crop_top: m.crops_coords_top_left[0], c.crop_left: m.crops_coords_top_left[1],
-        c.negative_crop_top: m.negative_crops_coords_top_left[0], c.negative_crop_left: m.negative_crops_coords_top_left[1],
-        c.aesthetic: m.aesthetic_score, c.negative_aesthetic: m.negative_aesthetic_score,
+        c.crop_top: m.crops_coords_top_left[0],
+        c.crop_left: m.crops_coords_top_left[1],
+        c.negative_crop_top: m.negative_crops_coords_top_left[0],
+        c.negative_crop_left: m.negative_crops_coords_top_left[1],
+        c.aesthetic: m.aesthetic_score,
+        c.negative_aesthetic: m.negative_aesthetic_score,
     }
-    for (w_box, h_box), size in (((c.original_w, c.original_h), m.original_size), ((c.target_w, c.target_h), m.target_size),
-                                 ((c.negative_original_w, c.negative_original_h), m.negative_original_size),
-                                 ((c.negative_target_w, c.negative_target_h), m.negative_target_size)):
+    for (w_box, h_box), size in (
+        ((c.original_w, c.original_h), m.original_size),
+        ((c.target_w, c.target_h), m.target_size),
+        ((c.negative_original_w, c.negative_original_h), m.negative_original_size),
+        ((c.negative_target_w, c.negative_target_h), m.negative_target_size),
+    ):
         values[w_box], values[h_box] = wh(size)
     in_prompt = {name for name, _ in extract_lora_tokens(recipe.prompt)[1]}
     picked = [lora for lora in recipe.loras if lora.name not in in_prompt][:LORA_SLOTS]

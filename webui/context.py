@@ -56,6 +56,6 @@ def gpu_event(ctx: Context, trigger, handler, *, inputs: set, outputs: set, stat
     run.__name__ = handler.__name__  # Gradio names the API endpoint after it unless api_name is given
     # A list with the status line first: API clients read the status as the first result.
     ordered = [status, *sorted(outputs - {status}, key=lambda c: c._id)]
-    trigger(reserve, inputs=None, outputs={ticket, status}, queue=False, show_progress="hidden",
-            api_visibility="private").then(run, inputs=inputs | {ticket}, outputs=ordered,
-                                           concurrency_id=GPU, concurrency_limit=1, **options)
+    trigger(
+        reserve, inputs=None, outputs={ticket, status}, queue=False, show_progress="hidden", api_visibility="private"
+    ).then(run, inputs=inputs | {ticket}, outputs=ordered, concurrency_id=GPU, concurrency_limit=1, **options)

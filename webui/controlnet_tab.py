@@ -50,9 +50,16 @@ def _requests(units: list[Unit], values: dict) -> list[ControlRequest]:
             continue
         if not values[unit.model]:
             raise ValueError(f"ControlNet unit {i + 1}: choose a ControlNet model (put them in models/ControlNet)")
-        requests.append(ControlRequest(model=values[unit.model], preprocessor=values[unit.preprocessor],
-                                       image=Path(path).read_bytes(), scale=float(values[unit.scale]),
-                                       start=float(values[unit.start]), end=float(values[unit.end])))
+        requests.append(
+            ControlRequest(
+                model=values[unit.model],
+                preprocessor=values[unit.preprocessor],
+                image=Path(path).read_bytes(),
+                scale=float(values[unit.scale]),
+                start=float(values[unit.start]),
+                end=float(values[unit.end]),
+            )
+        )
     if not requests:
         raise ValueError("Add a control image to at least one unit.")
     return requests
@@ -68,20 +75,45 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
                 with gr.Group():
                     gr.Markdown(f"**Unit {i + 1}**")
                     with gr.Row():
-                        image = gr.Image(label="Control image", type="filepath", format="png", image_mode="RGB",
-                                         sources=["upload", "clipboard"], height=220, elem_id=f"cn-image-{i}")
+                        image = gr.Image(
+                            label="Control image",
+                            type="filepath",
+                            format="png",
+                            image_mode="RGB",
+                            sources=["upload", "clipboard"],
+                            height=220,
+                            elem_id=f"cn-image-{i}",
+                        )
                         preview = gr.Image(label="Map", height=220, elem_id=f"cn-map-{i}", **PNG_OUT)
                     with gr.Row():
-                        preprocessor = gr.Dropdown(preprocessors, value="canny" if "canny" in preprocessors else None,
-                                                   label="Preprocessor", elem_id=f"cn-pre-{i}")
-                        model = gr.Dropdown(models, value=models[0] if models else None, label="ControlNet model",
-                                            allow_custom_value=True, elem_id=f"cn-model-{i}")
+                        preprocessor = gr.Dropdown(
+                            preprocessors,
+                            value="canny" if "canny" in preprocessors else None,
+                            label="Preprocessor",
+                            elem_id=f"cn-pre-{i}",
+                        )
+                        model = gr.Dropdown(
+                            models,
+                            value=models[0] if models else None,
+                            label="ControlNet model",
+                            allow_custom_value=True,
+                            elem_id=f"cn-model-{i}",
+                        )
                     with gr.Row():
                         scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Scale")
                         start = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Start")
                         end = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="End")
-                units.append(Unit(image=image, preprocessor=preprocessor, model=model, scale=scale, start=start,
-                                  end=end, preview=preview))
+                units.append(
+                    Unit(
+                        image=image,
+                        preprocessor=preprocessor,
+                        model=model,
+                        scale=scale,
+                        start=start,
+                        end=end,
+                        preview=preview,
+                    )
+                )
             with gr.Row():
                 preview_button = gr.Button("Preview maps", elem_id="cn-preview")
                 refresh = gr.Button("Refresh model list", elem_id="cn-refresh")
@@ -124,4 +156,3 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
     gpu_event(ctx, run.click, make, inputs=all_inputs, outputs={result}, status=status, api_name="controlnet")
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_visibility="private")
     return units
-

@@ -67,11 +67,24 @@ def render(ctx: Context) -> DraftTab:
                 draft_button = gr.Button("Draft", variant="primary", elem_id="draft-button", scale=3)
                 interrupt = gr.Button("Interrupt (Esc)", variant="stop", elem_id="interrupt-button", scale=1)
             status = gr.Markdown(READY, elem_id="draft-status")
-            drafts = gr.Gallery(label="Drafts (click one to pick it)", columns=4, height="auto", format="png",
-                                allow_preview=False, buttons=[], elem_id="drafts", interactive=False)
+            drafts = gr.Gallery(
+                label="Drafts (click one to pick it)",
+                columns=4,
+                height="auto",
+                format="png",
+                allow_preview=False,
+                buttons=[],
+                elem_id="drafts",
+                interactive=False,
+            )
             with gr.Row():
-                selected = gr.Textbox("", label="Picked draft #", placeholder="click a draft, or type its number",
-                                      elem_id="selected-draft", max_lines=1)
+                selected = gr.Textbox(
+                    "",
+                    label="Picked draft #",
+                    placeholder="click a draft, or type its number",
+                    elem_id="selected-draft",
+                    max_lines=1,
+                )
                 refine_button = gr.Button("Refine", variant="primary", elem_id="refine-button")
                 rerender_steps = gr.Number(40, label="Re-render at N steps", precision=0, elem_id="rerender-steps")
                 rerender_button = gr.Button("Re-render", elem_id="rerender-button")
@@ -81,16 +94,29 @@ def render(ctx: Context) -> DraftTab:
             with gr.Row():
                 before = gr.Image(label="Draft", height=IMAGE_HEIGHT, elem_id="before", **PNG_OUT)
                 after = gr.Image(label="Refined", height=IMAGE_HEIGHT, elem_id="after", **PNG_OUT)
-    out = _Outputs(status=status, drafts=drafts, draft_ids=gr.State([]), shown=gr.State(None), selected=selected,
-                   before=before, after=after)
+    out = _Outputs(
+        status=status,
+        drafts=drafts,
+        draft_ids=gr.State([]),
+        shown=gr.State(None),
+        selected=selected,
+        before=before,
+        after=after,
+    )
     _wire_drafting(ctx, controls, out, draft_button)
     _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
     restore = _wire_picking(ctx, controls, out, reuse_seed)
     refresh_loras = _wire_lora_refresh(ctx, controls)
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_name="interrupt")
-    return DraftTab(controls=controls, selected=selected, shown=out.shown, send_to_img2img=send_to_img2img,
-                    draft_button=draft_button, interrupt=interrupt,
-                    on_load=[dict(fn=restore, inputs=None, outputs={out.status, out.drafts, out.draft_ids}), refresh_loras])
+    return DraftTab(
+        controls=controls,
+        selected=selected,
+        shown=out.shown,
+        send_to_img2img=send_to_img2img,
+        draft_button=draft_button,
+        interrupt=interrupt,
+        on_load=[dict(fn=restore, inputs=None, outputs={out.status, out.drafts, out.draft_ids}), refresh_loras],
+    )
 
 
 def _wire_drafting(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, draft_button: gr.Button) -> None:
@@ -117,41 +143,60 @@ def _wire_drafting(ctx: Context, controls: bindings.GenerationControls, out: _Ou
                 yield _batch_shown(out, event.result, "ready")
 
     outputs = {out.drafts, out.draft_ids, controls.seed}
-    for trigger, options in ((draft_button.click, dict(api_name="draft")),
-                             (controls.prompt.submit, dict(api_visibility="private"))):
+    for trigger, options in (
+        (draft_button.click, dict(api_name="draft")),
+        (controls.prompt.submit, dict(api_visibility="private")),
+    ):
         gpu_event(ctx, trigger, run_drafts, inputs=controls.inputs(), outputs=outputs, status=out.status, **options)
 
 
 def _batch_shown(out: _Outputs, saved: list, how: str) -> dict:
     ids = f"id {saved[0].id}" if len(saved) == 1 else f"ids {saved[0].id}–{saved[-1].id}"
-    return {out.status: f"{len(saved)} draft{'s' if len(saved) > 1 else ''} {how} ({ids}). Click one, then **Refine**.",
-            out.drafts: [(str(s.image), caption(s)) for s in saved], out.draft_ids: [s.id for s in saved]}
+    return {
+        out.status: f"{len(saved)} draft{'s' if len(saved) > 1 else ''} {how} ({ids}). Click one, then **Refine**.",
+        out.drafts: [(str(s.image), caption(s)) for s in saved],
+        out.draft_ids: [s.id for s in saved],
+    }
 
 
-def _wire_finishing(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, refine_button: gr.Button,
-                    rerender_button: gr.Button, rerender_steps: gr.Number) -> None:
+def _wire_finishing(
+    ctx: Context,
+    controls: bindings.GenerationControls,
+    out: _Outputs,
+    refine_button: gr.Button,
+    rerender_button: gr.Button,
+    rerender_steps: gr.Number,
+) -> None:
     def finish(values: dict, request: gr.Request, ticket: str | None, steps: int | None):
         draft_id = picked_id(values[out.selected])
         yield {out.before: str(ctx.studio.get(draft_id).image_path)}
-        settings = RefineChoice(aesthetic_score=float(values[controls.aesthetic]),
-                                negative_aesthetic_score=float(values[controls.negative_aesthetic]),
-                                strength=float(values[controls.refine_strength]))
+        settings = RefineChoice(
+            aesthetic_score=float(values[controls.aesthetic]),
+            negative_aesthetic_score=float(values[controls.negative_aesthetic]),
+            strength=float(values[controls.refine_strength]),
+        )
 
         made = {}
 
         def work(on_step, should_cancel):
             if steps is None:
-                made["saved"] = ctx.studio.refine(draft_id, settings=settings, on_step=on_step, should_cancel=should_cancel)
+                made["saved"] = ctx.studio.refine(
+                    draft_id, settings=settings, on_step=on_step, should_cancel=should_cancel
+                )
             else:
                 made["saved"] = ctx.studio.rerender(draft_id, steps, on_step=on_step, should_cancel=should_cancel)
             return made["saved"]
 
-        doing, done = ("Refining", "Refined") if steps is None else (f"Re-rendering at {steps_text(steps)}", "Re-rendered")
+        doing, done = (
+            ("Refining", "Refined") if steps is None else (f"Re-rendering at {steps_text(steps)}", "Re-rendered")
+        )
         events = ctx.jobs.stream(session_of(request), work, ticket)
         for update in one_image_updates(events, out.status, out.after, f"{doing} draft #{draft_id}", out.shown):
             if out.shown in update:
                 saved = made["saved"]
-                again = " — already made with these settings, shown again rather than stored twice" if saved.reused else ""
+                again = (
+                    " — already made with these settings, shown again rather than stored twice" if saved.reused else ""
+                )
                 update[out.status] = f"{done} draft #{draft_id} → **#{saved.id}** (seed {saved.recipe.seed}){again}."
             yield update
 
@@ -168,15 +213,30 @@ def _wire_finishing(ctx: Context, controls: bindings.GenerationControls, out: _O
 
     refiner_controls = {controls.aesthetic, controls.negative_aesthetic, controls.refine_strength}
     finished = {out.before, out.after, out.shown}
-    gpu_event(ctx, refine_button.click, refine, inputs={out.selected} | refiner_controls, outputs=finished,
-              status=out.status, api_name="refine")
-    gpu_event(ctx, rerender_button.click, rerender, inputs={out.selected, rerender_steps}, outputs=finished,
-              status=out.status, api_name="rerender")
+    gpu_event(
+        ctx,
+        refine_button.click,
+        refine,
+        inputs={out.selected} | refiner_controls,
+        outputs=finished,
+        status=out.status,
+        api_name="refine",
+    )
+    gpu_event(
+        ctx,
+        rerender_button.click,
+        rerender,
+        inputs={out.selected, rerender_steps},
+        outputs=finished,
+        status=out.status,
+        api_name="rerender",
+    )
 
 
 def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, reuse_seed: gr.Button):
     """Click a draft to pick it; ♻ reuses its seed. Returns the page-load handler that restores the
     newest batch (app.py wires it to the page's load event)."""
+
     @guarded
     def pick(ids: list[int], evt: gr.SelectData):
         if evt.index is None or not 0 <= evt.index < len(ids):
@@ -184,8 +244,13 @@ def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Out
         draft_id = ids[evt.index]
         image = ctx.studio.get(draft_id).image_path
         # A refined image of another draft no longer belongs beside this one.
-        return {out.selected: str(draft_id), out.shown: draft_id, out.before: str(image), out.after: None,
-                out.status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps."}
+        return {
+            out.selected: str(draft_id),
+            out.shown: draft_id,
+            out.before: str(image),
+            out.after: None,
+            out.status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps.",
+        }
 
     @guarded
     def reuse(draft_id):
@@ -202,10 +267,15 @@ def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Out
         shown = [Saved(id=g.id, recipe=g.recipe, image=g.image_path) for g in sorted(saved, key=lambda g: g.id)]
         return _batch_shown(out, shown, "restored from the gallery")
 
-    out.drafts.select(pick, inputs=out.draft_ids, outputs={out.selected, out.shown, out.before, out.after, out.status},
-                      api_visibility="private")
-    reuse_seed.click(reuse, inputs=out.selected, outputs={controls.seed, controls.random_seed, out.status},
-                     api_visibility="private")
+    out.drafts.select(
+        pick,
+        inputs=out.draft_ids,
+        outputs={out.selected, out.shown, out.before, out.after, out.status},
+        api_visibility="private",
+    )
+    reuse_seed.click(
+        reuse, inputs=out.selected, outputs={controls.seed, controls.random_seed, out.status}, api_visibility="private"
+    )
     return restore
 
 

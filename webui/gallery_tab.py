@@ -38,9 +38,14 @@ class FilterControls:
     until: gr.Textbox
 
     def filters(self, values: dict) -> GalleryFilters:
-        return GalleryFilters(kinds=tuple(values[self.kinds] or ()), model=values[self.model], lora=values[self.lora],
-                              favourites_only=bool(values[self.favourites]), since=values[self.since],
-                              until=values[self.until])
+        return GalleryFilters(
+            kinds=tuple(values[self.kinds] or ()),
+            model=values[self.model],
+            lora=values[self.lora],
+            favourites_only=bool(values[self.favourites]),
+            since=values[self.since],
+            until=values[self.until],
+        )
 
 
 @dataclass
@@ -73,8 +78,11 @@ class EditTabs:
     control_units: list  # controlnet_tab.Unit: image, preprocessor, model, scale, start, end
 
     def outputs(self) -> set:
-        units = {getattr(u, name) for u in self.control_units
-                 for name in ("image", "preprocessor", "model", "scale", "start", "end")}
+        units = {
+            getattr(u, name)
+            for u in self.control_units
+            for name in ("image", "preprocessor", "model", "scale", "start", "end")
+        }
         return {self.tabs, self.img2img.source, self.img2img.parent, self.img2img.strength, *units}
 
 
@@ -106,26 +114,35 @@ def lineage_text(ctx: Context, g: Generation) -> str:
 
 def _render_filters(ctx: Context) -> tuple[FilterControls, gr.Button, gr.Button]:
     with gr.Row():
-        query = gr.Textbox(label="Search prompts", placeholder="words from the prompt or negative", scale=4,
-                           elem_id="gallery-search")
+        query = gr.Textbox(
+            label="Search prompts", placeholder="words from the prompt or negative", scale=4, elem_id="gallery-search"
+        )
         search = gr.Button("Search", scale=1, elem_id="gallery-search-button")
         refresh = gr.Button("Refresh", scale=1, elem_id="gallery-refresh")
-    with gr.Accordion("Filters", open=False):
-        with gr.Row():
-            kinds = gr.Dropdown(list(KINDS), value=[], multiselect=True, label="Kind", elem_id="gallery-kinds")
-            model = gr.Textbox(label="Model", placeholder=ctx.defaults.models.base, elem_id="gallery-model")
-            lora = gr.Textbox(label="LoRA", elem_id="gallery-lora")
-            favourites = gr.Checkbox(False, label="Favourites only", elem_id="gallery-favourites")
-            since = gr.Textbox(label="Since", placeholder="2025-01-31", elem_id="gallery-since")
-            until = gr.Textbox(label="Until (before)", placeholder="2025-02-28", elem_id="gallery-until")
-    controls = FilterControls(query=query, kinds=kinds, model=model, lora=lora, favourites=favourites, since=since,
-                              until=until)
+    with gr.Accordion("Filters", open=False), gr.Row():
+        kinds = gr.Dropdown(list(KINDS), value=[], multiselect=True, label="Kind", elem_id="gallery-kinds")
+        model = gr.Textbox(label="Model", placeholder=ctx.defaults.models.base, elem_id="gallery-model")
+        lora = gr.Textbox(label="LoRA", elem_id="gallery-lora")
+        favourites = gr.Checkbox(False, label="Favourites only", elem_id="gallery-favourites")
+        since = gr.Textbox(label="Since", placeholder="2025-01-31", elem_id="gallery-since")
+        until = gr.Textbox(label="Until (before)", placeholder="2025-02-28", elem_id="gallery-until")
+    controls = FilterControls(
+        query=query, kinds=kinds, model=model, lora=lora, favourites=favourites, since=since, until=until
+    )
     return controls, search, refresh
 
 
 def _render_page() -> PageControls:
-    grid = gr.Gallery(label="Generations", columns=6, height="auto", allow_preview=False, buttons=[],
-                      format="png", elem_id="gallery-grid", interactive=False)
+    grid = gr.Gallery(
+        label="Generations",
+        columns=6,
+        height="auto",
+        allow_preview=False,
+        buttons=[],
+        format="png",
+        elem_id="gallery-grid",
+        interactive=False,
+    )
     with gr.Row():
         newer = gr.Button("← Newer", size="sm", elem_id="gallery-newer")
         label = gr.Markdown("", elem_id="gallery-page")
@@ -152,8 +169,15 @@ def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
         buttons["cancel"] = gr.Button("Keep it", elem_id="cancel-delete")
     status = gr.Markdown("", elem_id="gallery-status")
     recipe = gr.Code(label="Recipe", language="json", interactive=False, elem_id="detail-recipe")
-    detail = DetailControls(id=detail_id, image=image, lineage=lineage, recipe=recipe, favourite=buttons["favourite"],
-                            confirm_row=confirm_row, status=status)
+    detail = DetailControls(
+        id=detail_id,
+        image=image,
+        lineage=lineage,
+        recipe=recipe,
+        favourite=buttons["favourite"],
+        confirm_row=confirm_row,
+        status=status,
+    )
     return detail, buttons
 
 
@@ -163,8 +187,12 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
     with gr.Row():
         with gr.Column(scale=3):
             page = _render_page()
-            dropped = gr.File(label="Drop an Atelier or A1111 PNG to load its Recipe", file_types=[".png"],
-                              type="filepath", elem_id="png-drop")
+            dropped = gr.File(
+                label="Drop an Atelier or A1111 PNG to load its Recipe",
+                file_types=[".png"],
+                type="filepath",
+                elem_id="png-drop",
+            )
         with gr.Column(scale=2):
             detail, buttons = _render_detail()
     pages = _PageHandlers(ctx, filters, page)
@@ -175,8 +203,9 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
     shown = _DetailHandlers(ctx, detail)
     page.grid.select(shown.select, inputs=page.ids, outputs=shown.outputs, **QUIET)
     _wire_actions(ctx, shown, buttons, pages, controls, edit, dropped)
-    return GalleryTab(detail_id=detail.id, load_into_draft=buttons["load"], send_to_img2img=buttons["img2img"],
-                      refresh=refresh)
+    return GalleryTab(
+        detail_id=detail.id, load_into_draft=buttons["load"], send_to_img2img=buttons["img2img"], refresh=refresh
+    )
 
 
 class _PageHandlers:
@@ -189,14 +218,19 @@ class _PageHandlers:
 
     def load(self, cursor_stack: list, values: dict):
         p = self.page
-        found = self.ctx.studio.search(values[self.filters.query] or None, self.filters.filters(values),
-                                       limit=PAGE_SIZE, after=cursor_stack[-1])
+        found = self.ctx.studio.search(
+            values[self.filters.query] or None, self.filters.filters(values), limit=PAGE_SIZE, after=cursor_stack[-1]
+        )
         number = len(cursor_stack)
         shown = f"Page {number} · {len(found.items)} shown" + (" · more older" if found.next_cursor else "")
-        return found, {p.grid: [_thumbnail(g) for g in found.items], p.ids: [g.id for g in found.items],
-                       p.label: shown if found.items else "Nothing found.", p.cursors: cursor_stack,
-                       p.older: gr.update(interactive=found.next_cursor is not None),
-                       p.newer: gr.update(interactive=number > 1)}
+        return found, {
+            p.grid: [_thumbnail(g) for g in found.items],
+            p.ids: [g.id for g in found.items],
+            p.label: shown if found.items else "Nothing found.",
+            p.cursors: cursor_stack,
+            p.older: gr.update(interactive=found.next_cursor is not None),
+            p.newer: gr.update(interactive=number > 1),
+        }
 
     @guarded
     def first(self, values: dict):
@@ -227,9 +261,15 @@ class _DetailHandlers:
     def show(self, generation_id: int) -> dict:
         d = self.detail
         g = self.ctx.studio.get(generation_id)
-        return {d.id: g.id, d.image: str(g.image_path), d.lineage: lineage_text(self.ctx, g),
-                d.recipe: json.dumps(g.recipe.to_dict(), indent=2, sort_keys=True), d.favourite: _star(g.favourite),
-                d.confirm_row: gr.update(visible=False), d.status: ""}
+        return {
+            d.id: g.id,
+            d.image: str(g.image_path),
+            d.lineage: lineage_text(self.ctx, g),
+            d.recipe: json.dumps(g.recipe.to_dict(), indent=2, sort_keys=True),
+            d.favourite: _star(g.favourite),
+            d.confirm_row: gr.update(visible=False),
+            d.status: "",
+        }
 
     @guarded
     def select(self, page_ids, evt: gr.SelectData):
@@ -239,8 +279,14 @@ class _DetailHandlers:
 
     def cleared(self, message: str) -> dict:
         d = self.detail
-        return {d.id: None, d.image: None, d.lineage: "", d.recipe: "", d.confirm_row: gr.update(visible=False),
-                d.status: message}
+        return {
+            d.id: None,
+            d.image: None,
+            d.lineage: "",
+            d.recipe: "",
+            d.confirm_row: gr.update(visible=False),
+            d.status: message,
+        }
 
 
 def _current(generation_id) -> int:
@@ -256,28 +302,49 @@ def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
         # A low strength is recorded as the refiner alone (strength 0, switch 1.0): its strength is the refiner's.
         refiner_alone = recipe.strength == 0 and recipe.switch == 1.0 and recipe.refine is not None
         strength = recipe.refine.strength if refiner_alone else recipe.strength
-        return {edit.img2img.source: str(ctx.studio.stored_file(recipe.source_image_sha256)), edit.img2img.parent: None,
-                edit.img2img.strength: strength, edit.tabs: gr.Tabs(selected="img2img")}
+        return {
+            edit.img2img.source: str(ctx.studio.stored_file(recipe.source_image_sha256)),
+            edit.img2img.parent: None,
+            edit.img2img.strength: strength,
+            edit.tabs: gr.Tabs(selected="img2img"),
+        }
     if recipe.controlnets:
         update: dict = {edit.tabs: gr.Tabs(selected="controlnet")}
         for unit, box in zip(recipe.controlnets, edit.control_units):
             image = unit.image_sha256 or unit.map_sha256
-            update.update({box.image: str(ctx.studio.stored_file(image)), box.preprocessor: unit.preprocessor,
-                           box.model: unit.model.name, box.scale: unit.scale, box.start: unit.start, box.end: unit.end})
+            update.update(
+                {
+                    box.image: str(ctx.studio.stored_file(image)),
+                    box.preprocessor: unit.preprocessor,
+                    box.model: unit.model.name,
+                    box.scale: unit.scale,
+                    box.start: unit.start,
+                    box.end: unit.end,
+                }
+            )
         return update
     return {edit.tabs: gr.Tabs(selected="draft")}
 
 
-def _wire_actions(ctx: Context, shown: _DetailHandlers, buttons: dict, pages: _PageHandlers,
-                  controls: bindings.GenerationControls, edit: EditTabs, dropped: gr.File) -> None:
+def _wire_actions(
+    ctx: Context,
+    shown: _DetailHandlers,
+    buttons: dict,
+    pages: _PageHandlers,
+    controls: bindings.GenerationControls,
+    edit: EditTabs,
+    dropped: gr.File,
+) -> None:
     detail = shown.detail
 
     @guarded
     def toggle_favourite(generation_id):
         g = ctx.studio.get(_current(generation_id))
         g = ctx.studio.set_favourite(g.id, not g.favourite)
-        return {detail.favourite: _star(g.favourite),
-                detail.status: "Added to favourites." if g.favourite else "Removed from favourites."}
+        return {
+            detail.favourite: _star(g.favourite),
+            detail.status: "Added to favourites." if g.favourite else "Removed from favourites.",
+        }
 
     @guarded
     def ask_delete(generation_id):
@@ -306,13 +373,21 @@ def _wire_actions(ctx: Context, shown: _DetailHandlers, buttons: dict, pages: _P
     buttons["favourite"].click(toggle_favourite, inputs=detail.id, outputs={detail.favourite, detail.status}, **QUIET)
     buttons["delete"].click(ask_delete, inputs=detail.id, outputs=detail.confirm_row, **QUIET)
     buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
-    buttons["confirm"].click(do_delete, inputs=pages.inputs | {detail.id}, outputs=pages.outputs | shown.outputs,
-                             **QUIET)
+    buttons["confirm"].click(
+        do_delete, inputs=pages.inputs | {detail.id}, outputs=pages.outputs | shown.outputs, **QUIET
+    )
     buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | edit.outputs(), **QUIET)
     dropped.upload(import_png, inputs=dropped, outputs=shown.outputs | controls.inputs() | {dropped}, **QUIET)
     for action, api_name in (("rerun", "rerun"), ("refine", "gallery_refine")):
-        gpu_event(ctx, buttons[action].click, _job(ctx, shown, action), inputs={detail.id}, outputs=shown.outputs,
-                  status=detail.status, api_name=api_name)
+        gpu_event(
+            ctx,
+            buttons[action].click,
+            _job(ctx, shown, action),
+            inputs={detail.id},
+            outputs=shown.outputs,
+            status=detail.status,
+            api_name=api_name,
+        )
 
 
 def _job(ctx: Context, shown: _DetailHandlers, action: str):

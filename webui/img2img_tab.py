@@ -33,24 +33,41 @@ def source_size(path: str | None) -> tuple[int, int] | None:
     return open_image(Path(path).read_bytes(), "source image").size if path else None
 
 
-def img2img_recipe(controls: bindings.GenerationControls, size: bindings.SizeControls, values: dict, ctx: Context,
-                   strength: float, source: str | None) -> Recipe:
+def img2img_recipe(
+    controls: bindings.GenerationControls,
+    size: bindings.SizeControls,
+    values: dict,
+    ctx: Context,
+    strength: float,
+    source: str | None,
+) -> Recipe:
     own = source_size(source)
-    request = bindings.request_from_values(controls, values, source_size=own, strength=float(strength),
-                                           size=bindings.size_from_values(size, values, own))
+    request = bindings.request_from_values(
+        controls, values, source_size=own, strength=float(strength), size=bindings.size_from_values(size, values, own)
+    )
     return requests.build_recipe(request, ctx.defaults.models)
 
 
 def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
-    gr.Markdown("Prompt and sampler come from **Draft & Refine**. Strength 0 keeps the source, 1 ignores it; a low "
-                "strength (below 1 − switch) is the refiner alone.")
+    gr.Markdown(
+        "Prompt and sampler come from **Draft & Refine**. Strength 0 keeps the source, 1 ignores it; a low "
+        "strength (below 1 − switch) is the refiner alone."
+    )
     with gr.Row():
         with gr.Column():
-            source = gr.Image(label="Source image", type="filepath", format="png", image_mode="RGB",
-                              sources=["upload", "clipboard"], height=IMAGE_HEIGHT, elem_id="img2img-source")
+            source = gr.Image(
+                label="Source image",
+                type="filepath",
+                format="png",
+                image_mode="RGB",
+                sources=["upload", "clipboard"],
+                height=IMAGE_HEIGHT,
+                elem_id="img2img-source",
+            )
             parent = gr.Number(None, label="From gallery #", precision=0, interactive=False, elem_id="img2img-parent")
-            size = bindings.render_size_controls(ctx.defaults.width, ctx.defaults.height, elem_prefix="img2img-",
-                                                 from_source=True)
+            size = bindings.render_size_controls(
+                ctx.defaults.width, ctx.defaults.height, elem_prefix="img2img-", from_source=True
+            )
             strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Denoise strength", elem_id="img2img-strength")
             with gr.Row():
                 run = gr.Button("Make image", variant="primary", elem_id="img2img-button")
@@ -83,12 +100,20 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
         return bindings.size_from_values(size, {size.preset: preset}, source_size(path))
 
     for event in (source.change, size.preset.change):
-        event(follow_source, inputs=[source, size.preset], outputs=[size.width, size.height], queue=False,
-              show_progress="hidden", api_visibility="private")
+        event(
+            follow_source,
+            inputs=[source, size.preset],
+            outputs=[size.width, size.height],
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
     inputs = controls.inputs() | size.inputs() | {source, parent, strength}
     gpu_event(ctx, run.click, make, inputs=inputs, outputs={result}, status=status, api_name="img2img")
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_visibility="private")
-    source.upload(lambda: None, outputs=parent, queue=False, api_visibility="private")  # an upload has no gallery parent
+    source.upload(
+        lambda: None, outputs=parent, queue=False, api_visibility="private"
+    )  # an upload has no gallery parent
     return Img2ImgTab(source=source, parent=parent, size=size, strength=strength)
 
 

@@ -15,8 +15,9 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gradio as gr
 
@@ -123,8 +124,9 @@ class GpuJobs:
             entry = self._tickets.get(ticket) if ticket else None
             if entry is None:
                 ticket = uuid.uuid4().hex
-                entry = self._tickets[ticket] = _Ticket(session=session, cancel=threading.Event(),
-                                                        reserved_at=time.monotonic())
+                entry = self._tickets[ticket] = _Ticket(
+                    session=session, cancel=threading.Event(), reserved_at=time.monotonic()
+                )
             entry.started = True
         if entry.cancel.is_set():
             self._done(ticket, None)
@@ -132,8 +134,9 @@ class GpuJobs:
             return
         events: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
-        thread = threading.Thread(target=self._run, args=(ticket, entry, work, events, outcome), name="atelier-gpu-job",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(ticket, entry, work, events, outcome), name="atelier-gpu-job", daemon=True
+        )
         thread.start()
         yield from _throttled(events)
         thread.join()
@@ -190,7 +193,7 @@ def _throttled(events: queue.Queue) -> Iterator[Step]:
 
 
 def queue_text(ahead: int, seconds: float | None) -> str:
-    """"Starting…" or "Waiting — 2nd in the queue (about 40 s)"."""
+    """ "Starting…" or "Waiting — 2nd in the queue (about 40 s)"."""
     if ahead == 0:
         return "Starting…"
     place = ahead + 1
@@ -207,8 +210,11 @@ def readable_error(error: BaseException) -> gr.Error:
     if isinstance(error, USER_ERRORS):
         return gr.Error(html.escape(str(error)), title="Cannot do that", print_exception=False)
     traceback.print_exception(error, file=sys.stderr)
-    return gr.Error(html.escape(f"{type(error).__name__}: {error}. Details are in the server log."),
-                    title="Something went wrong", print_exception=False)
+    return gr.Error(
+        html.escape(f"{type(error).__name__}: {error}. Details are in the server log."),
+        title="Something went wrong",
+        print_exception=False,
+    )
 
 
 def warn(error: BaseException) -> str:
@@ -255,8 +261,9 @@ def progress_text(info: StepPreview, doing: str) -> str:
     return f"{doing}: {stage} step {info.step}/{info.total}"
 
 
-def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, result: Any, doing: str,
-                      result_id: Any = None) -> Iterator[dict]:
+def one_image_updates(
+    events: Iterator[Step | Done | Interrupted], status: Any, result: Any, doing: str, result_id: Any = None
+) -> Iterator[dict]:
     """Page updates for a job that makes one image: progress and a fast preview, then the saved PNG
     (and its gallery id into `result_id`, if given)."""
     for event in events:
@@ -271,7 +278,10 @@ def one_image_updates(events: Iterator[Step | Done | Interrupted], status: Any, 
         elif isinstance(event, Done):
             for note in getattr(event.result, "notes", ()):
                 gr.Info(note, title="Note")
-            update = {result: str(event.result.image), status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed})."}
+            update = {
+                result: str(event.result.image),
+                status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed}).",
+            }
             if result_id is not None:
                 update[result_id] = event.result.id
             yield update

@@ -31,8 +31,10 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def check_listen(host: str, auth: tuple[str, str] | None) -> None:
     """Listening beyond this machine needs a login: anyone on the network could otherwise use the GPU and gallery."""
     if not is_loopback(host) and auth is None:
-        raise ValueError(f"--host {host} makes the studio reachable from other machines; add --auth USER:PASS "
-                         "(or keep the default --host 127.0.0.1)")
+        raise ValueError(
+            f"--host {host} makes the studio reachable from other machines; add --auth USER:PASS "
+            "(or keep the default --host 127.0.0.1)"
+        )
 
 
 def _host_port(value: str, scheme: str) -> tuple[str, int]:
@@ -79,8 +81,13 @@ class SameOriginOnly:
             await send({"type": "websocket.close", "code": 1008})
             return
         body = b"cross-origin requests are refused"
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 403,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -120,8 +127,13 @@ class QueueFullMessage:
                     await send(m)
                 return
             body = json.dumps({"detail": self.message}).encode()
-            await send({"type": "http.response.start", "status": 429, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, rewrite)

@@ -97,8 +97,11 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model and --refiner, as `choose_models` reads them."""
-    parser.add_argument("--model", help="tiny, a hub id, a diffusers folder, a .safetensors file, or a name in the models "
-                                        "folder (default: SDXL weights found locally, else the tiny demo model)")
+    parser.add_argument(
+        "--model",
+        help="tiny, a hub id, a diffusers folder, a .safetensors file, or a name in the models "
+        "folder (default: SDXL weights found locally, else the tiny demo model)",
+    )
     parser.add_argument("--refiner", help="like --model; 'base' lets the base refine its own drafts")
 
 

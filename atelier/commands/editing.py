@@ -6,11 +6,22 @@ from __future__ import annotations
 import argparse
 
 from atelier.commands.common import (
-    add_device_options, add_json_option, add_model_options, choose, emit, open_studio, tell,
+    add_device_options,
+    add_json_option,
+    add_model_options,
+    choose,
+    emit,
+    open_studio,
+    tell,
 )
 from atelier.commands.request_options import (
-    add_edit_arguments, add_img2img_arguments, add_recipe_arguments, edit_inputs_from_args, image_size,
-    read_image_arg, request_from_args,
+    add_edit_arguments,
+    add_img2img_arguments,
+    add_recipe_arguments,
+    edit_inputs_from_args,
+    image_size,
+    read_image_arg,
+    request_from_args,
 )
 from pipelines.recipe import Recipe
 
@@ -49,8 +60,11 @@ def run_img2img(args: argparse.Namespace) -> int:
         recipe, inputs = edit_inputs_from_args(args, recipe, studio, source)
         saved = studio.edit(recipe, inputs, parent_id=parent_id)
     tell("img2img", saved.notes)
-    return emit(args, {"id": saved.id, "seed": saved.recipe.seed, "image": str(saved.image), "parent_id": parent_id},
-                f"img2img {saved.id}  seed {saved.recipe.seed}  {saved.image}")
+    return emit(
+        args,
+        {"id": saved.id, "seed": saved.recipe.seed, "image": str(saved.image), "parent_id": parent_id},
+        f"img2img {saved.id}  seed {saved.recipe.seed}  {saved.image}",
+    )
 
 
 def run_loras(args: argparse.Namespace) -> int:
@@ -58,17 +72,22 @@ def run_loras(args: argparse.Namespace) -> int:
         folder, found = studio.lora_folder(), studio.loras()
     lines = [f"LoRA folder: {folder or 'none (put LoRAs in <home>/models/Lora or set ATELIER_MODELS)'}"]
     for entry in found:
-        lines.append(f"  {entry['name']}  " + (f"{entry['format']}, {entry['layers']} layers" if "format" in entry
-                                               else f"unusable: {entry['error']}"))
+        lines.append(
+            f"  {entry['name']}  "
+            + (f"{entry['format']}, {entry['layers']} layers" if "format" in entry else f"unusable: {entry['error']}")
+        )
     return emit(args, {"folder": str(folder) if folder else None, "loras": found}, lines)
 
 
 def run_controlnets(args: argparse.Namespace) -> int:
     with open_studio(args) as studio:
         folder, models, preprocessors = studio.controlnet_folder(), studio.controlnets(), studio.preprocessors()
-    lines = [f"ControlNet folder: {folder or 'none (put ControlNets in <home>/models/ControlNet or set ATELIER_MODELS)'}"]
+    lines = [
+        f"ControlNet folder: {folder or 'none (put ControlNets in <home>/models/ControlNet or set ATELIER_MODELS)'}"
+    ]
     lines += [f"  {entry['name']}  {entry['path']}" for entry in models]
     lines.append("Preprocessors:")
     lines += [f"  {entry['name']}  " + ("ready" if entry["ready"] else entry["missing"]) for entry in preprocessors]
-    return emit(args, {"folder": str(folder) if folder else None, "controlnets": models,
-                       "preprocessors": preprocessors}, lines)
+    return emit(
+        args, {"folder": str(folder) if folder else None, "controlnets": models, "preprocessors": preprocessors}, lines
+    )

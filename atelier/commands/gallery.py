@@ -34,8 +34,13 @@ def register(subparsers) -> None:
     p.add_argument("tags", nargs="*", metavar="TAG", help="tags to add")
     p.add_argument("--remove", nargs="+", default=[], metavar="TAG", help="tags to remove")
     p.add_argument("--replace", action="store_true", help="replace all tags with the given ones")
-    p = _command(subparsers, "import", _import, "add an Atelier, A1111 or InvokeAI PNG to the gallery with its recipe",
-                 with_id=False)
+    p = _command(
+        subparsers,
+        "import",
+        _import,
+        "add an Atelier, A1111 or InvokeAI PNG to the gallery with its recipe",
+        with_id=False,
+    )
     p.add_argument("file", type=Path)
 
 
@@ -78,8 +83,13 @@ def details(gen: Generation) -> dict[str, Any]:
 
 
 def _list(args) -> int:
-    filters = GalleryFilters(kinds=(args.kind,) if args.kind else (), model=args.model, lora=args.lora,
-                             favourites_only=bool(args.favourite), tag=args.tag)
+    filters = GalleryFilters(
+        kinds=(args.kind,) if args.kind else (),
+        model=args.model,
+        lora=args.lora,
+        favourites_only=bool(args.favourite),
+        tag=args.tag,
+    )
     with open_studio(args) as studio:
         page = studio.search(args.search, filters, limit=args.limit, after=args.after)
     lines = [
@@ -89,8 +99,9 @@ def _list(args) -> int:
     ]
     if page.next_cursor:
         lines.append(f"(more: --after {page.next_cursor})")
-    return emit(args, {"items": [summary(g) for g in page.items], "next_cursor": page.next_cursor},
-                lines or "(no entries)")
+    return emit(
+        args, {"items": [summary(g) for g in page.items], "next_cursor": page.next_cursor}, lines or "(no entries)"
+    )
 
 
 def _show(args) -> int:
@@ -105,7 +116,9 @@ def _show(args) -> int:
 def _delete(args) -> int:
     with open_studio(args) as studio:
         removed = studio.delete(args.id)
-    return emit(args, {"id": args.id, "removed_files": list(removed)}, f"deleted {args.id} ({len(removed)} file(s) removed)")
+    return emit(
+        args, {"id": args.id, "removed_files": list(removed)}, f"deleted {args.id} ({len(removed)} file(s) removed)"
+    )
 
 
 def _export(args) -> int:

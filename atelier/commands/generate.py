@@ -5,16 +5,28 @@ from __future__ import annotations
 import argparse
 
 from atelier.commands.common import (
-    add_device_options, add_json_option, add_model_options, choose, emit, open_studio, tell,
+    add_device_options,
+    add_json_option,
+    add_model_options,
+    choose,
+    emit,
+    open_studio,
+    tell,
 )
 from atelier.commands.request_options import (
-    add_count_argument, add_edit_arguments, add_recipe_arguments, edit_inputs_from_args, request_from_args,
+    add_count_argument,
+    add_edit_arguments,
+    add_recipe_arguments,
+    edit_inputs_from_args,
+    request_from_args,
 )
 from pipelines.recipe import Recipe
 
 
 def register(subparsers) -> None:
-    draft = subparsers.add_parser("draft", help="make drafts: the base stops at the switch point, its noisy latent kept")
+    draft = subparsers.add_parser(
+        "draft", help="make drafts: the base stops at the switch point, its noisy latent kept"
+    )
     add_device_options(draft)
     add_model_options(draft)
     add_recipe_arguments(draft)
@@ -53,8 +65,11 @@ def run_draft(args: argparse.Namespace) -> int:
         recipe, inputs = edit_inputs_from_args(args, recipe, studio)  # --control
         saved = studio.draft(recipe, args.count, inputs=inputs)
     tell("draft", [note for s in saved for note in s.notes])
-    return emit(args, {"drafts": [s.as_json() for s in saved]},
-                [f"draft {s.id}  seed {s.recipe.seed}  {s.image}" for s in saved])
+    return emit(
+        args,
+        {"drafts": [s.as_json() for s in saved]},
+        [f"draft {s.id}  seed {s.recipe.seed}  {s.image}" for s in saved],
+    )
 
 
 def run_refine(args: argparse.Namespace) -> int:

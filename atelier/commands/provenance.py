@@ -23,7 +23,9 @@ def register(subparsers) -> None:
         "detect-watermark",
         help="check images for SDXL's invisible watermark (exit 0 if all carry it, 1 if not)",
     )
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files (PNG keeps the mark; JPEG loses it)")
+    p.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="image files (PNG keeps the mark; JPEG loses it)"
+    )
     add_json_option(p)
     p.set_defaults(func=detect_watermark_command)
 
@@ -81,7 +83,12 @@ def info_command(args: argparse.Namespace) -> int:
     from pipelines.provenance.png_metadata import read_png
 
     back = read_png(Path(args.file))  # ValueError (not a PNG, malformed metadata) → exit 2 via the CLI
-    data = {"file": str(args.file), "source": back.source, "recipe": back.recipe.to_dict(), "unmapped": list(back.unmapped)}
+    data = {
+        "file": str(args.file),
+        "source": back.source,
+        "recipe": back.recipe.to_dict(),
+        "unmapped": list(back.unmapped),
+    }
     if args.json:
         print(json.dumps(data))
         return 0

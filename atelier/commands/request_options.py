@@ -17,9 +17,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atelier.requests import (
-    DEFAULT_AESTHETIC, DEFAULT_COUNT, DEFAULT_GUIDANCE, DEFAULT_HEIGHT, DEFAULT_IMG2IMG_STRENGTH,
-    DEFAULT_NEGATIVE_AESTHETIC, DEFAULT_REFINE_STRENGTH, DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_SWITCH,
-    DEFAULT_WIDTH, IMG2IMG_MAX_SIDE, IMG2IMG_MAX_SIDE_ENV, REQUEST_SYNTAXES, GenerationRequest,
+    DEFAULT_AESTHETIC,
+    DEFAULT_COUNT,
+    DEFAULT_GUIDANCE,
+    DEFAULT_HEIGHT,
+    DEFAULT_IMG2IMG_STRENGTH,
+    DEFAULT_NEGATIVE_AESTHETIC,
+    DEFAULT_REFINE_STRENGTH,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+    DEFAULT_SWITCH,
+    DEFAULT_WIDTH,
+    IMG2IMG_MAX_SIDE,
+    IMG2IMG_MAX_SIDE_ENV,
+    REQUEST_SYNTAXES,
+    GenerationRequest,
 )
 from pipelines.recipe import MAX_DRAFTS, SCHEDULERS, LoraRef, MicroConditioning, Recipe
 
@@ -40,9 +52,17 @@ MICRO_OPTIONS = {
 
 # Words that name a preprocessor's kind of ControlNet in common model file names.
 MODEL_KEYWORDS = {
-    "canny": ("canny",), "shuffle": ("shuffle",), "lineart_standard": ("lineart",), "lineart": ("lineart",),
-    "lineart_anime": ("anime", "lineart"), "depth_midas": ("depth",), "hed": ("hed", "softedge"),
-    "pidinet": ("softedge", "pidi"), "openpose": ("openpose", "pose"), "mlsd": ("mlsd",), "normalbae": ("normal",),
+    "canny": ("canny",),
+    "shuffle": ("shuffle",),
+    "lineart_standard": ("lineart",),
+    "lineart": ("lineart",),
+    "lineart_anime": ("anime", "lineart"),
+    "depth_midas": ("depth",),
+    "hed": ("hed", "softedge"),
+    "pidinet": ("softedge", "pidi"),
+    "openpose": ("openpose", "pose"),
+    "mlsd": ("mlsd",),
+    "normalbae": ("normal",),
 }
 
 IMG2IMG_SIZE = f"the source's own size, longest side at most ${IMG2IMG_MAX_SIDE_ENV} or {IMG2IMG_MAX_SIDE}"
@@ -55,56 +75,132 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, *, img2img: bool = Fal
     """The recipe options of every generating command (draft, img2img; img2img's size follows its source)."""
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative", default="")
-    parser.add_argument("--syntax", choices=REQUEST_SYNTAXES, default=None,
-                        help="prompt weighting syntax; auto: a1111 when the prompt uses an A1111-only construct, "
-                             "else compel (default: $ATELIER_PROMPT_SYNTAX, else auto)")
+    parser.add_argument(
+        "--syntax",
+        choices=REQUEST_SYNTAXES,
+        default=None,
+        help="prompt weighting syntax; auto: a1111 when the prompt uses an A1111-only construct, "
+        "else compel (default: $ATELIER_PROMPT_SYNTAX, else auto)",
+    )
     parser.add_argument("--seed", type=int, help="first seed (default: random); draft i gets seed+i")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N", help="denoising steps (default: %(default)s)")
-    parser.add_argument("--switch", type=float, default=DEFAULT_SWITCH, metavar="F",
-                        help="fraction of the schedule the base runs, (0, 1] (default: %(default)s)")
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, metavar="N", help="denoising steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--switch",
+        type=float,
+        default=DEFAULT_SWITCH,
+        metavar="F",
+        help="fraction of the schedule the base runs, (0, 1] (default: %(default)s)",
+    )
     for side, default in (("width", DEFAULT_WIDTH), ("height", DEFAULT_HEIGHT)):
-        parser.add_argument(f"--{side}", type=int, default=None, metavar="PX",
-                            help=f"a multiple of 8; give both or neither (default: {IMG2IMG_SIZE if img2img else default})")
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, metavar="G",
-                        help="classifier-free guidance scale (default: %(default)s)")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER, metavar="NAME",
-                        help=f"{', '.join(SCHEDULERS)} (default: %(default)s)")
-    parser.add_argument("--refine-strength", type=float, default=DEFAULT_REFINE_STRENGTH, metavar="R",
-                        help="the refiner's strength on a clean image: with --switch 1.0 or --refine-only "
-                             "(default: %(default)s)")
+        parser.add_argument(
+            f"--{side}",
+            type=int,
+            default=None,
+            metavar="PX",
+            help=f"a multiple of 8; give both or neither (default: {IMG2IMG_SIZE if img2img else default})",
+        )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULT_GUIDANCE,
+        metavar="G",
+        help="classifier-free guidance scale (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=DEFAULT_SCHEDULER,
+        metavar="NAME",
+        help=f"{', '.join(SCHEDULERS)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--refine-strength",
+        type=float,
+        default=DEFAULT_REFINE_STRENGTH,
+        metavar="R",
+        help="the refiner's strength on a clean image: with --switch 1.0 or --refine-only (default: %(default)s)",
+    )
     for name in ("original-size", "target-size", "negative-original-size", "negative-target-size"):
         parser.add_argument(f"--{name}", type=_pair, metavar="HxW", help="SDXL size conditioning, height x width")
-    for name, default in (("crop", MicroConditioning().crops_coords_top_left),
-                          ("negative-crop", MicroConditioning().negative_crops_coords_top_left)):
-        parser.add_argument(f"--{name}", type=_pair, metavar="TOPxLEFT",
-                            help=f"SDXL crop conditioning (default: {default[0]}x{default[1]})")
-    parser.add_argument("--aesthetic-score", type=float, default=DEFAULT_AESTHETIC, metavar="A",
-                        help="refiner conditioning (default: %(default)s)")
-    parser.add_argument("--negative-aesthetic-score", type=float, default=DEFAULT_NEGATIVE_AESTHETIC, metavar="A",
-                        help="the refiner's negative aesthetic conditioning (default: %(default)s)")
+    for name, default in (
+        ("crop", MicroConditioning().crops_coords_top_left),
+        ("negative-crop", MicroConditioning().negative_crops_coords_top_left),
+    ):
+        parser.add_argument(
+            f"--{name}",
+            type=_pair,
+            metavar="TOPxLEFT",
+            help=f"SDXL crop conditioning (default: {default[0]}x{default[1]})",
+        )
+    parser.add_argument(
+        "--aesthetic-score",
+        type=float,
+        default=DEFAULT_AESTHETIC,
+        metavar="A",
+        help="refiner conditioning (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--negative-aesthetic-score",
+        type=float,
+        default=DEFAULT_NEGATIVE_AESTHETIC,
+        metavar="A",
+        help="the refiner's negative aesthetic conditioning (default: %(default)s)",
+    )
     parser.add_argument("--no-watermark", action="store_true", help="do not embed the invisible watermark")
 
 
 def add_count_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, metavar="K",
-                        help=f"number of drafts, 1 to {MAX_DRAFTS} (default: %(default)s)")
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=DEFAULT_COUNT,
+        metavar="K",
+        help=f"number of drafts, 1 to {MAX_DRAFTS} (default: %(default)s)",
+    )
 
 
 def add_img2img_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--strength", type=float, default=DEFAULT_IMG2IMG_STRENGTH, metavar="S",
-                        help="denoise strength: 0 keeps the source, 1 ignores it; a strength that leaves the base "
-                             "no step before the switch runs the refiner alone (default: %(default)s)")
-    parser.add_argument("--refine-only", action="store_true",
-                        help="refine any image: the refiner alone at --refine-strength (the base runs no step)")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=DEFAULT_IMG2IMG_STRENGTH,
+        metavar="S",
+        help="denoise strength: 0 keeps the source, 1 ignores it; a strength that leaves the base "
+        "no step before the switch runs the refiner alone (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--refine-only",
+        action="store_true",
+        help="refine any image: the refiner alone at --refine-strength (the base runs no step)",
+    )
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lora", action="append", default=[], type=parse_lora, metavar="NAME[:W]",
-                        help="apply a LoRA from the models folder at weight W (repeatable; default weight 1)")
-    parser.add_argument("--control", action="append", default=[], metavar="TYPE[=MODEL]:IMAGE[:SCALE[:START:END]]",
-                        help="a ControlNet unit (repeatable); TYPE: canny, shuffle, lineart_standard, none, …")
-    parser.add_argument("--control-param", action="append", default=[], type=_param, metavar="NAME=VALUE",
-                        help="a preprocessor setting, e.g. low=50 high=150 for canny (repeatable)")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=parse_lora,
+        metavar="NAME[:W]",
+        help="apply a LoRA from the models folder at weight W (repeatable; default weight 1)",
+    )
+    parser.add_argument(
+        "--control",
+        action="append",
+        default=[],
+        metavar="TYPE[=MODEL]:IMAGE[:SCALE[:START:END]]",
+        help="a ControlNet unit (repeatable); TYPE: canny, shuffle, lineart_standard, none, …",
+    )
+    parser.add_argument(
+        "--control-param",
+        action="append",
+        default=[],
+        type=_param,
+        metavar="NAME=VALUE",
+        help="a preprocessor setting, e.g. low=50 high=150 for canny (repeatable)",
+    )
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -207,8 +303,9 @@ def parse_control(text: str) -> tuple[str, str | None, str, tuple[float, ...]]:
     return kind.strip(), model.strip() or None, ":".join(parts[1:]), tuple(numbers)
 
 
-def edit_inputs_from_args(args: argparse.Namespace, recipe: Recipe, studio,
-                          source: bytes | None = None) -> tuple[Recipe, InputFiles]:
+def edit_inputs_from_args(
+    args: argparse.Namespace, recipe: Recipe, studio, source: bytes | None = None
+) -> tuple[Recipe, InputFiles]:
     """--control and --control-param applied to a recipe (its LoRAs are already in it); images
     preprocessed and hashed by the studio. A --control-param goes to every unit whose preprocessor has it."""
     from atelier.edit_inputs import ControlRequest
@@ -224,10 +321,17 @@ def edit_inputs_from_args(args: argparse.Namespace, recipe: Recipe, studio,
         data, _ = read_image_arg(image, studio)
         start, end = numbers[1:] if len(numbers) == 3 else (0.0, 1.0)
         used |= set(own)
-        controls.append(ControlRequest(
-            model=model or pick_controlnet(kind, studio.controlnets()), preprocessor=kind, image=data,
-            scale=numbers[0] if numbers else 1.0, start=start, end=end, params=own,
-        ))
+        controls.append(
+            ControlRequest(
+                model=model or pick_controlnet(kind, studio.controlnets()),
+                preprocessor=kind,
+                image=data,
+                scale=numbers[0] if numbers else 1.0,
+                start=start,
+                end=end,
+                params=own,
+            )
+        )
     unused = sorted(set(params) - used)
     if unused:
         raise ValueError(f"--control-param: {', '.join(unused)} is a setting of none of the --control preprocessors")
@@ -241,6 +345,8 @@ def pick_controlnet(kind: str, installed: list[dict]) -> str:
         return matches[0]
     names = ", ".join(m["name"] for m in installed) or "none installed"
     if not matches:
-        raise ValueError(f"--control {kind}: no installed ControlNet's name mentions {kind!r} (installed: {names}); "
-                         f"name one with {kind}=MODEL")
+        raise ValueError(
+            f"--control {kind}: no installed ControlNet's name mentions {kind!r} (installed: {names}); "
+            f"name one with {kind}=MODEL"
+        )
     raise ValueError(f"--control {kind}: several ControlNets fit ({', '.join(matches)}); name one with {kind}=MODEL")

@@ -13,8 +13,12 @@ def register(subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on; other than loopback needs --auth")
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--auth", metavar="USER:PASS", help="require this login (needed with a non-loopback --host)")
-    serve.add_argument("--queue-size", type=int, help="jobs that may wait for the GPU; one more is told the queue is "
-                                                      "full (default: $ATELIER_QUEUE_SIZE, else 16)")
+    serve.add_argument(
+        "--queue-size",
+        type=int,
+        help="jobs that may wait for the GPU; one more is told the queue is "
+        "full (default: $ATELIER_QUEUE_SIZE, else 16)",
+    )
     add_device_options(serve)
     serve.add_argument("--no-warm-up", action="store_true", help="load the models on the first job, not at start-up")
     serve.set_defaults(func=run_serve)
@@ -41,8 +45,11 @@ def run_serve(args) -> int:
     try:
         ctx = make_context(studio, choice)
         if choice.demo:
-            print("atelier serve: no SDXL weights found; using the demo model with random weights "
-                  "(set --model to an SDXL checkpoint)", file=sys.stderr)
+            print(
+                "atelier serve: no SDXL weights found; using the demo model with random weights "
+                "(set --model to an SDXL checkpoint)",
+                file=sys.stderr,
+            )
         demo = build_app(ctx, queue_size=queue_size)
         if not args.no_warm_up:
             warm_up(ctx)

@@ -11,18 +11,19 @@ Where the base stops, and whether img2img runs as "refine any image", is decided
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
-from pipelines.models.controlnet import ControlNetLibrary, combined, control_kwargs
-from pipelines.engine.inputs import EditInputs
 from pipelines.engine.handoff import plan_handoff
 from pipelines.engine.img2img import check_base_steps, stop_at_switch
+from pipelines.engine.inputs import EditInputs
 from pipelines.engine.schedulers import make_scheduler
-from pipelines.sizes import fit_to_bucket
+from pipelines.models.controlnet import ControlNetLibrary, combined, control_kwargs
 from pipelines.recipe import Recipe
+from pipelines.sizes import fit_to_bucket
 
 
 @dataclass
@@ -48,13 +49,16 @@ def check_inputs(recipe: Recipe, inputs: EditInputs | None) -> EditInputs:
         if image is not None and not isinstance(image, Image.Image):
             raise ValueError(f"images: must be PIL images (got {type(image).__name__})")
     if len(inputs.control_maps) != len(recipe.controlnets):
-        raise ValueError(f"controlnets: the recipe has {len(recipe.controlnets)} unit(s) but "
-                         f"{len(inputs.control_maps)} control map(s) were given")
+        raise ValueError(
+            f"controlnets: the recipe has {len(recipe.controlnets)} unit(s) but "
+            f"{len(inputs.control_maps)} control map(s) were given"
+        )
     return inputs
 
 
-def plan(recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetLibrary,
-         derive: Callable[..., Any]) -> BaseStage:
+def plan(
+    recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetLibrary, derive: Callable[..., Any]
+) -> BaseStage:
     """The derived pipeline and its arguments for the base's work on `recipe` (`base`: the loaded base model)."""
     import torch
     from diffusers import (
@@ -94,10 +98,12 @@ def plan(recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetL
     maps_arg = control.pop("_maps")
     if not img2img:
         pipe = derive(StableDiffusionXLControlNetPipeline, base, recipe.scheduler, controlnet=combined(models))
-        return BaseStage(recipe, pipe, {**size, **denoising_end, "image": maps_arg, **control}, denoising_end=end,
-                         notes=notes)
+        return BaseStage(
+            recipe, pipe, {**size, **denoising_end, "image": maps_arg, **control}, denoising_end=end, notes=notes
+        )
     pipe = derive(StableDiffusionXLControlNetImg2ImgPipeline, base, recipe.scheduler, controlnet=combined(models))
     runs = check_base_steps(pipe.scheduler, recipe, end)
     kwargs = {**size, "image": source, "control_image": maps_arg, "strength": recipe.strength, **control}
-    return BaseStage(recipe, pipe, kwargs, runs, stop_at_switch(recipe, pipe.scheduler, end), source,
-                     end if runs else 1.0, notes)
+    return BaseStage(
+        recipe, pipe, kwargs, runs, stop_at_switch(recipe, pipe.scheduler, end), source, end if runs else 1.0, notes
+    )

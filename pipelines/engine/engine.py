@@ -12,28 +12,29 @@ import contextlib
 import dataclasses
 import gc
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from pipelines.engine import base_stage
-from pipelines.engine.inputs import EditInputs
-from pipelines.models.controlnet import ControlNetLibrary
 from pipelines.engine.img2img import encode_source
+from pipelines.engine.inputs import EditInputs
 from pipelines.engine.kept_latent import KeptLatent
-from pipelines.models.loading import LoadedModel, ModelCache
-from pipelines.models.lora import LoraLibrary
 from pipelines.engine.previews import CleanEstimateTap, decode_latents
 from pipelines.engine.prompt_encoding import PromptEncoder
-from pipelines.prompt_syntax import extract_lora_tokens
-from pipelines.recipe import MAX_DRAFTS, MAX_SEED, ModelRef, Recipe
 from pipelines.engine.schedulers import make_scheduler
-from pipelines.provenance.watermark import apply_watermark
 from pipelines.errors import GenerationCancelled, OutOfMemory  # noqa: F401 (raised here, caught by callers)
+from pipelines.models.controlnet import ControlNetLibrary
+from pipelines.models.loading import LoadedModel, ModelCache
+from pipelines.models.lora import LoraLibrary
+from pipelines.prompt_syntax import extract_lora_tokens
+from pipelines.provenance.watermark import apply_watermark
+from pipelines.recipe import MAX_DRAFTS, MAX_SEED, ModelRef, Recipe
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,15 @@ class Engine:
 
     # -- public modes ------------------------------------------------------------------------------
 
-    def draft(self, recipe: Recipe, count: int = 1, *, inputs: EditInputs | None = None, on_step: OnStep = None,
-              should_cancel: ShouldCancel = None) -> list[Draft]:
+    def draft(
+        self,
+        recipe: Recipe,
+        count: int = 1,
+        *,
+        inputs: EditInputs | None = None,
+        on_step: OnStep = None,
+        should_cancel: ShouldCancel = None,
+    ) -> list[Draft]:
         """`count` drafts with seeds seed, seed+1, …; one batch where memory allows.
 
         Each draft's recipe records the batch it was made in (`batch_seeds`), so re-running it replays
@@ -101,7 +109,8 @@ class Engine:
                 raise
         # The batch did not fit: make the drafts one at a time, each recorded as made alone.
         return [
-            self._drafts(template.replace(seed=s, batch_seeds=()), (s,), on_step, should_cancel, inputs)[0] for s in seeds
+            self._drafts(template.replace(seed=s, batch_seeds=()), (s,), on_step, should_cancel, inputs)[0]
+            for s in seeds
         ]
 
     def refine(self, draft: Draft, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> FinishedImage:
@@ -138,8 +147,14 @@ class Engine:
         finished = self._finish(recipe.replace(stage="final"), image, latents[0])
         return dataclasses.replace(finished, notes=draft.notes)
 
-    def render(self, recipe: Recipe, *, inputs: EditInputs | None = None, on_step: OnStep = None,
-               should_cancel: ShouldCancel = None) -> Draft | FinishedImage:
+    def render(
+        self,
+        recipe: Recipe,
+        *,
+        inputs: EditInputs | None = None,
+        on_step: OnStep = None,
+        should_cancel: ShouldCancel = None,
+    ) -> Draft | FinishedImage:
         """Make exactly what a recipe describes — how the gallery re-runs any image. `inputs`: the source
         image (img2img) and control maps the recipe names by sha256."""
         seeds = recipe.batch_seeds or (recipe.seed,)
@@ -154,7 +169,9 @@ class Engine:
             return _finished_from_draft(draft)
         return self.refine(draft, on_step=on_step, should_cancel=should_cancel)
 
-    def rerender(self, draft: Draft, steps: int, *, inputs: EditInputs | None = None, **callbacks: Any) -> FinishedImage:
+    def rerender(
+        self, draft: Draft, steps: int, *, inputs: EditInputs | None = None, **callbacks: Any
+    ) -> FinishedImage:
         """Re-run a chosen draft's seed alone at more steps, then hand off as usual."""
         recipe = draft.recipe.replace(steps=steps, batch_seeds=(), stage="final")
         result = self.render(recipe, inputs=inputs, **callbacks)
@@ -163,11 +180,18 @@ class Engine:
 
     # -- stages --------------------------------------------------------------------------------------
 
-    def _drafts(self, template: Recipe, seeds: tuple[int, ...], on_step: OnStep, should_cancel: ShouldCancel,
-                inputs: EditInputs | None = None) -> list[Draft]:
+    def _drafts(
+        self,
+        template: Recipe,
+        seeds: tuple[int, ...],
+        on_step: OnStep,
+        should_cancel: ShouldCancel,
+        inputs: EditInputs | None = None,
+    ) -> list[Draft]:
         base = self._load_base(template.model)
-        template = template.replace(model=base.ref, vae=_vae_in_use(template, base),
-                                    app_version=self.app_version or template.app_version)
+        template = template.replace(
+            model=base.ref, vae=_vae_in_use(template, base), app_version=self.app_version or template.app_version
+        )
         stage = base_stage.plan(template, base.pipe, inputs or EditInputs(), self.controlnets, _derive)
         template, pipe = stage.recipe, stage.pipe
         tap = CleanEstimateTap(pipe.scheduler)
@@ -176,12 +200,19 @@ class Engine:
             with self._memory_guard(f"encoding the source at {template.width}×{template.height}"):
                 latents = encode_source(pipe, stage.source, len(seeds))
             return [
-                Draft(template.replace(seed=seed, watermark_applied=False), KeptLatent(latent.detach().to("cpu"), 1.0),
-                      stage.source.copy(), source_unchanged=True, notes=stage.notes)
+                Draft(
+                    template.replace(seed=seed, watermark_applied=False),
+                    KeptLatent(latent.detach().to("cpu"), 1.0),
+                    stage.source.copy(),
+                    source_unchanged=True,
+                    notes=stage.notes,
+                )
                 for seed, latent in zip(seeds, latents)
             ]
-        with self.loras.applied(pipe, template.loras), \
-                self._memory_guard(f"making {len(seeds)} draft(s) at {template.width}×{template.height}"):
+        with (
+            self.loras.applied(pipe, template.loras),
+            self._memory_guard(f"making {len(seeds)} draft(s) at {template.width}×{template.height}"),
+        ):
             prompt_kwargs = self._encode(pipe, template, base.ref)
             latents = pipe(
                 num_inference_steps=template.steps,
@@ -197,7 +228,9 @@ class Engine:
             # A noisy latent shows noise: preview the model's own estimate of the finished image.
             shown = tap.latest if stage.denoising_end < 1.0 else latents
             if shown is None:  # handoff.plan_handoff leaves the base at least one step; never expected
-                raise RuntimeError(f"the base ran no step for this recipe (steps {template.steps}, switch {template.switch})")
+                raise RuntimeError(
+                    f"the base ran no step for this recipe (steps {template.steps}, switch {template.switch})"
+                )
             previews = decode_latents(pipe, shown)
         drafts = []
         for seed, latent, preview in zip(seeds, latents, previews):
@@ -252,8 +285,9 @@ class Engine:
         return apply_watermark(image) if recipe.watermark else (image, False)
 
     @staticmethod
-    def _step_callback(stage: str, tap: CleanEstimateTap, on_step: OnStep, should_cancel: ShouldCancel,
-                       stop_after: int | None = None):
+    def _step_callback(
+        stage: str, tap: CleanEstimateTap, on_step: OnStep, should_cancel: ShouldCancel, stop_after: int | None = None
+    ):
         def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if stop_after is not None and i + 1 >= stop_after:
                 pipe._interrupt = True  # the switch point, for pipelines without denoising_end
@@ -283,8 +317,13 @@ def _finished_from_draft(draft: Draft) -> FinishedImage:
     """A draft that is already the finished image: the base ran to the end (refine None), or the source
     as it is (Recipe.keeps_source: img2img at strength 0)."""
     unchanged = draft.recipe.keeps_source
-    return FinishedImage(draft.recipe.replace(stage="final"), draft.preview, draft.latent.tensor,
-                         source_unchanged=unchanged, notes=draft.notes)
+    return FinishedImage(
+        draft.recipe.replace(stage="final"),
+        draft.preview,
+        draft.latent.tensor,
+        source_unchanged=unchanged,
+        notes=draft.notes,
+    )
 
 
 def _derive(pipeline_class: Any, source: Any, scheduler_name: str, **modules: Any) -> Any:
@@ -294,7 +333,10 @@ def _derive(pipeline_class: Any, source: Any, scheduler_name: str, **modules: An
     try:
         # dtype must be given: from_pipe otherwise casts the shared modules to float32.
         return pipeline_class.from_pipe(
-            source, scheduler=make_scheduler(scheduler_name, source.scheduler.config), dtype=source.dtype, add_watermarker=False,
+            source,
+            scheduler=make_scheduler(scheduler_name, source.scheduler.config),
+            dtype=source.dtype,
+            add_watermarker=False,
             **modules,
         )
     finally:
@@ -310,9 +352,14 @@ def _vae_in_use(recipe: Recipe, base: LoadedModel) -> ModelRef | None:
     resolved to a sha256) must get the same VAE it was made with; a swap would change its pixels."""
     used = ModelRef(base.vae_override) if base.vae_override else None
     if recipe.model.sha256 and recipe.vae != used:
-        made, here = (recipe.vae.name if recipe.vae else "the model's own VAE"), (used.name if used else "the model's own VAE")
-        raise ValueError(f"vae: the recipe was decoded with {made}, but here {here} would be used — "
-                         "run it where that VAE is (or is not) in the Hugging Face cache, as when it was made")
+        made, here = (
+            (recipe.vae.name if recipe.vae else "the model's own VAE"),
+            (used.name if used else "the model's own VAE"),
+        )
+        raise ValueError(
+            f"vae: the recipe was decoded with {made}, but here {here} would be used — "
+            "run it where that VAE is (or is not) in the Hugging Face cache, as when it was made"
+        )
     return used
 
 
@@ -324,4 +371,6 @@ def _check_identity(field: str, wanted: ModelRef, loaded: ModelRef) -> None:
             f"{wanted.sha256[:12]}… — put the original weights back or pick the model explicitly"
         )
     if wanted.revision and loaded.revision and wanted.revision != loaded.revision:
-        raise ValueError(f"{field}: {wanted.name!r} is at revision {loaded.revision}, the recipe needs {wanted.revision}")
+        raise ValueError(
+            f"{field}: {wanted.name!r} is at revision {loaded.revision}, the recipe needs {wanted.revision}"
+        )

@@ -80,22 +80,29 @@ def plan_handoff(recipe: Recipe, scheduler: Any) -> Handoff:
     base_n = base_steps(timesteps, scheduler, end)
     if n < 2:
         end = 1.0
-        notes.append(f"switch {recipe.switch}: a 1-step schedule cannot be split between base and refiner, so the "
-                     "base ran the step to the end; refining re-noises its image at the refine strength")
+        notes.append(
+            f"switch {recipe.switch}: a 1-step schedule cannot be split between base and refiner, so the "
+            "base ran the step to the end; refining re-noises its image at the refine strength"
+        )
     elif base_n == n or (base_n == 0 and not img2img):
         keep = n - 1 if base_n == n else 1
         moved = _switch_after(timesteps, scheduler, keep)
         end = moved if moved is not None else 1.0
         who = "refiner" if base_n == n else "base"
-        done = (f"the base ran {keep} step(s) and the refiner the rest" if moved is not None else
-                "the base ran every step; refining re-noises its image at the refine strength")
+        done = (
+            f"the base ran {keep} step(s) and the refiner the rest"
+            if moved is not None
+            else "the base ran every step; refining re-noises its image at the refine strength"
+        )
         notes.append(f"switch {recipe.switch}: at {recipe.steps} steps it leaves the {who} no step, so {done}")
     if img2img:
         initial = min(int(recipe.steps * recipe.strength), recipe.steps)
-        if base_steps(timesteps[n - initial:] if initial else [], scheduler, end) == 0:
+        if base_steps(timesteps[n - initial :] if initial else [], scheduler, end) == 0:
             refine = dataclasses.replace(recipe.refine, strength=recipe.strength)
-            note = (f"strength {recipe.strength} at {recipe.steps} steps leaves the base no step before the switch "
-                    f"point {recipe.switch}: the refiner alone re-noised the source to {recipe.strength} and denoised "
-                    f"it (recorded as refine-any: strength 0, switch 1.0, refine strength {recipe.strength})")
+            note = (
+                f"strength {recipe.strength} at {recipe.steps} steps leaves the base no step before the switch "
+                f"point {recipe.switch}: the refiner alone re-noised the source to {recipe.strength} and denoised "
+                f"it (recorded as refine-any: strength 0, switch 1.0, refine strength {recipe.strength})"
+            )
             return Handoff(refine_any_recipe(recipe, refine), 1.0, (note,))
     return Handoff(recipe, end, tuple(notes))

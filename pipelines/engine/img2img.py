@@ -27,7 +27,7 @@ def base_step_count(scheduler: Any, recipe: Recipe, denoising_end: float = 1.0) 
     assert recipe.strength is not None
     timesteps = schedule(scheduler, recipe.steps)
     initial = min(int(recipe.steps * recipe.strength), recipe.steps)
-    return base_steps(timesteps[len(timesteps) - initial:] if initial else [], scheduler, denoising_end)
+    return base_steps(timesteps[len(timesteps) - initial :] if initial else [], scheduler, denoising_end)
 
 
 def check_base_steps(scheduler: Any, recipe: Recipe, denoising_end: float = 1.0) -> bool:

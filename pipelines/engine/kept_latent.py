@@ -46,7 +46,7 @@ class KeptLatent:
         return save_safetensors({"latent": self.tensor.contiguous()}, metadata=metadata)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, name: str = "latent file") -> "KeptLatent":
+    def from_bytes(cls, data: bytes, *, name: str = "latent file") -> KeptLatent:
         try:
             tensors = load_safetensors(data)
             header_len = int.from_bytes(data[:8], "little")

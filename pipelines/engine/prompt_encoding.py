@@ -24,8 +24,9 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 import torch
 from compel import Compel, ReturnedEmbeddingsType
@@ -110,7 +111,9 @@ def _check_parses(text: str, field: str) -> None:
         raise ValueError(f"{field}: compel cannot parse {text!r} ({exc})") from None
 
 
-def _pad_tokens(a: torch.Tensor, b: torch.Tensor, pad_a: torch.Tensor, pad_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_tokens(
+    a: torch.Tensor, b: torch.Tensor, pad_a: torch.Tensor, pad_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad the shorter of two (1, tokens, width) tensors with its encoder's empty-prompt chunks."""
     while a.shape[1] < b.shape[1]:
         a = torch.cat([a, pad_a], dim=1)
@@ -175,8 +178,14 @@ class PromptEncoder:
             self.misses += 1
             # 2. each encoder once per distinct text (shared text_encoder_2 → shared result)
             outputs = [
-                self._encoder_output(tokenizer, te, state, positive_text, None if zero_negative else negative_text,
-                                     pooled=te is pipe.text_encoder_2)
+                self._encoder_output(
+                    tokenizer,
+                    te,
+                    state,
+                    positive_text,
+                    None if zero_negative else negative_text,
+                    pooled=te is pipe.text_encoder_2,
+                )
                 for (tokenizer, te), state in zip(encoders, states)
             ]
             result = self._combine(outputs, encoders)
@@ -198,7 +207,13 @@ class PromptEncoder:
         return compel
 
     def _encoder_output(
-        self, tokenizer: Any, text_encoder: torch.nn.Module, state: tuple, positive: str, negative: str | None, pooled: bool
+        self,
+        tokenizer: Any,
+        text_encoder: torch.nn.Module,
+        state: tuple,
+        positive: str,
+        negative: str | None,
+        pooled: bool,
     ) -> _EncoderOutput:
         compel = self._compel(tokenizer, text_encoder, state, pooled)
         embeds, pooled_embeds = self._encode_text(compel, text_encoder, state, positive, pooled)

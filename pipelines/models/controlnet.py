@@ -13,7 +13,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.models.model_files import PICKLE_SUFFIXES, HashCache, ModelNotFound, hub_offline, models_root, read_safetensors_header
+from pipelines.models.model_files import (
+    PICKLE_SUFFIXES,
+    HashCache,
+    ModelNotFound,
+    hub_offline,
+    models_root,
+    read_safetensors_header,
+)
 from pipelines.recipe import ControlUnit, ModelRef
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -37,8 +44,10 @@ class ControlNetLibrary:
         root = models_root(self.home, self.models_root)
         if root is None or root.folder("controlnet") is None:
             return []
-        return [{"name": n.removesuffix(".safetensors"), "path": str(root.resolve("controlnet", n))}
-                for n in root.list_models("controlnet")]
+        return [
+            {"name": n.removesuffix(".safetensors"), "path": str(root.resolve("controlnet", n))}
+            for n in root.list_models("controlnet")
+        ]
 
     def locate(self, spec: str) -> tuple[str, Path | str]:
         """("folder" | "single_file", path) or ("hub", repo id), checked on disk; no model work."""
@@ -66,8 +75,10 @@ class ControlNetLibrary:
             return "single_file", path
         if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
             return "hub", spec
-        raise ValueError(f"controlnet {spec!r} not found: give a folder, a .safetensors file, a hub id, or a name in "
-                         f"{self.folder() or self.home / 'models' / 'ControlNet'}")
+        raise ValueError(
+            f"controlnet {spec!r} not found: give a folder, a .safetensors file, a hub id, or a name in "
+            f"{self.folder() or self.home / 'models' / 'ControlNet'}"
+        )
 
     def load(self, wanted: ModelRef, unet: Any, device: Any, dtype: Any) -> tuple[Any, ModelRef]:
         """The ControlNet a unit names, on the base's device and dtype, with its identity (sha256)."""
@@ -87,8 +98,10 @@ class ControlNetLibrary:
             self._loaded[key] = (model, ModelRef(wanted.name, sha256=sha))
         model, ref = self._loaded[key]
         if wanted.sha256 and wanted.sha256 != ref.sha256:
-            raise ValueError(f"controlnet {wanted.name!r}: now has sha256 {ref.sha256[:12]}…, but the recipe was made "
-                             f"with {wanted.sha256[:12]}… — put the original weights back")
+            raise ValueError(
+                f"controlnet {wanted.name!r}: now has sha256 {ref.sha256[:12]}…, but the recipe was made "
+                f"with {wanted.sha256[:12]}… — put the original weights back"
+            )
         return model, ref
 
     def clear(self) -> None:
@@ -136,8 +149,9 @@ def _from_folder(folder: Path, dtype: Any) -> Any:
     weights = _folder_weights(folder)
     variant = "fp16" if ".fp16." in weights.name else None
     try:
-        return ControlNetModel.from_pretrained(str(folder), dtype=dtype, variant=variant, use_safetensors=True,
-                                               local_files_only=True)
+        return ControlNetModel.from_pretrained(
+            str(folder), dtype=dtype, variant=variant, use_safetensors=True, local_files_only=True
+        )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         raise ValueError(f"{folder}: could not be loaded as a ControlNet ({_first_line(error)})") from error
 
@@ -164,12 +178,15 @@ def _hub_folder(repo: str) -> Path:
 
     offline = hub_offline()
     try:
-        folder = huggingface_hub.snapshot_download(repo, local_files_only=offline,
-                                                   allow_patterns=["config.json", "*.safetensors"])
+        folder = huggingface_hub.snapshot_download(
+            repo, local_files_only=offline, allow_patterns=["config.json", "*.safetensors"]
+        )
     except Exception as error:  # hub errors have many types; all mean "not available"
         if offline:
-            raise ValueError(f"controlnet {repo} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
-                             "downloading it: download it once while online, or give a local folder") from error
+            raise ValueError(
+                f"controlnet {repo} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids "
+                "downloading it: download it once while online, or give a local folder"
+            ) from error
         raise ValueError(f"controlnet {repo}: could not be fetched from the Hugging Face hub ({error})") from error
     return Path(folder)
 

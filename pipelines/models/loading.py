@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.models.model_files import PICKLE_SUFFIXES, HashCache, ModelNotFound, folder_digest, hub_offline, models_root, read_safetensors_header
+from pipelines.models.model_files import (
+    PICKLE_SUFFIXES,
+    HashCache,
+    ModelNotFound,
+    folder_digest,
+    hub_offline,
+    models_root,
+    read_safetensors_header,
+)
 from pipelines.recipe import ModelRef
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -26,9 +34,14 @@ SOURCES = ("tiny", "folder", "single_file", "hub")
 SDXL_VAE_CHANNELS = [128, 256, 512, 512]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 DTYPES = {
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp32": "float32", "float32": "float32", "float": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
 }
 
 
@@ -115,8 +128,14 @@ class ModelCache:
     drops the previous one first, so two SDXL models never sit in memory together.
     """
 
-    def __init__(self, home: Path, device: str | None = None, dtype: str | None = None,
-                 cpu_offload: bool = False, vae_tiling: bool = False):
+    def __init__(
+        self,
+        home: Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        cpu_offload: bool = False,
+        vae_tiling: bool = False,
+    ):
         self.home = Path(home)
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
@@ -177,7 +196,9 @@ class ModelCache:
     def resolve(self, spec: str, role: str) -> Location:
         """Where a spec points, checked on disk (no model work)."""
         if not isinstance(spec, str) or not spec.strip():
-            raise ValueError(f"model: must be 'tiny', a hub id, a diffusers folder or a .safetensors file (got {spec!r})")
+            raise ValueError(
+                f"model: must be 'tiny', a hub id, a diffusers folder or a .safetensors file (got {spec!r})"
+            )
         spec = spec.strip()
         if spec == "tiny":
             return Location("tiny", self._tiny_dir() / role)
@@ -185,7 +206,9 @@ class ModelCache:
         if path.exists():
             return self._local(path)
         looks_like_path = spec.startswith((".", "/", "~", "\\")) or Path(spec).suffix.lower() in (
-            ".safetensors", *PICKLE_SUFFIXES)
+            ".safetensors",
+            *PICKLE_SUFFIXES,
+        )
         root = models_root(self.home)
         if root is not None and root.folder("checkpoint") is not None and not path.is_absolute():
             try:
@@ -243,7 +266,9 @@ class ModelCache:
         else:
             variant = self._variant(path)
             pipe = self._from_folder(path, pipeline_class, variant, components)
-            ref = ModelRef(_recorded_name(spec, location), sha256=folder_digest(path, self.hashes, variant), revision=revision)
+            ref = ModelRef(
+                _recorded_name(spec, location), sha256=folder_digest(path, self.hashes, variant), revision=revision
+            )
         self._place(pipe)
         return LoadedModel(pipe, ref, location.source, vae_override)
 
@@ -255,17 +280,25 @@ class ModelCache:
             if name.startswith("_") or name in components or not isinstance(value, list) or value[0] is None:
                 continue
             sub = folder / name
-            if value[0] in ("diffusers", "transformers") and (sub / "config.json").exists():
-                if not list(sub.glob("*.safetensors")):
-                    found = sorted(p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES)
-                    detail = f" (only pickle weights: {', '.join(found)}; refused)" if found else ""
-                    raise ValueError(f"{sub}: no .safetensors weights{detail}")
+            if (
+                value[0] in ("diffusers", "transformers")
+                and (sub / "config.json").exists()
+                and not list(sub.glob("*.safetensors"))
+            ):
+                found = sorted(p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES)
+                detail = f" (only pickle weights: {', '.join(found)}; refused)" if found else ""
+                raise ValueError(f"{sub}: no .safetensors weights{detail}")
         for weight in folder_weight_files(folder, variant):
             read_safetensors_header(weight)
         try:
             return pipeline_class.from_pretrained(
-                str(folder), dtype=self.dtype, variant=variant, use_safetensors=True,
-                local_files_only=True, add_watermarker=False, **components,
+                str(folder),
+                dtype=self.dtype,
+                variant=variant,
+                use_safetensors=True,
+                local_files_only=True,
+                add_watermarker=False,
+                **components,
             )
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__

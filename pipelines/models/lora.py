@@ -21,9 +21,10 @@ import hashlib
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pipelines.models.model_files import HashCache, ModelsFolder, models_root, read_safetensors_header
 from pipelines.prompt_syntax import merge_prompt_loras as merged_loras
@@ -71,8 +72,13 @@ def with_prompt_loras(recipe: Recipe) -> Recipe:
 class LoraLibrary:
     """The LoRA folder of the models folder ($ATELIER_MODELS, else <home>/models), and loaded files."""
 
-    def __init__(self, home: Path, hashes: HashCache | None = None, models_root: Path | str | None = None,
-                 max_resident: int = RESIDENT_ADAPTERS) -> None:
+    def __init__(
+        self,
+        home: Path,
+        hashes: HashCache | None = None,
+        models_root: Path | str | None = None,
+        max_resident: int = RESIDENT_ADAPTERS,
+    ) -> None:
         self.home = Path(home)
         self.hashes = hashes or HashCache(self.home)
         self.models_root = models_root
@@ -218,8 +224,10 @@ class LoraLibrary:
             pipe.load_lora_weights(state, adapter_name=adapter)
         except Exception as error:  # diffusers/peft raise OSError, RuntimeError, ValueError and their own types
             _delete_adapter(pipe, adapter)  # a half-loaded adapter must not stay
-            raise ValueError(f"{found.path}: could not be applied to this SDXL model as a LoRA ({_reason(error)}); "
-                             "is it an SDXL LoRA?") from None
+            raise ValueError(
+                f"{found.path}: could not be applied to this SDXL model as a LoRA ({_reason(error)}); "
+                "is it an SDXL LoRA?"
+            ) from None
         self.adapter_loads += 1
         reached = _adapted_layers(pipe, adapter)
         if reached < found.layers:
@@ -239,8 +247,9 @@ class LoraLibrary:
             data = path.read_bytes()
             self.file_reads += 1
             if hashlib.sha256(data).hexdigest() != sha256:
-                raise ValueError(f"{path}: changed while it was being used (its sha256 is no longer {sha256[:12]}…); "
-                                 "run again")
+                raise ValueError(
+                    f"{path}: changed while it was being used (its sha256 is no longer {sha256[:12]}…); run again"
+                )
             return load(data)
         except (SafetensorError, OSError) as error:
             raise ValueError(f"{path}: could not be read as .safetensors ({error})") from None

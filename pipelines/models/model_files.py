@@ -35,7 +35,7 @@ class ModelNotFound(ValueError):
 
 
 def sniff_format(path: Path) -> str:
-    """"safetensors", "torch-zip", "pickle" or "unknown", judged from the first bytes, never the suffix."""
+    """ "safetensors", "torch-zip", "pickle" or "unknown", judged from the first bytes, never the suffix."""
     with open(path, "rb") as f:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":
@@ -226,7 +226,9 @@ class ModelsFolder:
                 dirnames.clear()
                 continue
             dirnames.sort()
-            names += [(here / f).relative_to(folder).as_posix() for f in sorted(filenames) if f.endswith(".safetensors")]
+            names += [
+                (here / f).relative_to(folder).as_posix() for f in sorted(filenames) if f.endswith(".safetensors")
+            ]
         return sorted(n for n in names if n != ".")
 
     def resolve(self, kind: str, name: str) -> Path:

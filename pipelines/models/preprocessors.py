@@ -11,8 +11,9 @@ exactly what the ControlNet saw.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -56,7 +57,7 @@ def annotator_file(name: str, annotators_dir: Path | None) -> Path | None:
 def available(annotators_dir: Path | None = None) -> list[dict[str, Any]]:
     """Every preprocessor with whether it can run here, its settings, and what to download if not."""
     rows: list[dict[str, Any]] = [{"name": n, "ready": True, "params": dict(p)} for n, p in OFFLINE.items()]
-    for name, (_, filename) in NEEDS_WEIGHTS.items():
+    for name in NEEDS_WEIGHTS:
         found = annotator_file(name, annotators_dir)
         row: dict[str, Any] = {"name": name, "ready": found is not None, "params": {}}
         if found is None:
@@ -89,12 +90,15 @@ def check_params(name: str, params: dict[str, float] | None) -> tuple[tuple[str,
             raise ValueError(f"preprocessor {name}: setting {key} must be a number (got {value!r})")
         merged[key] = float(value)
     if name == "canny" and not 0 <= merged["low"] <= merged["high"] <= 255:
-        raise ValueError(f"preprocessor canny: thresholds must satisfy 0 <= low <= high <= 255 (got {merged['low']}, {merged['high']})")
+        raise ValueError(
+            f"preprocessor canny: thresholds must satisfy 0 <= low <= high <= 255 (got {merged['low']}, {merged['high']})"
+        )
     return tuple(sorted(merged.items()))
 
 
-def preprocess(name: str, image: Image.Image, params: tuple[tuple[str, float], ...] = (),
-               annotators_dir: Path | None = None) -> Image.Image:
+def preprocess(
+    name: str, image: Image.Image, params: tuple[tuple[str, float], ...] = (), annotators_dir: Path | None = None
+) -> Image.Image:
     """The control map for `image`, at the image's size, RGB."""
     settings = dict(check_params(name, dict(params)))
     image = image.convert("RGB")
@@ -105,22 +109,35 @@ def preprocess(name: str, image: Image.Image, params: tuple[tuple[str, float], .
     if name == "canny":
         from controlnet_aux import CannyDetector
 
-        out = CannyDetector()(image, low_threshold=int(settings["low"]), high_threshold=int(settings["high"]),
-                              detect_resolution=resolution, image_resolution=resolution, output_type="pil")
+        out = CannyDetector()(
+            image,
+            low_threshold=int(settings["low"]),
+            high_threshold=int(settings["high"]),
+            detect_resolution=resolution,
+            image_resolution=resolution,
+            output_type="pil",
+        )
     elif name == "shuffle":
         from controlnet_aux import ContentShuffleDetector
 
         with _numpy_seed(int(settings["seed"])):  # the shuffle is random: seeded so a map can be made again
-            out = ContentShuffleDetector()(image, detect_resolution=resolution, image_resolution=resolution, output_type="pil")
+            out = ContentShuffleDetector()(
+                image, detect_resolution=resolution, image_resolution=resolution, output_type="pil"
+            )
     elif name == "lineart_standard":
         from controlnet_aux import LineartStandardDetector
 
-        out = LineartStandardDetector()(image, guassian_sigma=settings["gaussian_sigma"],
-                                        intensity_threshold=int(settings["intensity_threshold"]),
-                                        detect_resolution=resolution, output_type="pil")
+        out = LineartStandardDetector()(
+            image,
+            guassian_sigma=settings["gaussian_sigma"],
+            intensity_threshold=int(settings["intensity_threshold"]),
+            detect_resolution=resolution,
+            output_type="pil",
+        )
     else:
-        out = _annotator(name, annotators_dir)(image, detect_resolution=resolution, image_resolution=resolution,
-                                               output_type="pil")
+        out = _annotator(name, annotators_dir)(
+            image, detect_resolution=resolution, image_resolution=resolution, output_type="pil"
+        )
     out = out.convert("RGB")
     return out if out.size == (width, height) else out.resize((width, height), Image.Resampling.BILINEAR)
 

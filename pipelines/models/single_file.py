@@ -215,7 +215,7 @@ def write_single_file(folder: Path, dest: Path) -> Path:
 
 
 def detect_kind(path: Path, header: dict | None = None) -> str:
-    """"base" or "refiner" from the tensor names; ValueError (in words) for anything that is not SDXL."""
+    """ "base" or "refiner" from the tensor names; ValueError (in words) for anything that is not SDXL."""
     header = read_safetensors_header(path) if header is None else header
     keys = [k for k in header if k != "__metadata__"]
     if any(k.startswith(BIGG_BASE) for k in keys) and any(k.startswith(CLIP_L) for k in keys):
@@ -225,7 +225,9 @@ def detect_kind(path: Path, header: dict | None = None) -> str:
     elif any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
         raise ValueError(f"{path}: this is a LoRA, not a checkpoint; load it as a LoRA (models/Lora)")
     elif any(k.startswith(("cond_stage_model.", "control_model.")) for k in keys):
-        raise ValueError(f"{path}: this is a Stable Diffusion 1.x/2.x or ControlNet file; Atelier loads SDXL checkpoints")
+        raise ValueError(
+            f"{path}: this is a Stable Diffusion 1.x/2.x or ControlNet file; Atelier loads SDXL checkpoints"
+        )
     elif any(k.startswith(("down_blocks.", "encoder.down_blocks.", "decoder.")) for k in keys):
         raise ValueError(f"{path}: this holds a single diffusers component (UNet or VAE), not a whole SDXL checkpoint")
     else:
@@ -257,20 +259,35 @@ def check_against_config(path: Path, header: dict, config: Path, kind: str) -> N
     unet, vae = read("unet"), read("vae")
     checks = [
         ("UNet width", _shape(header, UNET + "input_blocks.0.0.weight"), 0, unet["block_out_channels"][0]),
-        ("UNet size/crop embedding", _shape(header, UNET + "label_emb.0.0.weight"), 1,
-         unet["projection_class_embeddings_input_dim"]),
+        (
+            "UNet size/crop embedding",
+            _shape(header, UNET + "label_emb.0.0.weight"),
+            1,
+            unet["projection_class_embeddings_input_dim"],
+        ),
         ("VAE width", _shape(header, VAE + "encoder.conv_in.weight"), 0, vae["block_out_channels"][0]),
     ]
     cross = next((k for k in header if k.startswith(UNET) and k.endswith("attn2.to_k.weight")), None)
     if cross:
         checks.append(("UNet text-conditioning width", _shape(header, cross), 1, unet["cross_attention_dim"]))
     bigg = BIGG_BASE if kind == "base" else BIGG_REFINER
-    checks.append(("OpenCLIP text encoder width", _shape(header, bigg + "positional_embedding"), 1,
-                   read("text_encoder_2")["hidden_size"]))
+    checks.append(
+        (
+            "OpenCLIP text encoder width",
+            _shape(header, bigg + "positional_embedding"),
+            1,
+            read("text_encoder_2")["hidden_size"],
+        )
+    )
     if kind == "base" and (config / "text_encoder" / "config.json").exists():
-        checks.append(("CLIP text encoder width",
-                       _shape(header, CLIP_L + "text_model.embeddings.position_embedding.weight"), 1,
-                       read("text_encoder")["hidden_size"]))
+        checks.append(
+            (
+                "CLIP text encoder width",
+                _shape(header, CLIP_L + "text_model.embeddings.position_embedding.weight"),
+                1,
+                read("text_encoder")["hidden_size"],
+            )
+        )
     for what, shape, dim, expected in checks:
         if shape is None or len(shape) <= dim:
             raise ValueError(f"{path}: does not match the SDXL {kind} config in {config} ({what}: weights missing)")
@@ -289,7 +306,9 @@ def _translate(path: Path, config: Path, kind: str, error: Exception) -> ValueEr
         reason = "weight shapes differ from the architecture"
     else:
         reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
-    return ValueError(f"{path}: could not be loaded as an SDXL {kind} checkpoint with the config in {config} ({reason})")
+    return ValueError(
+        f"{path}: could not be loaded as an SDXL {kind} checkpoint with the config in {config} ({reason})"
+    )
 
 
 def inspect_single_file(path: Path, config: Path | None = None) -> tuple[str, Path]:

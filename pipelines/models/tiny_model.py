@@ -41,7 +41,8 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("open_clip_torch is not installed: it ships the CLIP BPE vocabulary the tiny model needs")
     bpe = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe).read().decode("utf-8").split("\n")
+    with gzip.open(bpe) as packed:
+        lines = packed.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     symbols = list(_bytes_to_unicode().values())
     symbols += [s + "</w>" for s in symbols]
@@ -56,7 +57,12 @@ def clip_tokenizer_files(dest: Path, *, pad_token: str = "<|endoftext|>") -> Pat
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": pad_token}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+    }
     (dest / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_MAX_LENGTH, "do_lower_case": True, **special}
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2))

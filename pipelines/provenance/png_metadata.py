@@ -158,7 +158,7 @@ def parse_a1111_parameters(text: str) -> dict[str, str]:
     for line in lines:
         line = line.strip()
         if line.startswith("Negative prompt:"):
-            negative.append(line[len("Negative prompt:"):].strip())
+            negative.append(line[len("Negative prompt:") :].strip())
         elif negative:
             negative.append(line)
         else:
@@ -231,7 +231,9 @@ def recipe_from_a1111(text: str) -> ReadBack:
     fields = parse_a1111_parameters(text)
     for required in ("Steps", "Seed", "Size"):
         if required not in fields:
-            raise ValueError(f"{source}: no {required} (expected a settings line such as 'Steps: 30, Seed: 1, Size: 1024x1024')")
+            raise ValueError(
+                f"{source}: no {required} (expected a settings line such as 'Steps: 30, Seed: 1, Size: 1024x1024')"
+            )
     size = _RE_SIZE.match(fields["Size"])
     if size is None:
         raise ValueError(f"{source}: Size must be WIDTHxHEIGHT (got {fields['Size']!r})")
@@ -276,11 +278,27 @@ def recipe_from_a1111(text: str) -> ReadBack:
         unmapped.append(f"Lora hashes: {fields['Lora hashes']}")
     version = fields.get("Version", "")
     if version.startswith(APP_NAME):
-        values["app_version"] = version[len(APP_NAME):].strip()
+        values["app_version"] = version[len(APP_NAME) :].strip()
     elif version:
         unmapped.append(f"Version: {version}")
-    used = {"Prompt", "Negative prompt", "Steps", "Seed", "Size", "CFG scale", "Sampler", "Schedule type", "Model",
-            "Model hash", "Refiner", "Refiner switch at", "Denoising strength", "Lora hashes", "Version", "Prompt syntax"}
+    used = {
+        "Prompt",
+        "Negative prompt",
+        "Steps",
+        "Seed",
+        "Size",
+        "CFG scale",
+        "Sampler",
+        "Schedule type",
+        "Model",
+        "Model hash",
+        "Refiner",
+        "Refiner switch at",
+        "Denoising strength",
+        "Lora hashes",
+        "Version",
+        "Prompt syntax",
+    }
     unmapped += [f"{key}: {value}" for key, value in fields.items() if key not in used]
     return ReadBack(_build(source, values), "a1111", tuple(unmapped))
 
@@ -369,7 +387,9 @@ def recipe_from_invokeai(metadata: str | dict) -> ReadBack:
         values["refine"] = RefineSettings(model=_invoke_model(source, "refiner_model", take("refiner_model"), unmapped))
         values["switch"] = _to_float(source, "refiner_start", take("refiner_start", 0.8))
         values["micro"] = MicroConditioning(
-            aesthetic_score=_to_float(source, "refiner_positive_aesthetic_score", take("refiner_positive_aesthetic_score", 6.0)),
+            aesthetic_score=_to_float(
+                source, "refiner_positive_aesthetic_score", take("refiner_positive_aesthetic_score", 6.0)
+            ),
             negative_aesthetic_score=_to_float(
                 source, "refiner_negative_aesthetic_score", take("refiner_negative_aesthetic_score", 2.5)
             ),

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 def atelier(home, *args, check=True):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ATELIER_HOME": str(home)}
-    proc = subprocess.run([sys.executable, "-m", "atelier.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "atelier.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"atelier {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -35,8 +38,25 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def drafted(home):
-    out = atelier(home, "draft", "--model", "tiny", "--prompt", "a red fox in snow", "--count", "2", "--seed", "7",
-                  "--steps", "6", "--width", "64", "--height", "64", "--json").stdout
+    out = atelier(
+        home,
+        "draft",
+        "--model",
+        "tiny",
+        "--prompt",
+        "a red fox in snow",
+        "--count",
+        "2",
+        "--seed",
+        "7",
+        "--steps",
+        "6",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--json",
+    ).stdout
     return json.loads(out)["drafts"]
 
 
@@ -45,7 +65,7 @@ def test_draft_prints_ids_seeds_and_files(drafted):
     assert len({d["id"] for d in drafted}) == 2
     for d in drafted:
         assert Image.open(d["image"]).format == "PNG"
-        assert open(d["latent"], "rb").read(8)  # the kept latent is on disk
+        assert Path(d["latent"]).read_bytes()[:8]  # the kept latent is on disk
     assert pixel_hash(drafted[0]["image"]) != pixel_hash(drafted[1]["image"])
 
 

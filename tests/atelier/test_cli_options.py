@@ -13,7 +13,8 @@ from PIL import Image
 
 from atelier import requests
 from atelier.cli import build_parser, main
-from atelier.commands import editing, gallery as gallery_commands, generate
+from atelier.commands import editing, generate
+from atelier.commands import gallery as gallery_commands
 from atelier.commands.common import EXIT_BAD_INPUT, EXIT_FAULT, EXIT_INTERRUPTED, exit_code
 from atelier.commands.request_options import request_from_args
 from atelier.requests import GenerationRequest, ModelChoice, build_recipe
@@ -42,25 +43,82 @@ def parse(*argv: str):
 DRAFT_TABLE = [
     pytest.param(["--prompt", "a fox", "--seed", "5"], GenerationRequest(prompt="a fox", seed=5), TINY, id="defaults"),
     pytest.param(
-        ["--prompt", "a fox", "--negative", "blurry", "--syntax", "a1111", "--seed", "9", "--count", "3", "--steps", "12",
-         "--guidance", "6.5", "--scheduler", "DPM++ 2M", "--width", "832", "--height", "1216", "--switch", "0.7",
-         "--refine-strength", "0.25", "--original-size", "2048x1024", "--crop", "8x16", "--negative-target-size",
-         "512x512", "--aesthetic-score", "7", "--negative-aesthetic-score", "2", "--no-watermark"],
+        [
+            "--prompt",
+            "a fox",
+            "--negative",
+            "blurry",
+            "--syntax",
+            "a1111",
+            "--seed",
+            "9",
+            "--count",
+            "3",
+            "--steps",
+            "12",
+            "--guidance",
+            "6.5",
+            "--scheduler",
+            "DPM++ 2M",
+            "--width",
+            "832",
+            "--height",
+            "1216",
+            "--switch",
+            "0.7",
+            "--refine-strength",
+            "0.25",
+            "--original-size",
+            "2048x1024",
+            "--crop",
+            "8x16",
+            "--negative-target-size",
+            "512x512",
+            "--aesthetic-score",
+            "7",
+            "--negative-aesthetic-score",
+            "2",
+            "--no-watermark",
+        ],
         GenerationRequest(
-            prompt="a fox", negative="blurry", syntax="a1111", seed=9, count=3, steps=12, guidance=6.5,
-            scheduler="DPM++ 2M", width=832, height=1216, switch=0.7, refine_strength=0.25,
-            micro=MicroConditioning(original_size=(2048, 1024), crops_coords_top_left=(8, 16),
-                                    negative_target_size=(512, 512), aesthetic_score=7.0, negative_aesthetic_score=2.0),
+            prompt="a fox",
+            negative="blurry",
+            syntax="a1111",
+            seed=9,
+            count=3,
+            steps=12,
+            guidance=6.5,
+            scheduler="DPM++ 2M",
+            width=832,
+            height=1216,
+            switch=0.7,
+            refine_strength=0.25,
+            micro=MicroConditioning(
+                original_size=(2048, 1024),
+                crops_coords_top_left=(8, 16),
+                negative_target_size=(512, 512),
+                aesthetic_score=7.0,
+                negative_aesthetic_score=2.0,
+            ),
             watermark=False,
         ),
-        TINY, id="every-option"),
+        TINY,
+        id="every-option",
+    ),
     pytest.param(
         ["--prompt", "ink <lora:ink:0.4> wash", "--seed", "1", "--lora", "ink:0.7", "--lora", "paper"],
-        GenerationRequest(prompt="ink <lora:ink:0.4> wash", seed=1,
-                          loras=(LoraRef(name="ink", weight=0.7), LoraRef(name="paper"))),
-        TINY, id="loras"),
-    pytest.param(["--prompt", "(a cat:1.3)", "--syntax", "auto", "--seed", "3"],
-                 GenerationRequest(prompt="(a cat:1.3)", syntax="auto", seed=3), TINY, id="auto-syntax"),
+        GenerationRequest(
+            prompt="ink <lora:ink:0.4> wash", seed=1, loras=(LoraRef(name="ink", weight=0.7), LoraRef(name="paper"))
+        ),
+        TINY,
+        id="loras",
+    ),
+    pytest.param(
+        ["--prompt", "(a cat:1.3)", "--syntax", "auto", "--seed", "3"],
+        GenerationRequest(prompt="(a cat:1.3)", syntax="auto", seed=3),
+        TINY,
+        id="auto-syntax",
+    ),
 ]
 
 
@@ -74,41 +132,80 @@ def test_draft_builds_the_recipe_build_recipe_makes(argv, request_, models):
 def test_draft_defaults_are_the_recipe_defaults():
     recipe = generate.draft_recipe(parse("draft", *MODELS, "--prompt", "a fox", "--seed", "5"))
     assert (recipe.steps, recipe.guidance, recipe.scheduler, recipe.switch) == (
-        requests.DEFAULT_STEPS, requests.DEFAULT_GUIDANCE, requests.DEFAULT_SCHEDULER, requests.DEFAULT_SWITCH)
+        requests.DEFAULT_STEPS,
+        requests.DEFAULT_GUIDANCE,
+        requests.DEFAULT_SCHEDULER,
+        requests.DEFAULT_SWITCH,
+    )
     assert (recipe.width, recipe.height, recipe.refine.strength) == (1024, 1024, requests.DEFAULT_REFINE_STRENGTH)
     assert (recipe.prompt_syntax, recipe.watermark, recipe.micro) == ("compel", True, MicroConditioning())
     assert recipe.model == ModelRef("tiny") and recipe.refine.model == ModelRef("tiny")
 
 
 def test_a_prompt_token_sets_the_weight_of_a_lora_given_with_the_option():
-    recipe = generate.draft_recipe(parse("draft", *MODELS, "--prompt", "ink <lora:ink:0.4>", "--seed", "1",
-                                         "--lora", "ink:0.7", "--lora", "paper"))
+    recipe = generate.draft_recipe(
+        parse("draft", *MODELS, "--prompt", "ink <lora:ink:0.4>", "--seed", "1", "--lora", "ink:0.7", "--lora", "paper")
+    )
     assert [(lora.name, lora.weight) for lora in recipe.loras] == [("ink", 0.4), ("paper", 1.0)]
 
 
 def test_refiner_base_means_no_separate_refiner():
     args = parse("draft", "--model", "tiny", "--refiner", "base", "--prompt", "a fox", "--seed", "2")
     recipe = generate.draft_recipe(args)
-    assert recipe == build_recipe(GenerationRequest(prompt="a fox", seed=2), ModelChoice(base="tiny", refiner=None, demo=True))
+    assert recipe == build_recipe(
+        GenerationRequest(prompt="a fox", seed=2), ModelChoice(base="tiny", refiner=None, demo=True)
+    )
     assert recipe.refine.model is None
 
 
 IMG2IMG_TABLE = [
-    pytest.param(["--prompt", "a lake", "--seed", "4", "--strength", "0.45"], (1600, 900),
-                 GenerationRequest(prompt="a lake", seed=4, count=1, source_size=(1600, 900), strength=0.45),
-                 (1024, 576), id="own-size"),
-    pytest.param(["--prompt", "a lake", "--seed", "4"], (640, 480),
-                 GenerationRequest(prompt="a lake", seed=4, count=1, source_size=(640, 480),
-                                   strength=requests.DEFAULT_IMG2IMG_STRENGTH),
-                 (640, 480), id="default-strength"),
-    pytest.param(["--prompt", "a lake", "--seed", "4", "--width", "832", "--height", "1216", "--steps", "8"], (640, 480),
-                 GenerationRequest(prompt="a lake", seed=4, count=1, width=832, height=1216, steps=8,
-                                   source_size=(640, 480), strength=requests.DEFAULT_IMG2IMG_STRENGTH),
-                 (832, 1216), id="given-size"),
-    pytest.param(["--prompt", "a lake", "--seed", "4", "--refine-only", "--refine-strength", "0.5"], (512, 512),
-                 GenerationRequest(prompt="a lake", seed=4, count=1, source_size=(512, 512), refine_strength=0.5,
-                                   strength=requests.DEFAULT_IMG2IMG_STRENGTH, refine_only=True),
-                 (512, 512), id="refine-only"),
+    pytest.param(
+        ["--prompt", "a lake", "--seed", "4", "--strength", "0.45"],
+        (1600, 900),
+        GenerationRequest(prompt="a lake", seed=4, count=1, source_size=(1600, 900), strength=0.45),
+        (1024, 576),
+        id="own-size",
+    ),
+    pytest.param(
+        ["--prompt", "a lake", "--seed", "4"],
+        (640, 480),
+        GenerationRequest(
+            prompt="a lake", seed=4, count=1, source_size=(640, 480), strength=requests.DEFAULT_IMG2IMG_STRENGTH
+        ),
+        (640, 480),
+        id="default-strength",
+    ),
+    pytest.param(
+        ["--prompt", "a lake", "--seed", "4", "--width", "832", "--height", "1216", "--steps", "8"],
+        (640, 480),
+        GenerationRequest(
+            prompt="a lake",
+            seed=4,
+            count=1,
+            width=832,
+            height=1216,
+            steps=8,
+            source_size=(640, 480),
+            strength=requests.DEFAULT_IMG2IMG_STRENGTH,
+        ),
+        (832, 1216),
+        id="given-size",
+    ),
+    pytest.param(
+        ["--prompt", "a lake", "--seed", "4", "--refine-only", "--refine-strength", "0.5"],
+        (512, 512),
+        GenerationRequest(
+            prompt="a lake",
+            seed=4,
+            count=1,
+            source_size=(512, 512),
+            refine_strength=0.5,
+            strength=requests.DEFAULT_IMG2IMG_STRENGTH,
+            refine_only=True,
+        ),
+        (512, 512),
+        id="refine-only",
+    ),
 ]
 
 
@@ -122,11 +219,40 @@ def test_img2img_builds_the_recipe_build_recipe_makes(argv, source_size, request
 
 
 def test_img2img_strength_and_refine_strength_land_in_their_own_fields():
-    plain = editing.img2img_recipe(parse("img2img", "--image", "s.png", *MODELS, "--prompt", "p", "--seed", "1",
-                                         "--strength", "0.35", "--refine-strength", "0.2"), (512, 512))
+    plain = editing.img2img_recipe(
+        parse(
+            "img2img",
+            "--image",
+            "s.png",
+            *MODELS,
+            "--prompt",
+            "p",
+            "--seed",
+            "1",
+            "--strength",
+            "0.35",
+            "--refine-strength",
+            "0.2",
+        ),
+        (512, 512),
+    )
     assert (plain.strength, plain.refine.strength) == (0.35, 0.2)
-    only = editing.img2img_recipe(parse("img2img", "--image", "s.png", *MODELS, "--prompt", "p", "--seed", "1",
-                                        "--refine-only", "--refine-strength", "0.5"), (512, 512))
+    only = editing.img2img_recipe(
+        parse(
+            "img2img",
+            "--image",
+            "s.png",
+            *MODELS,
+            "--prompt",
+            "p",
+            "--seed",
+            "1",
+            "--refine-only",
+            "--refine-strength",
+            "0.5",
+        ),
+        (512, 512),
+    )
     assert (only.strength, only.switch, only.refine.strength) == (0.0, 1.0, 0.5)
 
 
@@ -160,24 +286,27 @@ def help_entries(capsys, monkeypatch, command: str) -> dict[str, str]:
     return {f: " ".join(text.split()) for f, text in entries.items()}
 
 
-@pytest.mark.parametrize("command, flag, value", [
-    ("draft", "--steps", requests.DEFAULT_STEPS),
-    ("draft", "--guidance", requests.DEFAULT_GUIDANCE),
-    ("draft", "--scheduler", requests.DEFAULT_SCHEDULER),
-    ("draft", "--switch", requests.DEFAULT_SWITCH),
-    ("draft", "--width", requests.DEFAULT_WIDTH),
-    ("draft", "--height", requests.DEFAULT_HEIGHT),
-    ("draft", "--refine-strength", requests.DEFAULT_REFINE_STRENGTH),
-    ("draft", "--aesthetic-score", requests.DEFAULT_AESTHETIC),
-    ("draft", "--negative-aesthetic-score", requests.DEFAULT_NEGATIVE_AESTHETIC),
-    ("draft", "--count", requests.DEFAULT_COUNT),
-    ("img2img", "--steps", requests.DEFAULT_STEPS),
-    ("img2img", "--guidance", requests.DEFAULT_GUIDANCE),
-    ("img2img", "--switch", requests.DEFAULT_SWITCH),
-    ("img2img", "--strength", requests.DEFAULT_IMG2IMG_STRENGTH),
-    ("img2img", "--refine-strength", requests.DEFAULT_REFINE_STRENGTH),
-    ("img2img", "--aesthetic-score", requests.DEFAULT_AESTHETIC),
-])
+@pytest.mark.parametrize(
+    "command, flag, value",
+    [
+        ("draft", "--steps", requests.DEFAULT_STEPS),
+        ("draft", "--guidance", requests.DEFAULT_GUIDANCE),
+        ("draft", "--scheduler", requests.DEFAULT_SCHEDULER),
+        ("draft", "--switch", requests.DEFAULT_SWITCH),
+        ("draft", "--width", requests.DEFAULT_WIDTH),
+        ("draft", "--height", requests.DEFAULT_HEIGHT),
+        ("draft", "--refine-strength", requests.DEFAULT_REFINE_STRENGTH),
+        ("draft", "--aesthetic-score", requests.DEFAULT_AESTHETIC),
+        ("draft", "--negative-aesthetic-score", requests.DEFAULT_NEGATIVE_AESTHETIC),
+        ("draft", "--count", requests.DEFAULT_COUNT),
+        ("img2img", "--steps", requests.DEFAULT_STEPS),
+        ("img2img", "--guidance", requests.DEFAULT_GUIDANCE),
+        ("img2img", "--switch", requests.DEFAULT_SWITCH),
+        ("img2img", "--strength", requests.DEFAULT_IMG2IMG_STRENGTH),
+        ("img2img", "--refine-strength", requests.DEFAULT_REFINE_STRENGTH),
+        ("img2img", "--aesthetic-score", requests.DEFAULT_AESTHETIC),
+    ],
+)
 def test_help_shows_the_builders_defaults(capsys, monkeypatch, command, flag, value):
     entry = help_entries(capsys, monkeypatch, command)[flag]
     shown = re.search(r"\(default: ([^)]*)\)", entry)
@@ -199,10 +328,16 @@ def test_strength_is_img2img_denoise_and_refine_strength_is_the_refiners(capsys,
     assert stopped.value.code == EXIT_BAD_INPUT and "unrecognized arguments: --strength" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    ["draft", "--prompt", "x"], ["refine", "1"], ["rerun", "1"], ["img2img", "--image", "a.png", "--prompt", "x"],
-    ["serve"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["draft", "--prompt", "x"],
+        ["refine", "1"],
+        ["rerun", "1"],
+        ["img2img", "--image", "a.png", "--prompt", "x"],
+        ["serve"],
+    ],
+)
 def test_every_model_command_has_the_same_device_options(argv):
     args = parse(*argv, "--device", "cpu", "--dtype", "bfloat16", "--cpu-offload", "--vae-tiling")
     assert (args.device, args.dtype, args.cpu_offload, args.vae_tiling) == ("cpu", "bfloat16", True, True)
@@ -214,21 +349,25 @@ def test_every_model_command_has_the_same_device_options(argv):
 @pytest.fixture()
 def no_studio(monkeypatch):
     """A command that gets past validation would open a studio: make that fail loudly (not exit 2)."""
+
     def refuse(args):
         raise AssertionError("a studio was opened: validation came too late")
 
     monkeypatch.setattr(generate, "open_studio", refuse)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--width", "7", "--height", "64"], "atelier draft: width: must be an integer from 64 to 4096 (got 7)"),
-    (["--width", "100", "--height", "64"], "atelier draft: width: must be a multiple of 8"),
-    (["--width", "64"], "atelier draft: size: give both width and height"),
-    (["--count", "0"], "atelier draft: drafts: must be from 1 to 16"),
-    (["--steps", "0"], "atelier draft: steps: must be an integer from 1 to 500"),
-    (["--aesthetic-score", "11"], "atelier draft: micro.aesthetic_score"),
-    (["--scheduler", "Euler", "--syntax", "compel", "--prompt", " "], "atelier draft: prompt:"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--width", "7", "--height", "64"], "atelier draft: width: must be an integer from 64 to 4096 (got 7)"),
+        (["--width", "100", "--height", "64"], "atelier draft: width: must be a multiple of 8"),
+        (["--width", "64"], "atelier draft: size: give both width and height"),
+        (["--count", "0"], "atelier draft: drafts: must be from 1 to 16"),
+        (["--steps", "0"], "atelier draft: steps: must be an integer from 1 to 500"),
+        (["--aesthetic-score", "11"], "atelier draft: micro.aesthetic_score"),
+        (["--scheduler", "Euler", "--syntax", "compel", "--prompt", " "], "atelier draft: prompt:"),
+    ],
+)
 def test_a_bad_draft_value_exits_2_naming_the_field_before_a_studio_opens(capsys, tmp_path, no_studio, argv, message):
     code = main(["draft", *MODELS, "--prompt", "x", *argv, "--home", str(tmp_path), "--json"])
     out, err = capsys.readouterr()
@@ -263,14 +402,17 @@ def test_an_export_that_cannot_write_exits_1(capsys, tmp_path):
     assert code == 0 and capsys.readouterr().out.startswith("{")  # the same export into a folder works
 
 
-@pytest.mark.parametrize("error, code", [
-    (ValueError("limit: must be at least 1"), EXIT_BAD_INPUT),
-    (NotFoundError("no generation with id 3"), EXIT_BAD_INPUT),
-    (OSError(28, "No space left on device"), EXIT_FAULT),
-    (OutOfMemory("the device ran out of memory"), EXIT_FAULT),
-    (MigrationError("migration 0003 failed"), EXIT_FAULT),
-    (KeyboardInterrupt(), EXIT_INTERRUPTED),
-])
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (ValueError("limit: must be at least 1"), EXIT_BAD_INPUT),
+        (NotFoundError("no generation with id 3"), EXIT_BAD_INPUT),
+        (OSError(28, "No space left on device"), EXIT_FAULT),
+        (OutOfMemory("the device ran out of memory"), EXIT_FAULT),
+        (MigrationError("migration 0003 failed"), EXIT_FAULT),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED),
+    ],
+)
 def test_every_command_maps_errors_the_same_way(capsys, monkeypatch, tmp_path, error, code):
     def fail(args):
         raise error

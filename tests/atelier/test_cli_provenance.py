@@ -13,13 +13,15 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from pipelines.provenance.png_metadata import encode_png
-from pipelines.recipe import ModelRef, Recipe
 from pipelines.provenance.watermark import apply_watermark
+from pipelines.recipe import ModelRef, Recipe
 
 
 def atelier(*args, home):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ATELIER_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "atelier.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "atelier.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def textured(size=512) -> Image.Image:
@@ -46,7 +48,9 @@ def files(tmp_path_factory):
     textured(128).save(paths["small"])
     marked.save(paths["jpeg"], quality=90)
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", "a red fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 512x512, Clip skip: 2")
+    info.add_text(
+        "parameters", "a red fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 3, Size: 512x512, Clip skip: 2"
+    )
     buffer = io.BytesIO()
     textured(64).save(buffer, format="PNG", pnginfo=info)
     paths["a1111"].write_bytes(buffer.getvalue())
@@ -62,8 +66,15 @@ def test_detect_watermark_exit_status_and_json(files):
         "files": [{"file": str(paths["marked"]), "present": True, "bit_accuracy": 1.0, "note": None}],
         "all_present": True,
     }
-    mixed = atelier("detect-watermark", str(paths["marked"]), str(paths["plain"]), str(paths["jpeg"]),
-                    str(paths["small"]), "--json", home=home)
+    mixed = atelier(
+        "detect-watermark",
+        str(paths["marked"]),
+        str(paths["plain"]),
+        str(paths["jpeg"]),
+        str(paths["small"]),
+        "--json",
+        home=home,
+    )
     assert mixed.returncode == 1
     report = json.loads(mixed.stdout)
     assert [f["present"] for f in report["files"]] == [True, False, False, False]
@@ -95,7 +106,11 @@ def test_info_on_an_a1111_png_lists_unmapped_fields(files):
     home, _, paths = files
     data = json.loads(atelier("info", str(paths["a1111"]), "--json", home=home).stdout)
     assert data["source"] == "a1111" and data["unmapped"] == ["Clip skip: 2"]
-    assert (data["recipe"]["prompt"], data["recipe"]["scheduler"], data["recipe"]["seed"]) == ("a red fox", "Euler a", 3)
+    assert (data["recipe"]["prompt"], data["recipe"]["scheduler"], data["recipe"]["seed"]) == (
+        "a red fox",
+        "Euler a",
+        3,
+    )
     text = atelier("info", str(paths["a1111"]), home=home).stdout
     assert "closest match" in text and "not mapped:\n  Clip skip: 2" in text
 

@@ -19,8 +19,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))  # th
 
 from edit_models import pattern, smooth_image, tiny_controlnet, write_kohya  # noqa: E402
 
-TINY = ("--model", "tiny", "--refiner", "tiny", "--steps", "6", "--width", "64", "--height", "64", "--seed", "3",
-        "--no-watermark")
+TINY = (
+    "--model",
+    "tiny",
+    "--refiner",
+    "tiny",
+    "--steps",
+    "6",
+    "--width",
+    "64",
+    "--height",
+    "64",
+    "--seed",
+    "3",
+    "--no-watermark",
+)
 
 
 def atelier(capsys, home, *args) -> dict:
@@ -54,14 +67,27 @@ def home(tmp_path_factory, model_cache):
 
 
 def test_img2img_from_a_file_then_from_the_gallery_keeps_lineage_and_reruns(capsys, home):
-    first = atelier(capsys, home, "img2img", "--image", str(home / "source.png"), "--strength", "0.6", *TINY,
-                    "--prompt", "a lake", "--switch", "1.0")
+    first = atelier(
+        capsys,
+        home,
+        "img2img",
+        "--image",
+        str(home / "source.png"),
+        "--strength",
+        "0.6",
+        *TINY,
+        "--prompt",
+        "a lake",
+        "--switch",
+        "1.0",
+    )
     saved = generation(home, first["id"])
     source_sha = hashlib.sha256((home / "source.png").read_bytes()).hexdigest()
     assert saved.kind == "img2img" and saved.parent_id is None
     assert saved.recipe.source_image_sha256 == source_sha and dict(saved.inputs)["source"] == source_sha
-    second = atelier(capsys, home, "img2img", "--image", str(first["id"]), "--strength", "0.5", *TINY,
-                     "--prompt", "a lake at night")
+    second = atelier(
+        capsys, home, "img2img", "--image", str(first["id"]), "--strength", "0.5", *TINY, "--prompt", "a lake at night"
+    )
     assert second["parent_id"] == first["id"] and generation(home, second["id"]).parent_id == first["id"]
     rerun = atelier(capsys, home, "rerun", str(second["id"]))
     assert pixels(rerun["image"]) == pixels(second["image"])
@@ -69,16 +95,43 @@ def test_img2img_from_a_file_then_from_the_gallery_keeps_lineage_and_reruns(caps
 
 
 def test_refine_only_uses_the_refiner_alone(capsys, home):
-    out = atelier(capsys, home, "img2img", "--image", str(home / "source.png"), "--strength", "0.9", "--refine-only",
-                  "--refine-strength", "0.5", *TINY, "--prompt", "a lake")
+    out = atelier(
+        capsys,
+        home,
+        "img2img",
+        "--image",
+        str(home / "source.png"),
+        "--strength",
+        "0.9",
+        "--refine-only",
+        "--refine-strength",
+        "0.5",
+        *TINY,
+        "--prompt",
+        "a lake",
+    )
     recipe = generation(home, out["id"]).recipe
     assert (recipe.strength, recipe.switch, recipe.refine.strength) == (0.0, 1.0, 0.5)
     assert pixels(atelier(capsys, home, "rerun", str(out["id"]))["image"]) == pixels(out["image"])
 
 
 def test_draft_with_lora_and_control_records_everything_and_reruns(capsys, home):
-    drafts = atelier(capsys, home, "draft", *TINY, "--prompt", "a lake", "--count", "1", "--lora", "ink:0.7",
-                     "--control", f"canny:{home / 'edges.png'}:0.9:0.0:0.8", "--control-param", "low=50")["drafts"]
+    drafts = atelier(
+        capsys,
+        home,
+        "draft",
+        *TINY,
+        "--prompt",
+        "a lake",
+        "--count",
+        "1",
+        "--lora",
+        "ink:0.7",
+        "--control",
+        f"canny:{home / 'edges.png'}:0.9:0.0:0.8",
+        "--control-param",
+        "low=50",
+    )["drafts"]
     saved = generation(home, drafts[0]["id"])
     (lora,) = saved.recipe.loras
     (unit,) = saved.recipe.controlnets
@@ -105,14 +158,17 @@ def test_listings(capsys, home):
     assert ready["canny"] and ready["shuffle"] and not ready["hed"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--lora", "../ink"), "must be a name inside"),
-    (("--lora", "nope:1"), "no lora named 'nope'"),
-    (("--control", "sobel:edges.png"), "preprocessor: must be one of"),
-    (("--control", "depth_midas:edges.png"), "no installed ControlNet's name mentions 'depth_midas'"),
-    (("--control", "canny:missing.png"), "no such file"),
-    (("--control-param", "gamma=2"), "setting of none of the --control preprocessors"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--lora", "../ink"), "must be a name inside"),
+        (("--lora", "nope:1"), "no lora named 'nope'"),
+        (("--control", "sobel:edges.png"), "preprocessor: must be one of"),
+        (("--control", "depth_midas:edges.png"), "no installed ControlNet's name mentions 'depth_midas'"),
+        (("--control", "canny:missing.png"), "no such file"),
+        (("--control-param", "gamma=2"), "setting of none of the --control preprocessors"),
+    ],
+)
 def test_bad_edit_options_exit_2_with_a_message(capsys, home, monkeypatch, args, message):
     monkeypatch.chdir(home)
     code = main(["draft", *TINY, "--prompt", "x", "--count", "1", *args, "--home", str(home)])

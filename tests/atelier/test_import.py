@@ -44,8 +44,11 @@ def test_an_atelier_png_imports_unchanged_and_reruns_to_the_same_pixels(studio, 
 
 def test_an_a1111_png_becomes_an_entry_with_the_closest_recipe(studio, tmp_path):
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", "a (red:1.2) fox, snow\nNegative prompt: blurry\nSteps: 25, Sampler: DPM++ 2M Karras, "
-                                "CFG scale: 6.5, Seed: 42, Size: 832x1216, Model: sd_xl_base_1.0, Model hash: 31e35c80fc")
+    info.add_text(
+        "parameters",
+        "a (red:1.2) fox, snow\nNegative prompt: blurry\nSteps: 25, Sampler: DPM++ 2M Karras, "
+        "CFG scale: 6.5, Seed: 42, Size: 832x1216, Model: sd_xl_base_1.0, Model hash: 31e35c80fc",
+    )
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (20, 40, 60)).save(buffer, format="PNG", pnginfo=info)
     path = tmp_path / "a1111.png"

@@ -20,7 +20,9 @@ TE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")  # of the first text
 
 def lora_matrices(module, seed, rank=4):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rank, module.in_features, generator=g) * 0.3, torch.randn(module.out_features, rank, generator=g) * 0.3
+    return torch.randn(rank, module.in_features, generator=g) * 0.3, torch.randn(
+        module.out_features, rank, generator=g
+    ) * 0.3
 
 
 def write_peft(path, unet, seed, targets=UNET_TARGETS):

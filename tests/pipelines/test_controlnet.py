@@ -17,10 +17,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pipelines.engine import base_stage
-from pipelines.models import preprocessors
-from pipelines.engine.inputs import EditInputs
-from pipelines.models.controlnet import ControlNetLibrary
 from pipelines.engine.engine import Engine, _derive
+from pipelines.engine.inputs import EditInputs
+from pipelines.models import preprocessors
+from pipelines.models.controlnet import ControlNetLibrary
 from pipelines.recipe import ControlUnit, ModelRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
@@ -74,9 +74,18 @@ def render(engine, recipe, *maps, source=None):
 
 def direct_reference(base, controlnet, recipe, maps, scales):
     pipe = StableDiffusionXLControlNetPipeline(**base.pipe.components, controlnet=controlnet, add_watermarker=False)
-    return pipe(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, image=maps, num_inference_steps=recipe.steps,
-                guidance_scale=recipe.guidance, width=64, height=64, controlnet_conditioning_scale=scales,
-                output_type="latent", generator=torch.Generator("cpu").manual_seed(recipe.seed)).images[0]
+    return pipe(
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        image=maps,
+        num_inference_steps=recipe.steps,
+        guidance_scale=recipe.guidance,
+        width=64,
+        height=64,
+        controlnet_conditioning_scale=scales,
+        output_type="latent",
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+    ).images[0]
 
 
 def test_scale_zero_equals_no_controlnet_and_scale_one_differs(setup, make):
@@ -117,8 +126,13 @@ def test_guidance_start_and_end_take_effect(setup, make):
 def test_derived_pipelines_hold_the_base_modules(setup, make, mode_changes, units):
     engine, base, _, _ = setup
     recipe = make(*[unit("tiny-canny"), unit("tiny-depth")][:units], **mode_changes)
-    stage = base_stage.plan(recipe, base.pipe, EditInputs(source=MAP_B if mode_changes else None,
-                                                          control_maps=(MAP_A, MAP_B)[:units]), engine.controlnets, _derive)
+    stage = base_stage.plan(
+        recipe,
+        base.pipe,
+        EditInputs(source=MAP_B if mode_changes else None, control_maps=(MAP_A, MAP_B)[:units]),
+        engine.controlnets,
+        _derive,
+    )
     for name in SHARED:
         assert getattr(stage.pipe, name) is getattr(base.pipe, name), name
     loaded = [engine.controlnets.load(u.model, base.pipe.unet, None, None)[0] for u in recipe.controlnets]
@@ -131,13 +145,15 @@ def test_controlnet_img2img_handoff_stops_where_denoising_end_would(setup, make,
     """ControlNet img2img has no denoising_end: at scale 0 it must hand over the same latent as plain img2img."""
     engine = setup[0]
     changes = dict(mode="img2img", strength=0.7, steps=10, switch=0.8, refine=tiny_recipe().refine)
-    controlled = engine.draft(make(unit("tiny-canny", scale=0.0), **changes), 1,
-                              inputs=EditInputs(source=MAP_B, control_maps=(MAP_A,)))[0]
+    controlled = engine.draft(
+        make(unit("tiny-canny", scale=0.0), **changes), 1, inputs=EditInputs(source=MAP_B, control_maps=(MAP_A,))
+    )[0]
     plain = engine.draft(make(**changes), 1, inputs=EditInputs(source=MAP_B))[0]
     torch.testing.assert_close(controlled.latent.tensor, plain.latent.tensor, atol=1e-6, rtol=0)
     assert controlled.latent.noisy
-    shaped = engine.draft(make(unit("tiny-canny", scale=1.0), **changes), 1,
-                          inputs=EditInputs(source=MAP_B, control_maps=(MAP_A,)))[0]
+    shaped = engine.draft(
+        make(unit("tiny-canny", scale=1.0), **changes), 1, inputs=EditInputs(source=MAP_B, control_maps=(MAP_A,))
+    )[0]
     assert not torch.allclose(shaped.latent.tensor, plain.latent.tensor, atol=1e-3)
 
 
@@ -154,13 +170,16 @@ def test_single_file_loads_like_the_folder_and_recipes_pin_the_weights(setup, ma
         render(engine, changed, MAP_A)
 
 
-@pytest.mark.parametrize("name, message", [
-    ("pickled", "this is a pickle"),
-    ("not-controlnet", "not an SDXL ControlNet in diffusers' layout"),
-    ("wrong-shape", "does not fit this base model's ControlNet architecture"),
-    ("../ControlNet/tiny-canny", "must be a name inside"),
-    ("no-such-model", "no controlnet named 'no-such-model'"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("pickled", "this is a pickle"),
+        ("not-controlnet", "not an SDXL ControlNet in diffusers' layout"),
+        ("wrong-shape", "does not fit this base model's ControlNet architecture"),
+        ("../ControlNet/tiny-canny", "must be a name inside"),
+        ("no-such-model", "no controlnet named 'no-such-model'"),
+    ],
+)
 def test_bad_controlnets_give_clear_errors(setup, make, name, message):
     with pytest.raises(ValueError, match=message):
         render(setup[0], make(unit(name)), MAP_A)
@@ -178,8 +197,10 @@ def test_canny_is_opencv_canny_with_the_thresholds():
         ours = np.asarray(preprocessors.preprocess("canny", image, (("high", high), ("low", low))))
         expected = cv2.Canny(np.asarray(image), low, high)
         assert np.array_equal(ours[..., 0], expected)
-    assert not np.array_equal(np.asarray(preprocessors.preprocess("canny", image, (("low", 10.0),))), np.asarray(
-        preprocessors.preprocess("canny", image, (("low", 200.0), ("high", 250.0)))))
+    assert not np.array_equal(
+        np.asarray(preprocessors.preprocess("canny", image, (("low", 10.0),))),
+        np.asarray(preprocessors.preprocess("canny", image, (("low", 200.0), ("high", 250.0)))),
+    )
 
 
 def test_shuffle_is_seeded_and_lineart_runs_offline():
@@ -194,18 +215,25 @@ def test_shuffle_is_seeded_and_lineart_runs_offline():
 def test_detectors_needing_weights_are_offered_only_when_present(tmp_path):
     rows = {r["name"]: r for r in preprocessors.available(tmp_path)}
     assert rows["canny"]["ready"] and rows["shuffle"]["ready"] and rows["lineart_standard"]["ready"]
-    assert not rows["hed"]["ready"] and "ControlNetHED.pth" in rows["hed"]["missing"] and str(tmp_path) in rows["hed"]["missing"]
+    assert (
+        not rows["hed"]["ready"]
+        and "ControlNetHED.pth" in rows["hed"]["missing"]
+        and str(tmp_path) in rows["hed"]["missing"]
+    )
     with pytest.raises(ValueError, match=r"hed preprocessor needs the annotator weights 'ControlNetHED.pth'"):
         preprocessors.preprocess("hed", pattern(5), (), tmp_path)
     (tmp_path / "ControlNetHED.pth").write_bytes(b"x")
     assert {r["name"]: r for r in preprocessors.available(tmp_path)}["hed"]["ready"]
 
 
-@pytest.mark.parametrize("name, params, message", [
-    ("sobel", {}, "preprocessor: must be one of"),
-    ("canny", {"sigma": 1.0}, "unknown setting 'sigma'"),
-    ("canny", {"low": 200.0, "high": 100.0}, "low <= high"),
-])
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("sobel", {}, "preprocessor: must be one of"),
+        ("canny", {"sigma": 1.0}, "unknown setting 'sigma'"),
+        ("canny", {"low": 200.0, "high": 100.0}, "low <= high"),
+    ],
+)
 def test_bad_preprocessor_settings(name, params, message):
     with pytest.raises(ValueError, match=message):
         preprocessors.check_params(name, params)

@@ -52,7 +52,10 @@ def test_every_sampler_drafts_refines_and_reruns_exactly(engine, tiny_recipe, na
 
 
 def test_samplers_differ(engine, tiny_recipe):
-    outputs = {name: engine.draft(tiny_recipe(scheduler=name, steps=8), 1)[0].latent.tensor for name in ("Euler", "Euler a", "DPM++ 2M", "DDIM")}
+    outputs = {
+        name: engine.draft(tiny_recipe(scheduler=name, steps=8), 1)[0].latent.tensor
+        for name in ("Euler", "Euler a", "DPM++ 2M", "DDIM")
+    }
     names = list(outputs)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -64,14 +67,21 @@ def test_interrupt_stops_at_the_next_step(engine, tiny_recipe, model_cache, coun
     steps_seen = []
     with count_calls(unet=unet) as calls:
         with pytest.raises(GenerationCancelled):
-            engine.draft(tiny_recipe(), 2, on_step=lambda info: steps_seen.append(info.step), should_cancel=lambda: len(steps_seen) >= 3)
+            engine.draft(
+                tiny_recipe(),
+                2,
+                on_step=lambda info: steps_seen.append(info.step),
+                should_cancel=lambda: len(steps_seen) >= 3,
+            )
     assert calls["unet"] == 3 and steps_seen == [1, 2, 3]
 
 
 def test_step_callback_reports_progress_with_a_clean_estimate(engine, tiny_recipe):
     infos = []
     engine.render(tiny_recipe(steps=10), on_step=infos.append)
-    assert [(i.stage, i.step, i.total) for i in infos] == [("base", s, 8) for s in range(1, 9)] + [("refiner", s, 2) for s in (1, 2)]
+    assert [(i.stage, i.step, i.total) for i in infos] == [("base", s, 8) for s in range(1, 9)] + [
+        ("refiner", s, 2) for s in (1, 2)
+    ]
     assert infos[0].clean_estimate.shape == (1, 4, 8, 8)
 
 
@@ -141,7 +151,9 @@ def test_draft_count_is_checked_before_any_model_work(engine, tiny_recipe, model
 
 
 def test_recipe_json_round_trip_is_exact(tiny_recipe):
-    recipe = tiny_recipe(micro=MicroConditioning(original_size=(512, 512), negative_target_size=(64, 64)), batch_seeds=(1234, 1235))
+    recipe = tiny_recipe(
+        micro=MicroConditioning(original_size=(512, 512), negative_target_size=(64, 64)), batch_seeds=(1234, 1235)
+    )
     assert Recipe.from_json(recipe.to_json()) == recipe
     assert Recipe.from_json(recipe.to_json()).to_json() == recipe.to_json()
     with pytest.raises(ValueError, match="unknown field"):
@@ -174,7 +186,9 @@ def test_a_swapped_vae_is_recorded_and_required_on_rerun(engine, tiny_recipe, mo
     assert fresh.recipe.vae == ModelRef("madebyollin/sdxl-vae-fp16-fix")
 
 
-def test_controlnets_built_for_one_base_are_dropped_when_the_base_changes(engine, model_cache, tiny_recipe, monkeypatch):
+def test_controlnets_built_for_one_base_are_dropped_when_the_base_changes(
+    engine, model_cache, tiny_recipe, monkeypatch
+):
     import dataclasses
 
     engine.draft(tiny_recipe(), 1)
@@ -182,7 +196,9 @@ def test_controlnets_built_for_one_base_are_dropped_when_the_base_changes(engine
     engine.draft(tiny_recipe(), 1)  # same base: kept
     assert ("marker", 0) in engine.controlnets._loaded
     base = model_cache.load_base("tiny")
-    other = dataclasses.replace(base, pipe=base.pipe.__class__.from_pipe(base.pipe, dtype=base.pipe.dtype, add_watermarker=False))
+    other = dataclasses.replace(
+        base, pipe=base.pipe.__class__.from_pipe(base.pipe, dtype=base.pipe.dtype, add_watermarker=False)
+    )
     monkeypatch.setattr(model_cache, "load_base", lambda spec: other)
     engine.draft(tiny_recipe(), 1)
     assert ("marker", 0) not in engine.controlnets._loaded

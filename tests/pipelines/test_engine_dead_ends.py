@@ -34,14 +34,24 @@ def direct(model_cache):
     refiner = model_cache.load_refiner("tiny", base)
     ref_base = StableDiffusionXLPipeline(**base.pipe.components, add_watermarker=False)
     ref_refiner = StableDiffusionXLImg2ImgPipeline(
-        **refiner.pipe.components, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
+        **refiner.pipe.components,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
     ref_base_img2img = StableDiffusionXLImg2ImgPipeline(**base.pipe.components, add_watermarker=False)
     return base, refiner, ref_base, ref_refiner, ref_base_img2img
 
 
 def common(recipe, steps=None):
-    return dict(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, num_inference_steps=steps or recipe.steps,
-                guidance_scale=recipe.guidance, output_type="latent", generator=torch.Generator("cpu").manual_seed(recipe.seed))
+    return dict(
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        num_inference_steps=steps or recipe.steps,
+        guidance_scale=recipe.guidance,
+        output_type="latent",
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+    )
 
 
 def pixels(image):
@@ -51,7 +61,9 @@ def pixels(image):
 def encoded(pipe, image):
     """The fitted source's latent, straight from the VAE (distribution mean, scaled)."""
     with torch.no_grad():
-        return pipe.vae.encode(pipe.image_processor.preprocess(image)).latent_dist.mode() * pipe.vae.config.scaling_factor
+        return (
+            pipe.vae.encode(pipe.image_processor.preprocess(image)).latent_dist.mode() * pipe.vae.config.scaling_factor
+        )
 
 
 def counting(count_calls, direct):
@@ -74,12 +86,15 @@ def test_a_one_step_draft_at_the_default_switch_is_the_base_run_to_the_end(engin
     assert draft.recipe.switch == 0.8 and draft.recipe.steps == 1  # the request as asked; a rerender keeps it
     assert any("1-step" in note for note in draft.notes)
     expected_preview = direct[2].image_processor.postprocess(
-        direct[2].vae.decode(reference[None] / direct[2].vae.config.scaling_factor).sample.detach(), output_type="pil")[0]
+        direct[2].vae.decode(reference[None] / direct[2].vae.config.scaling_factor).sample.detach(), output_type="pil"
+    )[0]
     assert np.abs(pixels(draft.preview).astype(int) - pixels(expected_preview).astype(int)).max() <= 1
 
 
 def test_a_one_step_draft_is_refined_with_one_refiner_step(engine, tiny_recipe, direct, count_calls):
-    recipe = tiny_recipe(steps=1, switch=0.8, refine=RefineSettings(model=ModelRef("tiny"), strength=0.3), watermark=False)
+    recipe = tiny_recipe(
+        steps=1, switch=0.8, refine=RefineSettings(model=ModelRef("tiny"), strength=0.3), watermark=False
+    )
     draft = engine.draft(recipe, 1)[0]
     with counting(count_calls, direct) as calls:
         refined = engine.refine(draft)
@@ -93,7 +108,9 @@ def test_a_one_step_draft_is_refined_with_one_refiner_step(engine, tiny_recipe, 
 
 
 def test_one_step_at_switch_1_renders_and_refines(engine, tiny_recipe, direct, count_calls):
-    recipe = tiny_recipe(steps=1, switch=1.0, refine=RefineSettings(model=ModelRef("tiny"), strength=0.3), watermark=False)
+    recipe = tiny_recipe(
+        steps=1, switch=1.0, refine=RefineSettings(model=ModelRef("tiny"), strength=0.3), watermark=False
+    )
     with counting(count_calls, direct) as calls:
         finished = engine.render(recipe)
     assert (calls["base"], calls["refiner"]) == (1, 1)
@@ -112,12 +129,16 @@ def test_rerender_a_draft_at_one_step(engine, tiny_recipe, direct, count_calls):
     assert np.array_equal(pixels(finished.image), pixels(alone.image))
 
 
-@pytest.mark.parametrize("switch, effective, split", [
-    (0.05, 0.099, (1, 9)),  # cutoff 950 is above the first timestep (901): the base runs that one
-    (0.9999, 0.899, (9, 1)),  # cutoff 0 keeps every timestep for the base: the refiner gets the last (t=1)
-])
-def test_a_switch_that_leaves_a_stage_no_step_hands_over_at_the_nearest_step(engine, tiny_recipe, direct, count_calls,
-                                                                             switch, effective, split):
+@pytest.mark.parametrize(
+    "switch, effective, split",
+    [
+        (0.05, 0.099, (1, 9)),  # cutoff 950 is above the first timestep (901): the base runs that one
+        (0.9999, 0.899, (9, 1)),  # cutoff 0 keeps every timestep for the base: the refiner gets the last (t=1)
+    ],
+)
+def test_a_switch_that_leaves_a_stage_no_step_hands_over_at_the_nearest_step(
+    engine, tiny_recipe, direct, count_calls, switch, effective, split
+):
     """Euler, 10 leading steps: timesteps 901, 801, …, 1. diffusers called directly at `effective` is the reference."""
     recipe = tiny_recipe(steps=10, switch=switch, watermark=False)
     with counting(count_calls, direct) as calls:
@@ -188,10 +209,13 @@ def test_low_strength_without_a_refine_stage_runs_the_base(engine, tiny_recipe, 
     assert finished.recipe.strength == 0.2
 
 
-@pytest.mark.parametrize("changes", [
-    {"switch": 0.8},  # with a refine stage: nothing to denoise before or after the switch
-    {"switch": 1.0, "refine": None},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"switch": 0.8},  # with a refine stage: nothing to denoise before or after the switch
+        {"switch": 1.0, "refine": None},
+    ],
+)
 def test_strength_zero_returns_the_fitted_source_unchanged(engine, tiny_recipe, direct, count_calls, changes):
     base = direct[0]
     recipe = edit(tiny_recipe, strength=0.0, **changes)
@@ -233,11 +257,17 @@ def test_a_negative_crop_alone_changes_the_base_output(engine, tiny_recipe, dire
     cropped_recipe = tiny_recipe(watermark=False, micro=MicroConditioning(negative_crops_coords_top_left=crop))
     cropped = engine.draft(cropped_recipe, 1)[0]
     assert (cropped.latent.tensor - plain.latent.tensor).abs().max() > 1e-4
-    reference = direct[2](width=64, height=64, denoising_end=0.8, negative_original_size=(64, 64),
-                          negative_target_size=(64, 64), negative_crops_coords_top_left=crop,
-                          **common(cropped_recipe)).images[0]
+    reference = direct[2](
+        width=64,
+        height=64,
+        denoising_end=0.8,
+        negative_original_size=(64, 64),
+        negative_target_size=(64, 64),
+        negative_crops_coords_top_left=crop,
+        **common(cropped_recipe),
+    ).images[0]
     torch.testing.assert_close(cropped.latent.tensor, reference, atol=1e-5, rtol=0)
-    ignored = direct[2](width=64, height=64, denoising_end=0.8, negative_crops_coords_top_left=crop,
-                        **common(cropped_recipe)).images[0]
+    ignored = direct[2](
+        width=64, height=64, denoising_end=0.8, negative_crops_coords_top_left=crop, **common(cropped_recipe)
+    ).images[0]
     torch.testing.assert_close(plain.latent.tensor, ignored, atol=1e-5, rtol=0)  # what diffusers did with it alone
-

@@ -25,7 +25,10 @@ def direct(model_cache):
     refiner = model_cache.load_refiner("tiny", base)
     ref_base = StableDiffusionXLPipeline(**base.pipe.components, add_watermarker=False)
     ref_refiner = StableDiffusionXLImg2ImgPipeline(
-        **refiner.pipe.components, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False
+        **refiner.pipe.components,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
     )
     return base, refiner, ref_base, ref_refiner
 
@@ -33,12 +36,26 @@ def direct(model_cache):
 def one_shot_reference(direct, recipe):
     """diffusers' documented ensemble-of-experts handoff, in one go."""
     _, _, ref_base, ref_refiner = direct
-    common = dict(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, num_inference_steps=recipe.steps,
-                  guidance_scale=recipe.guidance, output_type="latent")
-    latents = ref_base(**common, width=recipe.width, height=recipe.height, denoising_end=recipe.switch,
-                       generator=torch.Generator("cpu").manual_seed(recipe.seed)).images
-    final = ref_refiner(**common, image=latents, denoising_start=recipe.switch,
-                        generator=torch.Generator("cpu").manual_seed(recipe.seed)).images
+    common = dict(
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        num_inference_steps=recipe.steps,
+        guidance_scale=recipe.guidance,
+        output_type="latent",
+    )
+    latents = ref_base(
+        **common,
+        width=recipe.width,
+        height=recipe.height,
+        denoising_end=recipe.switch,
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+    ).images
+    final = ref_refiner(
+        **common,
+        image=latents,
+        denoising_start=recipe.switch,
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+    ).images
     return latents[0], final[0]
 
 
@@ -90,7 +107,9 @@ def test_refine_makes_no_base_unet_call_and_no_vae_encode(engine, tiny_recipe, d
     schedule.set_timesteps(recipe.steps)
     cutoff = round(1000 - recipe.switch * 1000)
     base_steps = int((schedule.timesteps >= cutoff).sum())
-    with count_calls(base=base.pipe.unet, refiner=refiner.pipe.unet, encode=base.pipe.vae.encoder, decode=base.pipe.vae.decoder) as calls:
+    with count_calls(
+        base=base.pipe.unet, refiner=refiner.pipe.unet, encode=base.pipe.vae.encoder, decode=base.pipe.vae.decoder
+    ) as calls:
         draft = engine.draft(recipe, 1)[0]
         assert (calls["base"], calls["refiner"], calls["decode"]) == (base_steps, 0, 1)  # preview: one decode
         engine.refine(draft)
@@ -112,12 +131,25 @@ def test_preview_is_the_models_clean_estimate_at_its_last_step(engine, tiny_reci
             seen["x0"] = out.pred_original_sample if not isinstance(out, tuple) else out[1]
             return out
 
-    reference = StableDiffusionXLPipeline(**{**ref_base.components, "scheduler": Recording.from_config(ref_base.scheduler.config)}, add_watermarker=False)
-    reference(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, num_inference_steps=recipe.steps, guidance_scale=recipe.guidance,
-              width=64, height=64, denoising_end=recipe.switch, output_type="latent", return_dict=True,
-              generator=torch.Generator("cpu").manual_seed(recipe.seed))
+    reference = StableDiffusionXLPipeline(
+        **{**ref_base.components, "scheduler": Recording.from_config(ref_base.scheduler.config)}, add_watermarker=False
+    )
+    reference(
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        num_inference_steps=recipe.steps,
+        guidance_scale=recipe.guidance,
+        width=64,
+        height=64,
+        denoising_end=recipe.switch,
+        output_type="latent",
+        return_dict=True,
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+    )
     decoded = []
-    monkeypatch.setattr(engine_module, "decode_latents", lambda pipe, latents: decoded.append(latents) or decode_latents(pipe, latents))
+    monkeypatch.setattr(
+        engine_module, "decode_latents", lambda pipe, latents: decoded.append(latents) or decode_latents(pipe, latents)
+    )
     with count_calls(unet=ref_base.unet) as calls:
         draft = engine.draft(recipe.replace(watermark=False), 1)[0]
     assert calls["unet"] == 8  # the base's own steps: the preview costs no UNet call
@@ -135,11 +167,15 @@ def test_refine_with_the_base_model_itself(engine, tiny_recipe, direct, count_ca
     with count_calls(base=base.pipe.unet, refiner=refiner.pipe.unet) as calls:
         finished = engine.refine(draft)
     assert calls["refiner"] == 0 and calls["base"] == 2  # 10 steps, switch 0.8: two steps left
-    with_refiner = engine.refine(Draft(draft.recipe.replace(refine=RefineSettings(model=ModelRef("tiny"))), draft.latent, draft.preview))
+    with_refiner = engine.refine(
+        Draft(draft.recipe.replace(refine=RefineSettings(model=ModelRef("tiny"))), draft.latent, draft.preview)
+    )
     assert not torch.allclose(finished.latent, with_refiner.latent)
 
 
-def test_clean_latent_is_refined_with_strength_never_denoising_start(engine, tiny_recipe, direct, count_calls, monkeypatch):
+def test_clean_latent_is_refined_with_strength_never_denoising_start(
+    engine, tiny_recipe, direct, count_calls, monkeypatch
+):
     base, refiner, _, _ = direct
     recipe = tiny_recipe(switch=1.0, refine=RefineSettings(model=ModelRef("tiny"), strength=0.3))
     draft = engine.draft(recipe, 1)[0]
@@ -164,7 +200,9 @@ def test_rerender_at_more_steps_then_hands_off(engine, tiny_recipe, direct, coun
     draft = engine.draft(tiny_recipe(steps=5), 2)[1]
     with count_calls(base=base.pipe.unet, refiner=refiner.pipe.unet) as calls:
         finished = engine.rerender(draft, steps=20)
-    assert finished.recipe.steps == 20 and finished.recipe.seed == draft.recipe.seed and finished.recipe.batch_seeds == ()
+    assert (
+        finished.recipe.steps == 20 and finished.recipe.seed == draft.recipe.seed and finished.recipe.batch_seeds == ()
+    )
     assert (calls["base"], calls["refiner"]) == (16, 4)
     again = engine.render(finished.recipe)
     assert np.array_equal(pixels(again.image), pixels(finished.image))
@@ -176,9 +214,16 @@ def test_final_without_refine_stage_runs_the_base_to_the_end(engine, tiny_recipe
     with count_calls(decode=base.pipe.vae.decoder) as calls:
         finished = engine.render(recipe)
     assert calls["decode"] == 1
-    expected = ref_base(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, num_inference_steps=recipe.steps,
-                        guidance_scale=recipe.guidance, width=64, height=64, output_type="latent",
-                        generator=torch.Generator("cpu").manual_seed(recipe.seed)).images[0]
+    expected = ref_base(
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        num_inference_steps=recipe.steps,
+        guidance_scale=recipe.guidance,
+        width=64,
+        height=64,
+        output_type="latent",
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+    ).images[0]
     torch.testing.assert_close(finished.latent, expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="no refine stage"):
         engine.refine(engine.draft(recipe, 1)[0])

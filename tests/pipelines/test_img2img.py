@@ -12,14 +12,12 @@ from diffusers import StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
 from pipelines.engine.inputs import EditInputs
-from pipelines.recipe import refine_any_recipe
+from pipelines.recipe import ModelRef, RefineSettings, refine_any_recipe
 from pipelines.sizes import fit_to_bucket, nearest_bucket
-from pipelines.recipe import ModelRef, RefineSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
 
 from edit_models import smooth_image  # noqa: E402
-
 
 SOURCE, OTHER = smooth_image(1), smooth_image(2)
 
@@ -30,7 +28,11 @@ def direct(model_cache):
     refiner = model_cache.load_refiner("tiny", base)
     ref_base = StableDiffusionXLImg2ImgPipeline(**base.pipe.components, add_watermarker=False)
     ref_refiner = StableDiffusionXLImg2ImgPipeline(
-        **refiner.pipe.components, requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
+        **refiner.pipe.components,
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
     return base, refiner, ref_base, ref_refiner
 
 
@@ -44,8 +46,14 @@ def edit(tiny_recipe):
 
 
 def common(recipe):
-    return dict(prompt=recipe.prompt, negative_prompt=recipe.negative_prompt, num_inference_steps=recipe.steps,
-                guidance_scale=recipe.guidance, output_type="latent", generator=torch.Generator("cpu").manual_seed(recipe.seed))
+    return dict(
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        num_inference_steps=recipe.steps,
+        guidance_scale=recipe.guidance,
+        output_type="latent",
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+    )
 
 
 def encoded(pipe, image):
@@ -128,11 +136,18 @@ def test_fit_to_bucket_scales_to_cover_and_crops_the_centre():
     assert nearest_bucket(1920, 1080) == (1344, 768) and nearest_bucket(800, 800) == (1024, 1024)
 
 
-@pytest.mark.parametrize("changes, inputs, message", [
-    ({}, EditInputs(), "img2img: no source image given"),
-    # No refine stage to run instead (with one, see test_engine_dead_ends.py): say what to change.
-    ({"strength": 0.1}, EditInputs(source=SOURCE), r"strength: 0.1 at 6 steps leaves the base no step.*at least 0.17"),
-])
+@pytest.mark.parametrize(
+    "changes, inputs, message",
+    [
+        ({}, EditInputs(), "img2img: no source image given"),
+        # No refine stage to run instead (with one, see test_engine_dead_ends.py): say what to change.
+        (
+            {"strength": 0.1},
+            EditInputs(source=SOURCE),
+            r"strength: 0.1 at 6 steps leaves the base no step.*at least 0.17",
+        ),
+    ],
+)
 def test_bad_img2img_requests_are_refused_before_denoising(engine, edit, direct, count_calls, changes, inputs, message):
     with count_calls(unet=direct[0].pipe.unet) as calls, pytest.raises(ValueError, match=message):
         engine.render(edit(**changes), inputs=inputs)

@@ -37,8 +37,14 @@ def cache(atelier_home, tiny_files):
 
 
 def _latents(pipe, seed=3):
-    return pipe("a red fox", num_inference_steps=3, height=64, width=64, output_type="latent",
-                generator=torch.Generator("cpu").manual_seed(seed)).images
+    return pipe(
+        "a red fox",
+        num_inference_steps=3,
+        height=64,
+        width=64,
+        output_type="latent",
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images
 
 
 def test_tiny_base_and_refiner(cache, tiny_files, atelier_home):
@@ -69,9 +75,18 @@ def test_single_file_base_and_refiner_equal_the_folders(cache, tiny_files):
     root, files = tiny_files
     folder_base = cache.load_base(str(root / "base"))
     folder_refiner = cache.load_refiner(str(root / "refiner"), folder_base)
-    expected_base, image = _latents(folder_base.pipe), torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    expected_refined = folder_refiner.pipe("a red fox", image=image, strength=0.6, num_inference_steps=4,
-                                           output_type="latent", generator=torch.Generator().manual_seed(2)).images
+    expected_base, image = (
+        _latents(folder_base.pipe),
+        torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)),
+    )
+    expected_refined = folder_refiner.pipe(
+        "a red fox",
+        image=image,
+        strength=0.6,
+        num_inference_steps=4,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(2),
+    ).images
     assert folder_base.source == "folder"
 
     base = cache.load_base(str(files / "base.safetensors"))
@@ -80,8 +95,14 @@ def test_single_file_base_and_refiner_equal_the_folders(cache, tiny_files):
     assert base.ref.sha256 == hashlib.sha256((files / "base.safetensors").read_bytes()).hexdigest()
     assert refiner.pipe.vae is base.pipe.vae and refiner.pipe.text_encoder_2 is base.pipe.text_encoder_2
     assert torch.equal(_latents(base.pipe), expected_base)
-    refined = refiner.pipe("a red fox", image=image, strength=0.6, num_inference_steps=4,
-                           output_type="latent", generator=torch.Generator().manual_seed(2)).images
+    refined = refiner.pipe(
+        "a red fox",
+        image=image,
+        strength=0.6,
+        num_inference_steps=4,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(2),
+    ).images
     assert torch.equal(refined, expected_refined)
 
 
@@ -170,9 +191,13 @@ def test_bad_files_are_refused_in_words(cache, tiny_files, tmp_path):
     lone = tmp_path / "lone.safetensors"  # tiny weights, no config beside: the real SDXL skeleton
     shutil.copyfile(files / "base.safetensors", lone)
     cases = {
-        pickled: "pickle checkpoint", renamed: "pickle checkpoint", truncated: "truncated",
-        garbage: "not a valid .safetensors", lone: "does not match the SDXL base config",
-        tmp_path / "gone.safetensors": "not found", tmp_path: "not a diffusers model",
+        pickled: "pickle checkpoint",
+        renamed: "pickle checkpoint",
+        truncated: "truncated",
+        garbage: "not a valid .safetensors",
+        lone: "does not match the SDXL base config",
+        tmp_path / "gone.safetensors": "not found",
+        tmp_path: "not a diffusers model",
     }
     for path, message in cases.items():
         with pytest.raises(ValueError, match=message):

@@ -37,7 +37,9 @@ def setup(model_cache, tmp_path_factory):
     write_kohya_te2(folder / "with_te2.safetensors", base.pipe.text_encoder_2, seed=13)
     (folder / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}" + b"\0" * 64)
     (folder / "pickled.safetensors").write_bytes(pickle.dumps({"lora_unet_x.lora_down.weight": [1.0]}, protocol=4))
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(folder / "checkpoint.safetensors"))
+    save_file(
+        {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(folder / "checkpoint.safetensors")
+    )
     # SD 1.5-style layers this SDXL has not got (down_blocks.0 has no attention here) plus one that fits:
     write_kohya(folder / "partial.safetensors", unet, seed=5, targets=UNET_TARGETS[:1])
     partial = load_file(str(folder / "partial.safetensors"))
@@ -45,8 +47,10 @@ def setup(model_cache, tmp_path_factory):
     partial[f"{key}.lora_down.weight"], partial[f"{key}.lora_up.weight"] = torch.randn(4, 32), torch.randn(32, 4)
     save_file(partial, str(folder / "partial.safetensors"))
     target = UNET_TARGETS[0]
-    save_file({f"unet.{target}.lora_A.weight": torch.randn(4, 99), f"unet.{target}.lora_B.weight": torch.randn(64, 4)},
-              str(folder / "wrong_shape.safetensors"))
+    save_file(
+        {f"unet.{target}.lora_A.weight": torch.randn(4, 99), f"unet.{target}.lora_B.weight": torch.randn(64, 4)},
+        str(folder / "wrong_shape.safetensors"),
+    )
     outside = tmp_path_factory.mktemp("outside") / "secret.safetensors"
     write_peft(outside, unet, seed=11)
     (folder / "escape.safetensors").symlink_to(outside)
@@ -67,8 +71,14 @@ def peft_layers(module):
 
 def active_layers(*modules):
     """LoRA layers that would add their branch now: enabled, with an active adapter they hold."""
-    return sum(1 for module in modules for m in module.modules() if getattr(m, "lora_A", None) is not None
-               and not m.disable_adapters and any(a in m.lora_A for a in m.active_adapters))
+    return sum(
+        1
+        for module in modules
+        for m in module.modules()
+        if getattr(m, "lora_A", None) is not None
+        and not m.disable_adapters
+        and any(a in m.lora_A for a in m.active_adapters)
+    )
 
 
 def adapter_state(module):
@@ -109,9 +119,17 @@ def test_matches_diffusers_loading_the_file_directly(setup, make):
     direct.load_lora_weights(str(folder / "styles" / "other.safetensors"), adapter_name="x")
     direct.set_adapters(["x"], [0.7])
     try:
-        reference = direct(prompt="a photo of a cat", negative_prompt="blurry", num_inference_steps=4, guidance_scale=5.0,
-                           width=64, height=64, denoising_end=0.8, output_type="latent",
-                           generator=torch.Generator("cpu").manual_seed(21)).images[0]
+        reference = direct(
+            prompt="a photo of a cat",
+            negative_prompt="blurry",
+            num_inference_steps=4,
+            guidance_scale=5.0,
+            width=64,
+            height=64,
+            denoising_end=0.8,
+            output_type="latent",
+            generator=torch.Generator("cpu").manual_seed(21),
+        ).images[0]
     finally:
         direct.unload_lora_weights()
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
@@ -119,8 +137,9 @@ def test_matches_diffusers_loading_the_file_directly(setup, make):
 
 def test_kohya_and_peft_files_of_the_same_weights_agree(setup, make):
     engine = setup[0]
-    torch.testing.assert_close(run(engine, make(LoraRef("style_kohya"))), run(engine, make(LoraRef("style_peft"))),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        run(engine, make(LoraRef("style_kohya"))), run(engine, make(LoraRef("style_peft"))), atol=1e-5, rtol=0
+    )
 
 
 def test_two_loras_combine_and_differ_from_each_alone(setup, make):
@@ -139,8 +158,11 @@ def test_a_lora_is_loaded_once_and_its_weight_changes_without_reloading(setup, m
 
     calls = []
     original = StableDiffusionXLLoraLoaderMixin.load_lora_weights
-    monkeypatch.setattr(StableDiffusionXLLoraLoaderMixin, "load_lora_weights",
-                        lambda pipe, *a, **k: calls.append(k.get("adapter_name")) or original(pipe, *a, **k))
+    monkeypatch.setattr(
+        StableDiffusionXLLoraLoaderMixin,
+        "load_lora_weights",
+        lambda pipe, *a, **k: calls.append(k.get("adapter_name")) or original(pipe, *a, **k),
+    )
     engine.loras.unload_all()
     reads = engine.loras.file_reads
     strong = run(engine, make(LoraRef("with_text", weight=1.0)))  # touches the UNet and the first text encoder
@@ -230,8 +252,10 @@ def test_the_refiner_never_gets_the_base_loras(setup, make, model_cache):
     draft = engine.draft(recipe, 1)[0]
     assert peft_layers(te2) > 0
     seen = {"unet": [], "te2": []}
-    hooks = [refiner.pipe.unet.register_forward_pre_hook(lambda m, a: seen["unet"].append(peft_layers(m))),
-             te2.register_forward_pre_hook(lambda m, a: seen["te2"].append(active_layers(m)))]
+    hooks = [
+        refiner.pipe.unet.register_forward_pre_hook(lambda m, a: seen["unet"].append(peft_layers(m))),
+        te2.register_forward_pre_hook(lambda m, a: seen["te2"].append(active_layers(m))),
+    ]
     try:
         refined = engine.refine(draft)
     finally:
@@ -255,7 +279,11 @@ def test_recipe_records_name_sha_weight_and_reruns_to_the_same_pixels(setup, mak
 
     draft = engine.draft(make(LoraRef("style_kohya", weight=0.9)), 1)[0]
     (ref,) = draft.recipe.loras
-    assert (ref.name, ref.sha256, ref.weight) == ("style_kohya", sha256_of_file(folder / "style_kohya.safetensors"), 0.9)
+    assert (ref.name, ref.sha256, ref.weight) == (
+        "style_kohya",
+        sha256_of_file(folder / "style_kohya.safetensors"),
+        0.9,
+    )
     again = engine.render(draft.recipe)
     assert torch.equal(again.latent.tensor, draft.latent.tensor)
     assert np.array_equal(np.asarray(again.preview), np.asarray(draft.preview))
@@ -266,22 +294,26 @@ def test_prompt_tokens_resolve_against_the_folder(setup, make):
     explicit = engine.draft(make(LoraRef("style_peft", weight=0.5)), 1)[0]
     token = engine.draft(make(prompt="a photo of a cat <lora:style_peft:0.5>"), 1)[0]
     assert [(r.name, r.weight, r.sha256) for r in token.recipe.loras] == [
-        (r.name, r.weight, r.sha256) for r in explicit.recipe.loras]
+        (r.name, r.weight, r.sha256) for r in explicit.recipe.loras
+    ]
     assert torch.equal(token.latent.tensor, explicit.latent.tensor)
     assert torch.equal(engine.render(token.recipe).latent.tensor, token.latent.tensor)  # re-run: applied once
 
 
-@pytest.mark.parametrize("name, message", [
-    ("garbage", r"garbage\.safetensors: (not a valid|corrupt)"),
-    ("pickled", r"pickled\.safetensors: this is a pickle"),
-    ("checkpoint", r"checkpoint\.safetensors: not a LoRA in a format Atelier knows"),
-    ("partial", r"partial\.safetensors: only 1 of its 2 LoRA layers match"),
-    ("wrong_shape", r"wrong_shape\.safetensors: could not be applied .*size mismatch"),
-    ("missing", r"no lora named 'missing'"),
-    ("../outside", r"must be a name inside"),
-    ("/etc/passwd", r"must be a name inside"),
-    ("escape", r"leads outside"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("garbage", r"garbage\.safetensors: (not a valid|corrupt)"),
+        ("pickled", r"pickled\.safetensors: this is a pickle"),
+        ("checkpoint", r"checkpoint\.safetensors: not a LoRA in a format Atelier knows"),
+        ("partial", r"partial\.safetensors: only 1 of its 2 LoRA layers match"),
+        ("wrong_shape", r"wrong_shape\.safetensors: could not be applied .*size mismatch"),
+        ("missing", r"no lora named 'missing'"),
+        ("../outside", r"must be a name inside"),
+        ("/etc/passwd", r"must be a name inside"),
+        ("escape", r"leads outside"),
+    ],
+)
 def test_bad_files_and_names_give_clear_errors_and_leave_the_pipeline_as_before(setup, make, name, message):
     engine, base, _, _ = setup
     engine.loras.unload_all()

@@ -36,7 +36,12 @@ def test_formats_are_judged_by_header_not_suffix(tmp_path, weights):
     renamed = tmp_path / "real.ckpt"
     renamed.write_bytes(weights.read_bytes())
     assert [sniff_format(p) for p in (weights, zipped, legacy, raw, renamed)] == [
-        "safetensors", "torch-zip", "pickle", "pickle", "safetensors"]
+        "safetensors",
+        "torch-zip",
+        "pickle",
+        "pickle",
+        "safetensors",
+    ]
 
 
 @pytest.mark.parametrize("kind", ["torch-zip", "pickle"])
@@ -105,8 +110,11 @@ def test_damaged_hash_cache_is_only_a_lost_speed_up(tmp_path, weights):
 def _diffusers_folder(root):
     (root / "unet").mkdir(parents=True)
     (root / "vae").mkdir()
-    (root / "model_index.json").write_text(json.dumps(
-        {"_class_name": "X", "unet": ["diffusers", "U"], "vae": ["diffusers", "V"], "tokenizer": [None, None]}))
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {"_class_name": "X", "unet": ["diffusers", "U"], "vae": ["diffusers", "V"], "tokenizer": [None, None]}
+        )
+    )
     save_file({"w": torch.ones(3)}, str(root / "unet" / "diffusion_pytorch_model.safetensors"))
     save_file({"w": torch.ones(3).half()}, str(root / "unet" / "diffusion_pytorch_model.fp16.safetensors"))
     save_file({"w": torch.zeros(3)}, str(root / "vae" / "diffusion_pytorch_model.safetensors"))
@@ -119,7 +127,8 @@ def test_folder_digest_covers_exactly_the_loaded_weight_files(tmp_path):
     plain, fp16 = folder_digest(folder, cache), folder_digest(folder, cache, "fp16")
     lines = "".join(
         f"{name} {hashlib.sha256((folder / name).read_bytes()).hexdigest()}\n"
-        for name in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"))
+        for name in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors")
+    )
     assert plain == hashlib.sha256(lines.encode()).hexdigest()
     assert fp16 != plain
     (folder / "notes.safetensors").write_bytes(b"x")  # not a component's weights
@@ -172,8 +181,19 @@ def test_folder_without_a_layout_is_not_a_models_root(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["../secret.safetensors", "a/../../secret.safetensors", "/etc/passwd", "~/x", "..", "", "  ", "a\x00b",
-             "..\\secret.safetensors", "C:/x"]
+    "name",
+    [
+        "../secret.safetensors",
+        "a/../../secret.safetensors",
+        "/etc/passwd",
+        "~/x",
+        "..",
+        "",
+        "  ",
+        "a\x00b",
+        "..\\secret.safetensors",
+        "C:/x",
+    ],
 )
 def test_names_never_reach_outside_their_folder(tmp_path, name):
     folder = tmp_path / "models" / "Lora"

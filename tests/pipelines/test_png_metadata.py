@@ -78,6 +78,7 @@ def test_round_trip_gives_the_recipe_exactly_and_keeps_pixels(tmp_path):
 
 def test_watermark_survives_metadata():
     from pipelines.provenance.watermark import apply_watermark, detect_watermark
+
     y, x = np.mgrid[0:512, 0:512]
     luma = 90 + 0.2 * x + 0.1 * y + 20 * np.sin(x / 9) * np.cos(y / 13)  # low-chroma, textured
     pixels = np.stack([luma, luma * 0.95, luma * 0.9], axis=-1).clip(0, 255).astype(np.uint8)
@@ -108,8 +109,21 @@ def test_a1111_text_written_by_atelier_parses_back_to_the_same_values():
         "Version": "Atelier 0.1.0",
     }
     back = recipe_from_a1111(a1111_parameters(recipe))
-    same = ("prompt", "negative_prompt", "prompt_syntax", "mode", "strength", "seed", "steps", "guidance",
-            "scheduler", "width", "height", "switch", "app_version")
+    same = (
+        "prompt",
+        "negative_prompt",
+        "prompt_syntax",
+        "mode",
+        "strength",
+        "seed",
+        "steps",
+        "guidance",
+        "scheduler",
+        "width",
+        "height",
+        "switch",
+        "app_version",
+    )
     assert {k: getattr(back.recipe, k) for k in same} == {k: getattr(recipe, k) for k in same}
     assert back.recipe.model == ModelRef("sd_xl_base_1.0")  # a 10-digit hash cannot pin the sha256
     assert back.recipe.refine.model == ModelRef("sd_xl_refiner_1.0")
@@ -186,7 +200,12 @@ def test_a1111_png_maps_to_the_closest_recipe():
 def test_a1111_img2img_with_quoted_model_name():
     back = recipe_from_a1111(A1111_IMG2IMG)
     r = back.recipe
-    assert (r.prompt, r.negative_prompt, r.mode, r.strength) == ("portrait of an old sailor, oil on canvas", "", "img2img", 0.55)
+    assert (r.prompt, r.negative_prompt, r.mode, r.strength) == (
+        "portrait of an old sailor, oil on canvas",
+        "",
+        "img2img",
+        0.55,
+    )
     assert (r.scheduler, r.guidance, r.seed, r.model.name) == ("Euler a", 7.0, 17, "juggernaut, v9")
     assert r.refine is None and r.switch == 1.0  # A1111 ran its model to the end
     assert back.unmapped == ("Version: v1.6.0", "Clip skip: 2")
@@ -222,13 +241,28 @@ INVOKEAI = {
     "cfg_rescale_multiplier": 0,
     "steps": 28,
     "scheduler": "dpmpp_2m_k",
-    "model": {"key": "c1a2b3", "hash": "blake3:9f8e7d6c5b4a", "name": "Juggernaut XL v9", "base": "sdxl", "type": "main"},
+    "model": {
+        "key": "c1a2b3",
+        "hash": "blake3:9f8e7d6c5b4a",
+        "name": "Juggernaut XL v9",
+        "base": "sdxl",
+        "type": "main",
+    },
     "positive_style_prompt": "a (lighthouse)1.2 at dusk, oil painting",
     "negative_style_prompt": "",
-    "loras": [{"model": {"key": "l1", "hash": "sha256:" + SHA_LORA, "name": "Painterly", "base": "sdxl", "type": "lora"},
-               "weight": 0.6}],
-    "refiner_model": {"key": "r1", "hash": "sha256:" + SHA_REFINER.upper(), "name": "sd_xl_refiner_1.0",
-                      "base": "sdxl-refiner", "type": "main"},
+    "loras": [
+        {
+            "model": {"key": "l1", "hash": "sha256:" + SHA_LORA, "name": "Painterly", "base": "sdxl", "type": "lora"},
+            "weight": 0.6,
+        }
+    ],
+    "refiner_model": {
+        "key": "r1",
+        "hash": "sha256:" + SHA_REFINER.upper(),
+        "name": "sd_xl_refiner_1.0",
+        "base": "sdxl-refiner",
+        "type": "main",
+    },
     "refiner_cfg_scale": 6.0,
     "refiner_steps": 28,
     "refiner_scheduler": "dpmpp_2m_k",
@@ -244,7 +278,14 @@ def test_invokeai_png_maps_to_the_closest_recipe():
     r = back.recipe
     assert back.source == "invokeai"
     assert (r.prompt, r.negative_prompt, r.prompt_syntax) == (INVOKEAI["positive_prompt"], "blurry", "compel")
-    assert (r.seed, r.steps, r.guidance, r.scheduler, r.width, r.height) == (3344556677, 28, 6.0, "DPM++ 2M Karras", 1024, 1024)
+    assert (r.seed, r.steps, r.guidance, r.scheduler, r.width, r.height) == (
+        3344556677,
+        28,
+        6.0,
+        "DPM++ 2M Karras",
+        1024,
+        1024,
+    )
     assert r.model == ModelRef("Juggernaut XL v9")
     assert r.loras == (LoraRef("Painterly", SHA_LORA, 0.6),)
     assert r.refine == RefineSettings(model=ModelRef("sd_xl_refiner_1.0", SHA_REFINER)) and r.switch == 0.75
@@ -253,16 +294,28 @@ def test_invokeai_png_maps_to_the_closest_recipe():
 
 
 def test_invokeai_unknown_fields_are_listed():
-    data = INVOKEAI | {"generation_mode": "unified_canvas", "scheduler": "heun_k", "refiner_steps": 10, "seamless_x": True}
+    data = INVOKEAI | {
+        "generation_mode": "unified_canvas",
+        "scheduler": "heun_k",
+        "refiner_steps": 10,
+        "seamless_x": True,
+    }
     back = read_png(png_with_chunks(invokeai_metadata=json.dumps(data)))
     assert back.recipe.scheduler == "Euler" and back.recipe.mode == "txt2img"
-    assert set(back.unmapped) >= {"scheduler: heun_k", "generation_mode: unified_canvas", "refiner_steps: 10",
-                                  "refiner_scheduler: dpmpp_2m_k", "seamless_x: true"}
+    assert set(back.unmapped) >= {
+        "scheduler: heun_k",
+        "generation_mode: unified_canvas",
+        "refiner_steps: 10",
+        "refiner_scheduler: dpmpp_2m_k",
+        "seamless_x: true",
+    }
 
 
 def test_atelier_chunk_wins_over_the_others():
     recipe = make_recipe()
-    data = png_with_chunks(parameters=A1111_IMG2IMG, invokeai_metadata=json.dumps(INVOKEAI), atelier_recipe=recipe.to_json())
+    data = png_with_chunks(
+        parameters=A1111_IMG2IMG, invokeai_metadata=json.dumps(INVOKEAI), atelier_recipe=recipe.to_json()
+    )
     assert read_png(data).recipe == recipe
 
 
@@ -289,16 +342,32 @@ def _jpeg() -> bytes:
         (png_with_chunks(parameters="just a prompt, nothing else"), "A1111 parameters: no Steps"),
         (png_with_chunks(parameters="a cat\nSteps: many, Seed: 1, Size: 512x512"), "Steps must be a whole number"),
         (png_with_chunks(parameters="a cat\nSteps: 20, Seed: 1, Size: large"), "Size must be WIDTHxHEIGHT"),
-        (png_with_chunks(parameters="a cat\nSteps: 20, Seed: 1, Size: 500x500"), "A1111 parameters: width: must be a multiple of 8"),
-        (png_with_chunks(parameters="a cat\nSteps: 20, Seed: 1, Size: 512x512, CFG scale: high"), "CFG scale must be a number"),
+        (
+            png_with_chunks(parameters="a cat\nSteps: 20, Seed: 1, Size: 500x500"),
+            "A1111 parameters: width: must be a multiple of 8",
+        ),
+        (
+            png_with_chunks(parameters="a cat\nSteps: 20, Seed: 1, Size: 512x512, CFG scale: high"),
+            "CFG scale must be a number",
+        ),
         (png_with_chunks(invokeai_metadata="{oops"), "InvokeAI metadata: not valid JSON"),
         (png_with_chunks(invokeai_metadata="[1, 2]"), "must be a JSON object"),
-        (png_with_chunks(invokeai_metadata=json.dumps({k: v for k, v in INVOKEAI.items() if k != "positive_prompt"})),
-         "positive_prompt must be a string"),
+        (
+            png_with_chunks(
+                invokeai_metadata=json.dumps({k: v for k, v in INVOKEAI.items() if k != "positive_prompt"})
+            ),
+            "positive_prompt must be a string",
+        ),
         (png_with_chunks(invokeai_metadata=json.dumps(INVOKEAI | {"seed": "lucky"})), "seed must be a whole number"),
-        (png_with_chunks(invokeai_metadata=json.dumps(INVOKEAI | {"scheduler": ["euler"]})), "scheduler must be a name"),
+        (
+            png_with_chunks(invokeai_metadata=json.dumps(INVOKEAI | {"scheduler": ["euler"]})),
+            "scheduler must be a name",
+        ),
         (png_with_chunks(invokeai_metadata=json.dumps(INVOKEAI | {"model": "juggernaut"})), "model must be an object"),
-        (png_with_chunks(invokeai_metadata=json.dumps({k: v for k, v in INVOKEAI.items() if k != "steps"})), "no steps"),
+        (
+            png_with_chunks(invokeai_metadata=json.dumps({k: v for k, v in INVOKEAI.items() if k != "steps"})),
+            "no steps",
+        ),
     ],
 )
 def test_malformed_metadata_is_a_clear_value_error(data, message):

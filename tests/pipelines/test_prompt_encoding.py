@@ -101,7 +101,8 @@ def test_upweighting_scales_the_word_away_from_the_empty_prompt(base):
     assert torch.allclose(weighted[:, cat], expected, atol=1e-5)
     assert torch.equal(weighted[:, others], plain[:, others])
     distances = [
-        (_embeds(base, PROMPT.replace("cat", w)).prompt_embeds - plain).norm().item() for w in ("cat+", "cat++", "cat+++")
+        (_embeds(base, PROMPT.replace("cat", w)).prompt_embeds - plain).norm().item()
+        for w in ("cat+", "cat++", "cat+++")
     ]
     assert 0 < distances[0] < distances[1] < distances[2]
 
@@ -159,8 +160,14 @@ def test_refiner_path_with_weights_runs_the_refiner(tiny_pipes):
     embeds = _embeds(refiner, "a (cat)1.4 on a sofa--, " + LONG)
     assert embeds.pooled_prompt_embeds.shape == (1, refiner.text_encoder_2.config.projection_dim)
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    out = refiner(image=latents, strength=0.5, num_inference_steps=2, guidance_scale=5.0, output_type="latent",
-                  **embeds.as_kwargs()).images
+    out = refiner(
+        image=latents,
+        strength=0.5,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        output_type="latent",
+        **embeds.as_kwargs(),
+    ).images
     assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
 
 
@@ -168,8 +175,15 @@ def test_refiner_path_with_weights_runs_the_refiner(tiny_pipes):
 def test_no_cfg_guidance_works_and_ignores_the_negative(base, guidance):
     def run(**kwargs):
         generator = torch.Generator().manual_seed(3)
-        return base(height=64, width=64, num_inference_steps=2, guidance_scale=guidance, output_type="latent",
-                    generator=generator, **kwargs).images
+        return base(
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            guidance_scale=guidance,
+            output_type="latent",
+            generator=generator,
+            **kwargs,
+        ).images
 
     ours = run(**_embeds(base, PROMPT, NEGATIVE).as_kwargs())
     assert torch.equal(ours, run(prompt=PROMPT))
@@ -192,7 +206,7 @@ def test_drafts_and_refine_encode_each_prompt_once(tiny_pipes, count_calls):
         refined = encoder.encode_refiner(refiner, PROMPT, NEGATIVE, "compel", "tiny-refiner")
         encoder.encode_refiner(refiner, PROMPT, NEGATIVE, "compel", "tiny-refiner")
         assert calls.counts == after_first  # the refiner reuses the shared text_encoder_2's work
-        assert torch.equal(refined.prompt_embeds, first.prompt_embeds[..., base.text_encoder.config.hidden_size:])
+        assert torch.equal(refined.prompt_embeds, first.prompt_embeds[..., base.text_encoder.config.hidden_size :])
         encoder.encode_base(base, "a photo of a dog", NEGATIVE, "compel", "tiny-base")
         assert calls.counts == {"te1": 3, "te2": 6}  # a new prompt: only the new text is encoded
     assert encoder.hits == 5 and encoder.misses == 3

@@ -53,7 +53,7 @@ TRANSLATIONS = [
     (r"\(literal\) parens", r"\(literal\) parens"),
     (r"\[square\]", "[square]"),
     (r"a \\ backslash", r"a \ backslash"),
-    ("say \"hi\"", 'say \\"hi\\"'),
+    ('say "hi"', 'say \\"hi\\"'),
     ("((masterpiece)), best quality, [blurry]", "(masterpiece)1.21 , best quality, (blurry)0.9091"),
     # BREAK: each chunk encoded on its own, as compel's .and()
     ("a cat BREAK a dog", '("a cat", "a dog").and()'),

@@ -47,8 +47,15 @@ def _pipes():
 
 def _latents(pipe, **kwargs):
     generator = torch.Generator("cpu").manual_seed(7)
-    return pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=3, guidance_scale=5.0,
-                generator=generator, output_type="latent", **kwargs).images
+    return pipe(
+        "a photo of a cat",
+        negative_prompt="blurry",
+        num_inference_steps=3,
+        guidance_scale=5.0,
+        generator=generator,
+        output_type="latent",
+        **kwargs,
+    ).images
 
 
 def _same_weights(a, b):
@@ -59,8 +66,14 @@ def _same_weights(a, b):
 def test_base_file_has_the_original_layout(tiny):
     keys = set(load_file(tiny / "base.safetensors"))
     prefixes = {k.split(".")[0] + "." + k.split(".")[1] for k in keys}
-    assert prefixes == {"model.diffusion_model", "first_stage_model.encoder", "first_stage_model.decoder",
-                        "first_stage_model.quant_conv", "first_stage_model.post_quant_conv", "conditioner.embedders"}
+    assert prefixes == {
+        "model.diffusion_model",
+        "first_stage_model.encoder",
+        "first_stage_model.decoder",
+        "first_stage_model.quant_conv",
+        "first_stage_model.post_quant_conv",
+        "conditioner.embedders",
+    }
     assert "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight" in keys
     assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
     assert "conditioner.embedders.1.model.text_projection" in keys
@@ -97,8 +110,9 @@ def test_single_file_refiner_loads_and_matches_the_folder(tiny):
 def test_shared_components_are_used_as_given(tiny):
     base_cls, refiner_cls = _pipes()
     base = load_single_file(tiny / "base.safetensors", base_cls)[0]
-    refiner = load_single_file(tiny / "refiner.safetensors", refiner_cls,
-                               text_encoder_2=base.text_encoder_2, vae=base.vae)[0]
+    refiner = load_single_file(
+        tiny / "refiner.safetensors", refiner_cls, text_encoder_2=base.text_encoder_2, vae=base.vae
+    )[0]
     assert refiner.text_encoder_2 is base.text_encoder_2 and refiner.vae is base.vae
 
 
@@ -178,9 +192,12 @@ def test_tiny_model_command_writes_folders_and_single_files(tiny, capsys):
     args = parser.parse_args(["tiny-model", str(tiny), "--single-file", "--json"])
     assert args.func(args) == 0
     paths = json.loads(capsys.readouterr().out)
-    assert paths == {"base": str(tiny / "base"), "refiner": str(tiny / "refiner"),
-                     "base_single_file": str(tiny / "base.safetensors"),
-                     "refiner_single_file": str(tiny / "refiner.safetensors")}
+    assert paths == {
+        "base": str(tiny / "base"),
+        "refiner": str(tiny / "refiner"),
+        "base_single_file": str(tiny / "base.safetensors"),
+        "refiner_single_file": str(tiny / "refiner.safetensors"),
+    }
     assert detect_kind(tiny / "base.safetensors") == "base"
     assert load_file(tiny / "refiner.safetensors").keys() == folder_to_original(tiny / "refiner").keys()
 
@@ -212,10 +229,21 @@ def _count(model):
 @pytest.mark.parametrize(
     "kind, unet_params, classes",
     [
-        ("base", 2_567_463_684, {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL",
-                                 "text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection"}),
-        ("refiner", 2_259_526_660, {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL",
-                                    "text_encoder_2": "CLIPTextModelWithProjection"}),
+        (
+            "base",
+            2_567_463_684,
+            {
+                "unet": "UNet2DConditionModel",
+                "vae": "AutoencoderKL",
+                "text_encoder": "CLIPTextModel",
+                "text_encoder_2": "CLIPTextModelWithProjection",
+            },
+        ),
+        (
+            "refiner",
+            2_259_526_660,
+            {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder_2": "CLIPTextModelWithProjection"},
+        ),
     ],
 )
 def test_shipped_skeletons_build_real_sdxl_sizes(kind, unet_params, classes):
@@ -228,7 +256,9 @@ def test_shipped_skeletons_build_real_sdxl_sizes(kind, unet_params, classes):
     if kind == "base":
         assert _count(models["text_encoder"]) == 123_060_480  # CLIP ViT-L text tower
     index = json.loads((SKELETONS / f"sdxl_{kind}" / "model_index.json").read_text())
-    assert index["_class_name"] == ("StableDiffusionXLPipeline" if kind == "base" else "StableDiffusionXLImg2ImgPipeline")
+    assert index["_class_name"] == (
+        "StableDiffusionXLPipeline" if kind == "base" else "StableDiffusionXLImg2ImgPipeline"
+    )
     assert index.get("requires_aesthetics_score", False) is (kind == "refiner")
 
 
@@ -248,8 +278,10 @@ def test_real_sdxl_layout_round_trips_through_diffusers_reader(kind):
     original = unet_to_original(unet, models["unet"].config) | vae_to_original(vae, models["vae"].config)
     original |= openclip_to_original(bigg, prefix)
     if kind == "base":
-        original |= {"conditioner.embedders.0.transformer.text_model." + k: v
-                     for k, v in models["text_encoder"].state_dict().items()}
+        original |= {
+            "conditioner.embedders.0.transformer.text_model." + k: v
+            for k, v in models["text_encoder"].state_dict().items()
+        }
     assert infer_diffusers_model_type(original) == f"xl_{kind}"
 
     back = convert_ldm_unet_checkpoint(original, dict(models["unet"].config))
@@ -261,18 +293,22 @@ def test_real_sdxl_layout_round_trips_through_diffusers_reader(kind):
 
     # A few names every SDXL tool knows (A1111, ComfyUI, kohya).
     known = {
-        "base": ["model.diffusion_model.output_blocks.2.2.conv.weight",
-                 "model.diffusion_model.input_blocks.8.1.transformer_blocks.9.attn2.to_k.weight",
-                 "model.diffusion_model.middle_block.1.transformer_blocks.9.ff.net.2.weight",
-                 "model.diffusion_model.label_emb.0.0.weight",
-                 "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight",
-                 "first_stage_model.decoder.up.3.upsample.conv.weight",
-                 "first_stage_model.encoder.mid.attn_1.q.weight"],
-        "refiner": ["model.diffusion_model.output_blocks.11.0.skip_connection.weight",
-                    "model.diffusion_model.output_blocks.8.2.conv.weight",
-                    "model.diffusion_model.output_blocks.2.1.conv.weight",
-                    "model.diffusion_model.input_blocks.9.0.op.weight",
-                    "conditioner.embedders.0.model.text_projection"],
+        "base": [
+            "model.diffusion_model.output_blocks.2.2.conv.weight",
+            "model.diffusion_model.input_blocks.8.1.transformer_blocks.9.attn2.to_k.weight",
+            "model.diffusion_model.middle_block.1.transformer_blocks.9.ff.net.2.weight",
+            "model.diffusion_model.label_emb.0.0.weight",
+            "conditioner.embedders.1.model.transformer.resblocks.31.attn.in_proj_weight",
+            "first_stage_model.decoder.up.3.upsample.conv.weight",
+            "first_stage_model.encoder.mid.attn_1.q.weight",
+        ],
+        "refiner": [
+            "model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+            "model.diffusion_model.output_blocks.8.2.conv.weight",
+            "model.diffusion_model.output_blocks.2.1.conv.weight",
+            "model.diffusion_model.input_blocks.9.0.op.weight",
+            "conditioner.embedders.0.model.text_projection",
+        ],
     }[kind]
     assert all(k in original for k in known), [k for k in known if k not in original]
     assert original["first_stage_model.encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
@@ -288,11 +324,15 @@ def test_shipped_skeleton_feeds_from_single_file_offline(tiny, kind):
 
     folder = DiffusionPipeline.from_pretrained(tiny / kind)
     models = {n: getattr(folder, n) for n in ("unet", "vae", "text_encoder", "text_encoder_2") if getattr(folder, n)}
-    pipe = type(folder).from_single_file(str(tiny / f"{kind}.safetensors"), config=str(SKELETONS / f"sdxl_{kind}"),
-                                         local_files_only=True, **models)
+    pipe = type(folder).from_single_file(
+        str(tiny / f"{kind}.safetensors"), config=str(SKELETONS / f"sdxl_{kind}"), local_files_only=True, **models
+    )
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
-    assert (pipe.scheduler.config.beta_end, pipe.scheduler.config.timestep_spacing, pipe.scheduler.config.steps_offset) == (
-        0.012, "leading", 1)
+    assert (
+        pipe.scheduler.config.beta_end,
+        pipe.scheduler.config.timestep_spacing,
+        pipe.scheduler.config.steps_offset,
+    ) == (0.012, "leading", 1)
     cat = [49406, 320, 1125, 539, 320, 2368, 49407]
     assert pipe.tokenizer_2("a photo of a cat").input_ids == cat and pipe.tokenizer_2.pad_token_id == 0
     if kind == "base":

@@ -22,8 +22,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from storage.gallery import Gallery  # noqa: E402
 from storage_checks import make_latent, make_png, make_recipe  # noqa: E402
+
+from storage.gallery import Gallery  # noqa: E402
 
 
 def serve() -> None:
@@ -71,8 +72,13 @@ def main(argv: list[str] | None = None) -> None:
         if roll < 0.6 or not known:
             image = make_png(rng.randrange(40) if rng.random() < 0.3 else n)  # some images shared
             parent = rng.choice(known) if known and rng.random() < 0.5 else None
-            saved = gallery.save(make_recipe(seed=n, prompt=f"crash test {n % 97}"), "draft", image,
-                                 parent_id=parent, latent=make_latent(n) if rng.random() < 0.5 else None)
+            saved = gallery.save(
+                make_recipe(seed=n, prompt=f"crash test {n % 97}"),
+                "draft",
+                image,
+                parent_id=parent,
+                latent=make_latent(n) if rng.random() < 0.5 else None,
+            )
             known.append(saved.id)
             say(f"saved {saved.id}")
         elif roll < 0.8:

@@ -31,15 +31,23 @@ def make_latent(n: int) -> bytes:
 
 
 def make_recipe(**changes) -> Recipe:
-    fields = dict(model=ModelRef("tiny"), prompt="a photo of a cat", negative_prompt="blurry", seed=1,
-                  steps=4, width=64, height=64)
+    fields = dict(
+        model=ModelRef("tiny"),
+        prompt="a photo of a cat",
+        negative_prompt="blurry",
+        seed=1,
+        steps=4,
+        width=64,
+        height=64,
+    )
     fields.update(changes)
     return Recipe(**fields)
 
 
 def control_recipe(image: bytes, map_: bytes) -> Recipe:
-    unit = ControlUnit(model=ModelRef("tiny-controlnet"), preprocessor="canny",
-                       image_sha256=sha(image), map_sha256=sha(map_))
+    unit = ControlUnit(
+        model=ModelRef("tiny-controlnet"), preprocessor="canny", image_sha256=sha(image), map_sha256=sha(map_)
+    )
     return make_recipe(controlnets=(unit,), loras=(LoraRef("ink", weight=0.7),))
 
 
@@ -59,8 +67,10 @@ def _fts_problems(con: sqlite3.Connection) -> list[str]:
     for gen_id, prompt in con.execute("SELECT id, prompt FROM generations"):
         words = re.findall(r"\w+", prompt)
         for word in {words[0], words[-1]} if words else ():
-            hits = {r[0] for r in con.execute(
-                "SELECT rowid FROM generations_fts WHERE generations_fts MATCH ?", (f'"{word}"',))}
+            hits = {
+                r[0]
+                for r in con.execute("SELECT rowid FROM generations_fts WHERE generations_fts MATCH ?", (f'"{word}"',))
+            }
             if gen_id not in hits or not hits <= ids:
                 return [f"FTS index out of sync with generations (word {word!r}, row {gen_id})"]
     return []
@@ -88,7 +98,8 @@ def consistency_problems(home: Path) -> list[str]:
             if roles.get("image") != image_sha or "thumbnail" not in roles:
                 problems.append(f"generation {gen_id} lacks its image or thumbnail link")
         unlinked = con.execute(
-            "SELECT sha256 FROM files WHERE sha256 NOT IN (SELECT sha256 FROM generation_files)").fetchall()
+            "SELECT sha256 FROM files WHERE sha256 NOT IN (SELECT sha256 FROM generation_files)"
+        ).fetchall()
         if unlinked:
             problems.append(f"{len(unlinked)} file rows no generation uses")
     finally:

@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_gallery_figures_on_a_small_gallery(tmp_path):
     figures = gallery_figures(tmp_path, rows=3000, samples=5)
     assert figures["rows"] == 3000
-    for key in ("fts_common_word_ms", "fts_rare_word_ms", "filtered_ms", "page_first_ms", "page_deep_ms",
-                "page_walk_ms"):
+    for key in (
+        "fts_common_word_ms",
+        "fts_rare_word_ms",
+        "filtered_ms",
+        "page_first_ms",
+        "page_deep_ms",
+        "page_walk_ms",
+    ):
         assert 0 < figures[key]["median"] <= figures[key]["p95"], key
     with Gallery.open(tmp_path / "gallery-bench") as gallery:  # the seeded rows are real, searchable rows
         rare = gallery.search("aurora", limit=100)

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from storage_checks import make_png, sha
 
 from atelier.commands.common import run_command
 from atelier.commands.gallery import register
 from pipelines.recipe import Recipe
 from storage.gallery import Gallery
-from storage_checks import make_png, sha
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from storage_checks import consistency_problems, make_png
 
 THREADS, WRITES = 8, 500

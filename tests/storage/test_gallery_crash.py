@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from storage_checks import consistency_problems
 
 from storage.gallery import Gallery
-from storage_checks import consistency_problems
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 ROUNDS = 30
@@ -61,8 +61,9 @@ def start_writer():
     """start_writer(home, seed, log) -> Writer, forked by `crash_writer.py --serve` (which imports storage
     once); a writer still running at the end (a failed test) is killed."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    server = subprocess.Popen([sys.executable, str(WRITER), "--serve"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, bufsize=0, env=env)
+    server = subprocess.Popen(
+        [sys.executable, str(WRITER), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env
+    )
     started: list[Writer] = []
 
     def start(home: Path, seed: int, log: Path) -> Writer:
@@ -108,7 +109,7 @@ def test_sigkill_at_random_points_never_leaves_damage(home, start_writer):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-        for line in (log.read_text().splitlines() if log.exists() else []):
+        for line in log.read_text().splitlines() if log.exists() else []:
             word, _, value = line.partition(" ")
             if word == "saved":
                 reported.add(int(value))

@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 from sqlalchemy import event
+from storage_checks import consistency_problems, files_on_disk, make_png, sha
 
 import storage.files
 from storage.files import GalleryWriteError
 from storage.gallery import Gallery
-from storage_checks import consistency_problems, files_on_disk, make_png, sha
 
 
 def _rows(home) -> int:
@@ -26,7 +26,9 @@ def _rows(home) -> int:
 
 
 # Writes in order: image, thumbnail, latent, source; with a reused image only latent and source.
-@pytest.mark.parametrize("reuse_image, failing_write", [(False, 1), (False, 2), (False, 3), (False, 4), (True, 1), (True, 2)])
+@pytest.mark.parametrize(
+    "reuse_image, failing_write", [(False, 1), (False, 2), (False, 3), (False, 4), (True, 1), (True, 2)]
+)
 def test_enospc_while_writing_files(gallery, home, recipe, latent, monkeypatch, reuse_image, failing_write):
     shared = make_png(1)
     kept = gallery.save(recipe(), "draft", shared)

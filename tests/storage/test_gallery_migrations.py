@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -32,16 +32,21 @@ def _tables(path) -> set[str]:
 
 
 def test_empty_home_gets_head_schema_matching_the_models(home):
-    with Gallery.open(home) as gallery:
-        with gallery.db.engine.connect() as conn:
-            diffs = compare_metadata(
-                MigrationContext.configure(conn, opts={"include_object": _not_fts}), Base.metadata
-            )
+    with Gallery.open(home) as gallery, gallery.db.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"include_object": _not_fts}), Base.metadata)
     assert diffs == []
     db_file = home / "gallery.db"
     assert _revision(db_file) == migrate.head_revision() == "0002"
-    assert {"generations", "generation_loras", "files", "generation_files", "generation_tags",
-            "generations_fts", "generations_fts_insert", "generations_fts_delete"} <= _tables(db_file)
+    assert {
+        "generations",
+        "generation_loras",
+        "files",
+        "generation_files",
+        "generation_tags",
+        "generations_fts",
+        "generations_fts_insert",
+        "generations_fts_delete",
+    } <= _tables(db_file)
     assert not list(home.glob("gallery.db.backup-*"))  # nothing to back up in a new gallery
 
 
@@ -61,7 +66,7 @@ def _database_at_first_revision(home) -> None:
         "scheduler, steps, guidance, width, height, switch, image_sha256, favourite, files_missing) "
         "VALUES (1, ?, 'draft', '{}', 'an old lighthouse at dusk', 'blurry', 7, 'tiny', 'Euler', 4, 5.0, "
         "64, 64, 0.8, ?, 0, 0)",
-        (datetime(2024, 5, 1, tzinfo=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f"), "a" * 64),
+        (datetime(2024, 5, 1, tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S.%f"), "a" * 64),
     )
     con.commit()
     con.close()
@@ -78,7 +83,8 @@ def test_upgrade_from_first_revision_backs_up_and_indexes_old_rows(home):
         assert _revision(backups[0]) == "0001" and "generation_tags" not in _tables(backups[0])
         with gallery.db.engine.connect() as conn:  # the row written before FTS existed is indexed
             found = conn.exec_driver_sql(
-                "SELECT rowid FROM generations_fts WHERE generations_fts MATCH 'lighthouse'").fetchall()
+                "SELECT rowid FROM generations_fts WHERE generations_fts MATCH 'lighthouse'"
+            ).fetchall()
         assert found == [(1,)]
     finally:
         gallery.close()

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 from sqlalchemy import create_engine, text
+from storage_checks import files_on_disk, make_png
 
 from storage import migrate
 from storage.gallery import Gallery
-from storage_checks import files_on_disk, make_png
 
 URL = os.environ.get("ATELIER_TEST_POSTGRES_URL", "")
 pytestmark = pytest.mark.skipif(not URL, reason="set ATELIER_TEST_POSTGRES_URL to a scratch PostgreSQL database")
@@ -43,8 +43,9 @@ def test_postgres_schema_save_search_delete(pg_gallery, home, recipe, latent):
     assert [g.id for g in pg_gallery.ancestors(refined.id)] == [draft.id]
     pg_gallery.delete(draft.id)
     assert pg_gallery.get(refined.id).parent_id is None and not draft.latent_path.exists()
-    kept = {p.relative_to(home / "files").as_posix()
-            for g in (refined, other) for p in (g.image_path, g.thumbnail_path)}
+    kept = {
+        p.relative_to(home / "files").as_posix() for g in (refined, other) for p in (g.image_path, g.thumbnail_path)
+    }
     assert files_on_disk(home) == kept
 
 

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 from PIL import Image
+from storage_checks import consistency_problems, control_recipe, files_on_disk, make_png, sha
 
 from storage.gallery import KINDS, Gallery, NotFoundError
-from storage_checks import consistency_problems, control_recipe, files_on_disk, make_png, sha
 
 
 def test_save_and_get_round_trip(gallery, home, recipe, png, latent):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from storage_checks import make_png, make_recipe
 
 from pipelines.recipe import LoraRef, ModelRef
-from storage_checks import make_png, make_recipe
 
 PROMPTS = [
     ("a red fox in the snow", "blurry"),
@@ -28,8 +28,13 @@ def filled(gallery, home):
     for n, (model, kind, lora) in enumerate(itertools.product(models, kinds, loras)):
         for k in range(2 + n % 2):
             prompt, negative = PROMPTS[(n + k) % len(PROMPTS)]
-            r = make_recipe(model=ModelRef(model), prompt=prompt, negative_prompt=negative, seed=n * 10 + k,
-                            loras=(LoraRef(lora, weight=0.5),) if lora else ())
+            r = make_recipe(
+                model=ModelRef(model),
+                prompt=prompt,
+                negative_prompt=negative,
+                seed=n * 10 + k,
+                loras=(LoraRef(lora, weight=0.5),) if lora else (),
+            )
             if kind == "img2img":
                 r = r.replace(mode="img2img", strength=0.5)
             g = gallery.save(r, kind, make_png(len(saved)))
@@ -40,8 +45,10 @@ def filled(gallery, home):
     con = sqlite3.connect(home / "gallery.db")
     start = datetime(2025, 1, 1)
     for i, g in enumerate(saved):
-        con.execute("UPDATE generations SET created_at = ? WHERE id = ?",
-                    ((start + timedelta(days=i)).strftime("%Y-%m-%d %H:%M:%S.%f"), g.id))
+        con.execute(
+            "UPDATE generations SET created_at = ? WHERE id = ?",
+            ((start + timedelta(days=i)).strftime("%Y-%m-%d %H:%M:%S.%f"), g.id),
+        )
     con.commit()
     con.close()
     return {g.id: g for g in saved}
@@ -67,10 +74,14 @@ def test_fts_query_forms(gallery, filled):
         text = f"{g.recipe.prompt} {g.recipe.negative_prompt}"
         return all(w in text for w in words)
 
-    assert _ids(gallery.search("fox, watercolor", limit=100)) == _expected(filled, lambda g: has(g, "fox", "watercolor"))
+    assert _ids(gallery.search("fox, watercolor", limit=100)) == _expected(
+        filled, lambda g: has(g, "fox", "watercolor")
+    )
     assert _ids(gallery.search("watermark", limit=100)) == _expected(filled, lambda g: has(g, "watermark"))
     assert _ids(gallery.search("fish*", limit=100)) == _expected(filled, lambda g: has(g, "fisherman"))
-    assert _ids(gallery.search("fox OR neon", limit=100)) == _expected(filled, lambda g: has(g, "fox") or has(g, "neon"))
+    assert _ids(gallery.search("fox OR neon", limit=100)) == _expected(
+        filled, lambda g: has(g, "fox") or has(g, "neon")
+    )
     assert _ids(gallery.search('"red fox"', limit=100)) == _expected(filled, lambda g: has(g, "red fox"))
     assert _ids(gallery.search("prompt: blurry", limit=100)) == []  # column filter: only in negatives
     assert _ids(gallery.search("creme brulee", limit=100)) == _expected(filled, lambda g: has(g, "crème"))
@@ -90,7 +101,7 @@ def test_queries_without_words_are_refused(gallery):
 
 
 def test_filters_combine(gallery, filled):
-    ink = lambda g: any(l.name == "ink" for l in g.recipe.loras)  # noqa: E731
+    ink = lambda g: any(lora.name == "ink" for lora in g.recipe.loras)  # noqa: E731
     cases = [
         (dict(model="juggernaut"), lambda g: g.recipe.model.name == "juggernaut"),
         (dict(kind="refined"), lambda g: g.kind == "refined"),
@@ -98,22 +109,25 @@ def test_filters_combine(gallery, filled):
         (dict(lora="ink"), ink),
         (dict(favourite=True), lambda g: g.favourite),
         (dict(favourite=False, model="base"), lambda g: not g.favourite and g.recipe.model.name == "base"),
-        (dict(model="base", kind="refined", lora="ink"),
-         lambda g: g.recipe.model.name == "base" and g.kind == "refined" and ink(g)),
+        (
+            dict(model="base", kind="refined", lora="ink"),
+            lambda g: g.recipe.model.name == "base" and g.kind == "refined" and ink(g),
+        ),
     ]
     for filters, keep in cases:
         got = _ids(gallery.list(limit=100, **filters))
         assert got == _expected(filled, keep), filters
         assert got, filters
     fox = _ids(gallery.search("fox", limit=100, model="juggernaut", lora="ink"))
-    assert fox == _expected(filled, lambda g: "fox" in g.recipe.prompt and g.recipe.model.name == "juggernaut" and ink(g))
+    assert fox == _expected(
+        filled, lambda g: "fox" in g.recipe.prompt and g.recipe.model.name == "juggernaut" and ink(g)
+    )
 
 
 def test_date_range(gallery, filled):
-    got = gallery.list(limit=100, since="2025-01-05", until=datetime(2025, 1, 9, tzinfo=timezone.utc))
+    got = gallery.list(limit=100, since="2025-01-05", until=datetime(2025, 1, 9, tzinfo=UTC))
     assert len(got.items) == 4  # days 5, 6, 7, 8: since inclusive, until exclusive
-    assert all(datetime(2025, 1, 5, tzinfo=timezone.utc) <= g.created_at < datetime(2025, 1, 9, tzinfo=timezone.utc)
-               for g in got.items)
+    assert all(datetime(2025, 1, 5, tzinfo=UTC) <= g.created_at < datetime(2025, 1, 9, tzinfo=UTC) for g in got.items)
     with pytest.raises(ValueError, match="since: must be an ISO date"):
         gallery.list(since="last tuesday")
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from storage.gallery import Gallery
 from storage_checks import consistency_problems, files_on_disk, make_png
+
+from storage.gallery import Gallery
 
 
 def test_sweep_removes_temp_and_orphan_files(home, recipe):

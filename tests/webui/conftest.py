@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "webui"
 START_TIMEOUT_S = 180
 
@@ -99,7 +107,8 @@ def wait_text(page, selector: str, pattern: str, timeout: float = 120_000) -> st
     """Wait until the element's text matches `pattern` (a regex); return that text."""
     page.wait_for_function(
         "([sel, pat]) => { const e = document.querySelector(sel); return e && new RegExp(pat).test(e.innerText); }",
-        arg=[selector, pattern], timeout=timeout,
+        arg=[selector, pattern],
+        timeout=timeout,
     )
     return page.inner_text(selector)
 

@@ -30,19 +30,43 @@ def test_defaults_make_a_valid_recipe(controls):
     values = initial_values(controls) | {controls.prompt: "a cat", controls.random_seed: False, controls.seed: 7}
     recipe, count = bindings.recipe_from_values(controls, values, DEFAULTS)
     assert count == 4
-    assert (recipe.width, recipe.height, recipe.seed, recipe.model, recipe.refine.model) == (256, 256, 7, ModelRef("tiny"), ModelRef("tiny"))
+    assert (recipe.width, recipe.height, recipe.seed, recipe.model, recipe.refine.model) == (
+        256,
+        256,
+        7,
+        ModelRef("tiny"),
+        ModelRef("tiny"),
+    )
     assert recipe.micro == MicroConditioning()  # zeros mean "the generated size"
 
 
 def test_recipe_round_trips_through_the_controls(controls):
     recipe = Recipe(
-        model=ModelRef("tiny"), prompt="a lighthouse <lora:ink:0.5>", negative_prompt="blurry", prompt_syntax="a1111",
-        seed=41, batch_seeds=(40, 41, 42), steps=33, guidance=7.5, scheduler="DPM++ 2M Karras", width=832, height=1216,
-        micro=MicroConditioning(original_size=(2048, 1024), target_size=(1216, 832), crops_coords_top_left=(16, 8),
-                                negative_original_size=(512, 512), negative_target_size=(640, 640),
-                                negative_crops_coords_top_left=(4, 2), aesthetic_score=7.0, negative_aesthetic_score=1.5),
-        switch=0.7, refine=RefineSettings(model=ModelRef("tiny"), strength=0.45),
-        loras=(LoraRef("detail", weight=0.8), LoraRef("ink", weight=0.5)), watermark=False,
+        model=ModelRef("tiny"),
+        prompt="a lighthouse <lora:ink:0.5>",
+        negative_prompt="blurry",
+        prompt_syntax="a1111",
+        seed=41,
+        batch_seeds=(40, 41, 42),
+        steps=33,
+        guidance=7.5,
+        scheduler="DPM++ 2M Karras",
+        width=832,
+        height=1216,
+        micro=MicroConditioning(
+            original_size=(2048, 1024),
+            target_size=(1216, 832),
+            crops_coords_top_left=(16, 8),
+            negative_original_size=(512, 512),
+            negative_target_size=(640, 640),
+            negative_crops_coords_top_left=(4, 2),
+            aesthetic_score=7.0,
+            negative_aesthetic_score=1.5,
+        ),
+        switch=0.7,
+        refine=RefineSettings(model=ModelRef("tiny"), strength=0.45),
+        loras=(LoraRef("detail", weight=0.8), LoraRef("ink", weight=0.5)),
+        watermark=False,
     )
     values = initial_values(controls) | bindings.values_from_recipe(controls, recipe)
     assert values[controls.size_preset] == "832×1216" and values[controls.count] == 3 and values[controls.seed] == 40
@@ -52,13 +76,16 @@ def test_recipe_round_trips_through_the_controls(controls):
     assert again.replace(seed=41) == recipe.replace(batch_seeds=())
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: {c.prompt: "  "}, "prompt: type what the image should show"),
-    (lambda c: {c.width: 100}, "width: must be a multiple of 8"),
-    (lambda c: {c.original_w: 512}, "original size: give both width and height"),
-    (lambda c: {c.random_seed: False, c.seed: 1.5}, "seed: must be a whole number"),
-    (lambda c: {c.steps: None}, "steps: enter a whole number"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: {c.prompt: "  "}, "prompt: type what the image should show"),
+        (lambda c: {c.width: 100}, "width: must be a multiple of 8"),
+        (lambda c: {c.original_w: 512}, "original size: give both width and height"),
+        (lambda c: {c.random_seed: False, c.seed: 1.5}, "seed: must be a whole number"),
+        (lambda c: {c.steps: None}, "steps: enter a whole number"),
+    ],
+)
 def test_bad_values_name_the_field(controls, change, message):
     values = initial_values(controls) | {controls.prompt: "a cat"} | change(controls)
     with pytest.raises(ValueError, match=message):
@@ -81,10 +108,16 @@ def img2img_size():
         return bindings.render_size_controls(256, 256, elem_prefix="img2img-", from_source=True)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ((80, 48), (104, 64)), ((64, 64), (64, 64)), ((1080, 1920), (576, 1024)), ((3000, 1000), (1024, 344)),
-    ((250, 251), (248, 248)),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ((80, 48), (104, 64)),
+        ((64, 64), (64, 64)),
+        ((1080, 1920), (576, 1024)),
+        ((3000, 1000), (1024, 344)),
+        ((250, 251), (248, 248)),
+    ],
+)
 def test_img2img_size_follows_the_source_by_default(img2img_size, source, expected):
     assert img2img_size.preset.value == bindings.SOURCE_SIZE
     values = {c: c.value for c in img2img_size.inputs()}

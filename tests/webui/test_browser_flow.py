@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -176,12 +176,16 @@ def test_dropping_a_png_loads_its_recipe(page, server, tmp_path, kind):
     image = Image.new("RGB", (64, 64), (90, 120, 150))
     path = tmp_path / f"{kind}.png"
     if kind == "atelier":
-        path.write_bytes(encode_png(image, Recipe(model=ModelRef("tiny"), prompt=prompt, seed=987, steps=12,
-                                                  width=64, height=64)))
+        path.write_bytes(
+            encode_png(image, Recipe(model=ModelRef("tiny"), prompt=prompt, seed=987, steps=12, width=64, height=64))
+        )
     else:
         info = PngInfo()
-        info.add_text("parameters", f"{prompt}\nNegative prompt: fog\nSteps: 12, Sampler: Euler, CFG scale: 6, "
-                                    "Seed: 987, Size: 64x64, Model: sd_xl_base_1.0")
+        info.add_text(
+            "parameters",
+            f"{prompt}\nNegative prompt: fog\nSteps: 12, Sampler: Euler, CFG scale: 6, "
+            "Seed: 987, Size: 64x64, Model: sd_xl_base_1.0",
+        )
         image.save(path, pnginfo=info)
     page.get_by_role("tab", name="Gallery").click()
     page.set_input_files("#png-drop input[type=file]", str(path))
@@ -199,8 +203,11 @@ def test_dropping_a_png_loads_its_recipe(page, server, tmp_path, kind):
 
 
 def img2img_size(page) -> tuple[str, int, int]:
-    return (page.input_value("#img2img-size-preset input"), int(page.input_value("#img2img-width input")),
-            int(page.input_value("#img2img-height input")))
+    return (
+        page.input_value("#img2img-size-preset input"),
+        int(page.input_value("#img2img-width input")),
+        int(page.input_value("#img2img-height input")),
+    )
 
 
 def wait_value(page, selector: str, value: str) -> None:

@@ -121,8 +121,10 @@ def refined_id(page, draft_id: int) -> tuple[int, str]:
     """Press Refine and wait for this press's answer (the status line is cleared first)."""
     page.evaluate("document.querySelector('#draft-status').setAttribute('data-old', '1')")
     page.click("#refine-button")
-    page.wait_for_function("() => !document.querySelector('#draft-status').hasAttribute('data-old') || "
-                           "!/Refined draft/.test(document.querySelector('#draft-status').innerText)")
+    page.wait_for_function(
+        "() => !document.querySelector('#draft-status').hasAttribute('data-old') || "
+        "!/Refined draft/.test(document.querySelector('#draft-status').innerText)"
+    )
     text = wait_text(page, "#draft-status", rf"Refined draft #{draft_id} → \*?\*?#\d+")
     return int(re.search(r"→ \*?\*?#(\d+)", text).group(1)), text
 

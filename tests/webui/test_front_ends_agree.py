@@ -59,24 +59,85 @@ def cli(*argv: str):
 TABLE = [
     pytest.param(dict(prompt="a fox", seed=5), ["draft", "--prompt", "a fox", "--seed", "5"], id="defaults"),
     pytest.param(
-        dict(prompt="ink <lora:ink:0.9> wash", seed=2, lora_name_0="ink", lora_weight_0=0.5, lora_name_1="paper",
-             lora_weight_1=0.7),
+        dict(
+            prompt="ink <lora:ink:0.9> wash",
+            seed=2,
+            lora_name_0="ink",
+            lora_weight_0=0.5,
+            lora_name_1="paper",
+            lora_weight_1=0.7,
+        ),
         ["draft", "--prompt", "ink <lora:ink:0.9> wash", "--seed", "2", "--lora", "ink:0.5", "--lora", "paper:0.7"],
-        id="lora-in-prompt-and-picker"),
-    pytest.param(dict(prompt="(a fox:1.3) in snow", seed=3), ["draft", "--prompt", "(a fox:1.3) in snow", "--seed", "3"],
-                 id="auto-syntax-a1111"),
-    pytest.param(dict(prompt="a fox+", syntax="compel", seed=3),
-                 ["draft", "--prompt", "a fox+", "--syntax", "compel", "--seed", "3"], id="compel"),
+        id="lora-in-prompt-and-picker",
+    ),
     pytest.param(
-        dict(prompt="a fox", seed=4, width=832, height=1216, steps=12, switch=0.7, guidance=6.5,
-             scheduler="DPM++ 2M Karras", original_w=2048, original_h=1024, crop_top=8, crop_left=16,
-             negative_target_w=512, negative_target_h=512, aesthetic=7.0, negative_aesthetic=2.0, refine_strength=0.25,
-             watermark=False, count=3),
-        ["draft", "--prompt", "a fox", "--seed", "4", "--width", "832", "--height", "1216", "--steps", "12",
-         "--switch", "0.7", "--guidance", "6.5", "--scheduler", "DPM++ 2M Karras", "--original-size", "1024x2048",
-         "--crop", "8x16", "--negative-target-size", "512x512", "--aesthetic-score", "7",
-         "--negative-aesthetic-score", "2", "--refine-strength", "0.25", "--no-watermark", "--count", "3"],
-        id="micro-conditioning"),
+        dict(prompt="(a fox:1.3) in snow", seed=3),
+        ["draft", "--prompt", "(a fox:1.3) in snow", "--seed", "3"],
+        id="auto-syntax-a1111",
+    ),
+    pytest.param(
+        dict(prompt="a fox+", syntax="compel", seed=3),
+        ["draft", "--prompt", "a fox+", "--syntax", "compel", "--seed", "3"],
+        id="compel",
+    ),
+    pytest.param(
+        dict(
+            prompt="a fox",
+            seed=4,
+            width=832,
+            height=1216,
+            steps=12,
+            switch=0.7,
+            guidance=6.5,
+            scheduler="DPM++ 2M Karras",
+            original_w=2048,
+            original_h=1024,
+            crop_top=8,
+            crop_left=16,
+            negative_target_w=512,
+            negative_target_h=512,
+            aesthetic=7.0,
+            negative_aesthetic=2.0,
+            refine_strength=0.25,
+            watermark=False,
+            count=3,
+        ),
+        [
+            "draft",
+            "--prompt",
+            "a fox",
+            "--seed",
+            "4",
+            "--width",
+            "832",
+            "--height",
+            "1216",
+            "--steps",
+            "12",
+            "--switch",
+            "0.7",
+            "--guidance",
+            "6.5",
+            "--scheduler",
+            "DPM++ 2M Karras",
+            "--original-size",
+            "1024x2048",
+            "--crop",
+            "8x16",
+            "--negative-target-size",
+            "512x512",
+            "--aesthetic-score",
+            "7",
+            "--negative-aesthetic-score",
+            "2",
+            "--refine-strength",
+            "0.25",
+            "--no-watermark",
+            "--count",
+            "3",
+        ],
+        id="micro-conditioning",
+    ),
 ]
 
 
@@ -89,20 +150,44 @@ def test_a_draft_request_gives_the_same_recipe(ui, on_screen, argv):
     assert args.count == count
 
 
-@pytest.mark.parametrize("on_screen, argv, source_size", [
-    pytest.param(dict(prompt="a fox", seed=6), ["img2img", "--prompt", "a fox", "--seed", "6", "--image", "x.png",
-                                                "--strength", "0.45"], (200, 120), id="own-size"),
-    pytest.param(dict(prompt="a fox", seed=6, img2img_preset=bindings.CUSTOM_SIZE, img2img_width=512,
-                      img2img_height=384),
-                 ["img2img", "--prompt", "a fox", "--seed", "6", "--image", "x.png", "--strength", "0.45", "--width",
-                  "512", "--height", "384"], (200, 120), id="chosen-size"),
-])
+@pytest.mark.parametrize(
+    "on_screen, argv, source_size",
+    [
+        pytest.param(
+            dict(prompt="a fox", seed=6),
+            ["img2img", "--prompt", "a fox", "--seed", "6", "--image", "x.png", "--strength", "0.45"],
+            (200, 120),
+            id="own-size",
+        ),
+        pytest.param(
+            dict(prompt="a fox", seed=6, img2img_preset=bindings.CUSTOM_SIZE, img2img_width=512, img2img_height=384),
+            [
+                "img2img",
+                "--prompt",
+                "a fox",
+                "--seed",
+                "6",
+                "--image",
+                "x.png",
+                "--strength",
+                "0.45",
+                "--width",
+                "512",
+                "--height",
+                "384",
+            ],
+            (200, 120),
+            id="chosen-size",
+        ),
+    ],
+)
 def test_an_img2img_request_gives_the_same_recipe(ui, on_screen, argv, source_size):
     controls, size = ui
     values = screen(ui, **on_screen)
     width, height = bindings.size_from_values(size, values, source_size)
-    request = bindings.request_from_values(controls, values, source_size=source_size, size=(width, height),
-                                           strength=0.45)
+    request = bindings.request_from_values(
+        controls, values, source_size=source_size, size=(width, height), strength=0.45
+    )
     through_ui = requests.build_recipe(request, DEFAULTS.models)
     assert img2img_recipe(cli(*argv), source_size) == through_ui
     assert through_ui.mode == "img2img" and through_ui.strength == 0.45
@@ -114,13 +199,26 @@ def test_a_controlnet_request_gives_the_same_recipe_and_inputs(ui, tmp_path):
     image = tmp_path / "edges.png"
     Image.fromarray(np.stack([pattern] * 3, axis=-1)).save(image)
     with Studio(tmp_path / "home") as studio:
-        recipe, _ = bindings.recipe_from_values(controls, screen(ui, prompt="a fox", seed=8, width=64, height=64),
-                                                DEFAULTS)
-        unit = ControlRequest(model="my-canny", preprocessor="canny", image=image.read_bytes(), scale=0.8, start=0.1,
-                              end=0.9)
+        recipe, _ = bindings.recipe_from_values(
+            controls, screen(ui, prompt="a fox", seed=8, width=64, height=64), DEFAULTS
+        )
+        unit = ControlRequest(
+            model="my-canny", preprocessor="canny", image=image.read_bytes(), scale=0.8, start=0.1, end=0.9
+        )
         through_ui, ui_inputs = studio.prepare_inputs(recipe, controls=[unit])
-        args = cli("draft", "--prompt", "a fox", "--seed", "8", "--width", "64", "--height", "64", "--control",
-                   f"canny=my-canny:{image}:0.8:0.1:0.9")
+        args = cli(
+            "draft",
+            "--prompt",
+            "a fox",
+            "--seed",
+            "8",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--control",
+            f"canny=my-canny:{image}:0.8:0.1:0.9",
+        )
         through_cli, cli_inputs = edit_inputs_from_args(args, draft_recipe(args), studio)
     assert through_cli == through_ui and len(through_ui.controlnets) == 1
     assert cli_inputs.files == ui_inputs.files  # the same control image and map stored

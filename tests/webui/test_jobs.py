@@ -16,6 +16,7 @@ from webui.jobs import Done, GpuJobs, Interrupted, Step, queue_text, readable_er
 
 def stepping(steps: int, delay: float, seen: list):
     """Work that reports `steps` steps and, like the engine, stops when told to."""
+
     def work(on_step, should_cancel):
         for i in range(1, steps + 1):
             time.sleep(delay)
@@ -24,6 +25,7 @@ def stepping(steps: int, delay: float, seen: list):
             if should_cancel():
                 raise GenerationCancelled(f"cancelled during the base at step {i}")
         return "finished"
+
     return work
 
 
@@ -78,11 +80,14 @@ def test_interrupt_takes_a_reserved_job_out_of_the_queue_before_it_runs():
 def test_the_queue_place_counts_the_jobs_ahead_and_estimates_from_finished_ones():
     jobs = GpuJobs()
     list(jobs.stream("s", lambda on_step, should_cancel: time.sleep(0.2)))
-    a, b = jobs.reserve("x"), jobs.reserve("y")
+    jobs.reserve("x")
+    b = jobs.reserve("y")
     ahead, eta = jobs.place(b)
     assert ahead == 1 and 0.2 <= eta < 2
     assert queue_text(ahead, eta).startswith("Waiting — 2nd in the queue (about ")
     assert queue_text(0, None) == "Starting…"
+    jobs.count_waiting(lambda: 3)  # the app counts what waits in Gradio's queue instead
+    assert jobs.place(jobs.reserve("z"))[0] == 3
 
 
 def test_one_job_at_a_time():
@@ -103,11 +108,14 @@ def test_one_job_at_a_time():
     assert most[0] == 1
 
 
-@pytest.mark.parametrize("error, title, text", [
-    (ValueError("steps: must be an integer from 1 to 500 (got 0)"), "Cannot do that", "steps: must be"),
-    (OutOfMemory("Out of memory on cuda"), "Cannot do that", "Out of memory"),
-    (RuntimeError("<b>boom</b>"), "Something went wrong", "RuntimeError: &lt;b&gt;boom&lt;/b&gt;"),
-])
+@pytest.mark.parametrize(
+    "error, title, text",
+    [
+        (ValueError("steps: must be an integer from 1 to 500 (got 0)"), "Cannot do that", "steps: must be"),
+        (OutOfMemory("Out of memory on cuda"), "Cannot do that", "Out of memory"),
+        (RuntimeError("<b>boom</b>"), "Something went wrong", "RuntimeError: &lt;b&gt;boom&lt;/b&gt;"),
+    ],
+)
 def test_errors_become_messages(error, title, text):
     def work(on_step, should_cancel):
         raise error

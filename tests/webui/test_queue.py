@@ -43,8 +43,9 @@ def submit_draft(server, prompt: str, steps: int, **controls):
 def interrupt(server, session_hash: str) -> None:
     """Interrupt that session's running job the way the page does: outside the queue (which is full)."""
     body = json.dumps({"data": [], "session_hash": session_hash}).encode()
-    request = urllib.request.Request(f"{server.url}/gradio_api/run/interrupt", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{server.url}/gradio_api/run/interrupt", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
 

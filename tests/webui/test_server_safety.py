@@ -26,8 +26,14 @@ def fetch(url: str, *, data: bytes | None = None, headers: dict | None = None, m
 
 def multipart(name: str, filename: str, content: bytes, content_type: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -39,8 +45,11 @@ def saved_png(server) -> tuple[str, bytes]:
     Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
     gallery = server.gallery()
     try:
-        generation = gallery.save(Recipe(model=ModelRef("tiny"), prompt="safety check", seed=3, width=64, height=64),
-                                  "txt2img", buffer.getvalue())
+        generation = gallery.save(
+            Recipe(model=ModelRef("tiny"), prompt="safety check", seed=3, width=64, height=64),
+            "txt2img",
+            buffer.getvalue(),
+        )
         return str(generation.image_path), generation.image_path.read_bytes()
     finally:
         gallery.close()
@@ -68,8 +77,12 @@ def test_only_the_gallery_files_are_served(server):
 def test_requests_from_another_origin_are_refused(server):
     payload = json.dumps({"data": [], "fn_index": 0, "session_hash": "x"}).encode()
     for origin in ("http://evil.example", "null", "http://127.0.0.1:1"):
-        status, _, body = fetch(f"{server.url}/gradio_api/queue/join", data=payload, method="POST",
-                                headers={"Origin": origin, "Content-Type": "application/json"})
+        status, _, body = fetch(
+            f"{server.url}/gradio_api/queue/join",
+            data=payload,
+            method="POST",
+            headers={"Origin": origin, "Content-Type": "application/json"},
+        )
         assert status == 403 and b"cross-origin" in body, origin
     status, _, _ = fetch(f"{server.url}/gradio_api/info", headers={"Sec-Fetch-Site": "cross-site"})
     assert status == 403
@@ -79,10 +92,14 @@ def test_requests_from_another_origin_are_refused(server):
 
 def test_uploaded_html_and_svg_are_never_rendered(server):
     svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
-    for filename, content, ctype in (("x.svg", svg, "image/svg+xml"), ("x.html", b"<script>alert(1)</script>", "text/html")):
+    for filename, content, ctype in (
+        ("x.svg", svg, "image/svg+xml"),
+        ("x.html", b"<script>alert(1)</script>", "text/html"),
+    ):
         body, content_type = multipart("files", filename, content, ctype)
-        status, _, answer = fetch(f"{server.url}/gradio_api/upload", data=body, method="POST",
-                                  headers={"Content-Type": content_type})
+        status, _, answer = fetch(
+            f"{server.url}/gradio_api/upload", data=body, method="POST", headers={"Content-Type": content_type}
+        )
         assert status == 200, answer
         uploaded = json.loads(answer)[0]
         status, headers, served = fetch(f"{server.url}/gradio_api/file={uploaded}")
@@ -93,7 +110,9 @@ def test_uploaded_html_and_svg_are_never_rendered(server):
 
 def test_uploads_are_size_limited(server):
     body, content_type = multipart("files", "big.png", b"\0" * (51 * 1024 * 1024), "image/png")
-    status, _, _ = fetch(f"{server.url}/gradio_api/upload", data=body, method="POST", headers={"Content-Type": content_type})
+    status, _, _ = fetch(
+        f"{server.url}/gradio_api/upload", data=body, method="POST", headers={"Content-Type": content_type}
+    )
     assert status == 413
 
 
@@ -105,8 +124,12 @@ def test_monitoring_is_off(server):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "example.org"])
 def test_other_hosts_need_a_login(tmp_path, host):
-    result = subprocess.run([sys.executable, "-m", "atelier.cli", "serve", "--home", str(tmp_path), "--host", host],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "atelier.cli", "serve", "--home", str(tmp_path), "--host", host],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "--auth USER:PASS" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "gallery.db").exists()  # refused before anything was opened

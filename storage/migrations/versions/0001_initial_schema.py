@@ -59,7 +59,9 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(64), nullable=True),
         sa.Column("weight", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["generation_id"], ["generations.id"], name="fk_generation_loras_generation_id_generations",
+            ["generation_id"],
+            ["generations.id"],
+            name="fk_generation_loras_generation_id_generations",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("generation_id", "position", name="pk_generation_loras"),
@@ -81,7 +83,9 @@ def upgrade() -> None:
         sa.Column("role", sa.String(32), nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.ForeignKeyConstraint(
-            ["generation_id"], ["generations.id"], name="fk_generation_files_generation_id_generations",
+            ["generation_id"],
+            ["generations.id"],
+            name="fk_generation_files_generation_id_generations",
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(["sha256"], ["files.sha256"], name="fk_generation_files_sha256_files"),

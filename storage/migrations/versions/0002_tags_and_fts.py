@@ -39,7 +39,9 @@ def upgrade() -> None:
         sa.Column("tag", sa.String(64), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["generation_id"], ["generations.id"], name="fk_generation_tags_generation_id_generations",
+            ["generation_id"],
+            ["generations.id"],
+            name="fk_generation_tags_generation_id_generations",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("generation_id", "tag", name="pk_generation_tags"),
