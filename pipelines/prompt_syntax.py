@@ -29,6 +29,7 @@ Known differences from A1111, all about tokens no real prompt relies on:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from pipelines.recipe import PROMPT_SYNTAXES, LoraRef
@@ -252,21 +253,25 @@ def merge_prompt_loras(picked: tuple[LoraRef, ...], prompt: str) -> tuple[LoraRe
     """The LoRAs a request uses: `picked` (a LoRA list or --lora) plus the prompt's `<lora:name:w>`
     tokens. The one rule, for every front end and the engine: **a token in the prompt sets the weight
     of its LoRA**; a picked LoRA not named in the prompt keeps its picked weight. Names are compared
-    without ".safetensors". A LoRA named twice in the prompt, or picked twice, is an error."""
+    without ".safetensors"; a picked entry keeps its recorded sha256. A LoRA named twice in the
+    prompt, or picked twice, is an error."""
     _, tokens = extract_lora_tokens(prompt)
-    weights: dict[str, float] = {}
-    for source, pairs in (("LoRA list", [(ref.name, ref.weight) for ref in picked]), ("prompt", tokens)):
-        seen: set[str] = set()
-        for name, weight in pairs:
-            name = lora_name(name)
-            if name in seen:
-                raise ValueError(
-                    f"{'loras' if source == 'LoRA list' else 'prompt'}: the LoRA {name!r} appears "
-                    f"twice in the {source}; give each LoRA once"
-                )
-            seen.add(name)
-            weights[name] = weight
-    return tuple(LoraRef(name=name, weight=weight) for name, weight in weights.items())
+    merged: dict[str, LoraRef] = {}
+    for ref in picked:
+        name = lora_name(ref.name)
+        if name in merged:
+            raise ValueError(f"loras: the LoRA {name!r} appears twice in the LoRA list; give each LoRA once")
+        merged[name] = dataclasses.replace(ref, name=name)
+    seen: set[str] = set()
+    for token_name, weight in tokens:
+        name = lora_name(token_name)
+        if name in seen:
+            raise ValueError(f"prompt: the LoRA {name!r} appears twice in the prompt; give each LoRA once")
+        seen.add(name)
+        merged[name] = (
+            dataclasses.replace(merged[name], weight=weight) if name in merged else LoraRef(name=name, weight=weight)
+        )
+    return tuple(merged.values())
 
 
 # Constructs only A1111 gives a meaning to (compel's own are `word+`, `(words)1.3`, `.blend()`, `.and()`).

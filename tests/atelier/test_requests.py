@@ -137,3 +137,12 @@ def test_the_builder_loads_no_torch():
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     )
+
+
+def test_a_recorded_sha256_survives_the_merge():
+    """A re-run's recipe names each LoRA's sha256; the prompt's token may set the weight, never drop it."""
+    from pipelines.prompt_syntax import merge_prompt_loras
+
+    recorded = (LoraRef("x", sha256="a" * 64, weight=0.5),)
+    assert merge_prompt_loras(recorded, "a cat <lora:x:0.9>") == (LoraRef("x", sha256="a" * 64, weight=0.9),)
+    assert merge_prompt_loras(recorded, "a cat") == recorded

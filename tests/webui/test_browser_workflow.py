@@ -25,7 +25,7 @@ def draft_ids(page, prompt: str, *, steps: int | None = None, press: str | None 
         page.press("#prompt textarea", press)
     else:
         page.click("#draft-button")
-    text = wait_text(page, "#draft-status", r"drafts? ready|Interrupted|⚠")
+    text = wait_text(page, "#draft-status", r"drafts? ready|Interrupted")
     match = re.search(r"ids (\d+)–(\d+)", text)
     assert match, text
     first, last = map(int, match.groups())
