@@ -58,12 +58,21 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def control_map_of(
+    request: ControlRequest, index: int, width: int, height: int, annotators_dir: Path | None
+) -> tuple[dict[str, float], Image.Image]:
+    """(the preprocessor's settings, checked; the map the ControlNet sees) for one unit at a size."""
+    from pipelines.models.preprocessors import check_params, preprocess
+
+    params = check_params(request.preprocessor, request.params)  # unknown preprocessor or setting: early
+    fitted = fit_to_bucket(open_image(request.image, f"control image {index + 1}"), width, height)
+    return params, preprocess(request.preprocessor, fitted, params, annotators_dir)
+
+
 def with_inputs(
     recipe: Recipe, source: bytes | None = None, controls: list[ControlRequest] = (), annotators_dir: Path | None = None
 ) -> tuple[Recipe, InputFiles]:
     """The recipe with its input hashes recorded, and the images for the engine and the gallery."""
-    from pipelines.models.preprocessors import check_params, preprocess
-
     files: dict[str, bytes] = {}
     source_image = None
     if source is not None:
@@ -72,9 +81,7 @@ def with_inputs(
         recipe = recipe.replace(source_image_sha256=sha256_hex(source))
     units, maps = [], []
     for i, request in enumerate(controls):
-        params = check_params(request.preprocessor, request.params)  # unknown preprocessor or setting: early
-        fitted = fit_to_bucket(open_image(request.image, f"control image {i + 1}"), recipe.width, recipe.height)
-        control_map = preprocess(request.preprocessor, fitted, params, annotators_dir)
+        params, control_map = control_map_of(request, i, recipe.width, recipe.height, annotators_dir)
         map_png = png_bytes(control_map)
         files[f"control:{i}"], files[f"map:{i}"] = request.image, map_png
         maps.append(control_map)

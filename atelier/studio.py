@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from atelier import __version__
-from atelier.edit_inputs import ControlRequest, InputFiles, open_image, stored_inputs, with_inputs
+from atelier.edit_inputs import ControlRequest, InputFiles, control_map_of, open_image, stored_inputs, with_inputs
 from atelier.requests import ModelChoice
 from pipelines.errors import GenerationCancelled, OutOfMemory
 from pipelines.provenance.png_metadata import encode_png, read_png
@@ -164,6 +164,19 @@ class Studio:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def install_demo_extras(self) -> dict[str, Path] | None:
+        """On the demo model, a tiny LoRA and ControlNet in <home>/models, so every tab can be tried.
+        Nothing is written into a models folder of the user's own ($ATELIER_MODELS)."""
+        import os
+
+        if os.environ.get("ATELIER_MODELS"):
+            return None
+        from pipelines.models.demo_extras import write_demo_extras
+        from pipelines.models.tiny_model import write_tiny_model as write_tiny
+
+        base, _ = write_tiny(self.models.resolve("tiny", "base").path.parent)  # written once, on first use
+        return write_demo_extras(self.home / "models", base)
+
     def load_models(self, choice: ModelChoice) -> None:
         """Load the chosen base (and refiner) now, so the first job does not wait for it."""
         base = self.models.load_base(choice.base)
@@ -286,6 +299,10 @@ class Studio:
         """The recipe with its input images' hashes recorded, the images for the engine (control maps
         made by their preprocessors) and the files for the gallery."""
         return with_inputs(recipe, source, list(controls), self.annotators_folder())
+
+    def control_maps(self, controls: list[ControlRequest], width: int, height: int) -> list[Image.Image]:
+        """The maps the preprocessors make of the control images at a size: a preview, no model needed."""
+        return [control_map_of(c, i, width, height, self.annotators_folder())[1] for i, c in enumerate(controls)]
 
     def edit_source(self, data: bytes, parent_id: int | None) -> bytes:
         """What to store as an img2img source: the gallery's own file when `data` shows that entry's

@@ -42,17 +42,18 @@ def _models(ctx: Context) -> list[str]:
     return [row["name"] for row in ctx.studio.controlnets()]
 
 
-def _requests(units: list[Unit], values: dict) -> list[ControlRequest]:
+def _requests(units: list[Unit], values: dict, *, need_model: bool = True) -> list[ControlRequest]:
+    """The units with a control image; `need_model` False for previewing maps (no model is needed)."""
     requests = []
     for i, unit in enumerate(units):
         path = values[unit.image]
         if not path:
             continue
-        if not values[unit.model]:
+        if need_model and not values[unit.model]:
             raise ValueError(f"ControlNet unit {i + 1}: choose a ControlNet model (put them in models/ControlNet)")
         requests.append(
             ControlRequest(
-                model=values[unit.model],
+                model=values[unit.model] or "",
                 preprocessor=values[unit.preprocessor],
                 image=Path(path).read_bytes(),
                 scale=float(values[unit.scale]),
@@ -132,8 +133,8 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
 
     @guarded
     def show_maps(values: dict):
-        _, inputs = prepared(values)
-        maps = iter(inputs.images.control_maps)
+        recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)  # the size the maps are made at
+        maps = iter(ctx.studio.control_maps(_requests(units, values, need_model=False), recipe.width, recipe.height))
         return {u.preview: (next(maps) if values[u.image] else None) for u in units}
 
     @keeps_outputs(status)

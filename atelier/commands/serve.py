@@ -43,6 +43,8 @@ def run_serve(args) -> int:
     choice = choose(args)
     studio = open_studio(args)
     try:
+        if choice.demo:  # a tiny LoRA and ControlNet beside the demo model: every tab can be tried
+            studio.install_demo_extras()
         ctx = make_context(studio, choice)
         if choice.demo:
             print(
