@@ -11,6 +11,7 @@ made), so front ends and their tests start light.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -287,9 +288,12 @@ class Studio:
     def import_png(self, path: Path) -> Saved:
         """An Atelier or A1111/InvokeAI PNG becomes a gallery entry with its (closest) recipe; bytes unchanged."""
         data = Path(path).read_bytes()
-        recipe = read_png(data).recipe
-        saved = self.gallery.save(recipe, "imported", data)
-        return _saved(saved)
+        read = read_png(data)
+        dropped = tuple(f"not kept: {item}" for item in read.unmapped)
+        earlier = self.gallery.imported_image(hashlib.sha256(data).hexdigest())
+        if earlier is not None:  # the same file again: the entry made the first time
+            return dataclasses.replace(_saved(earlier), reused=True, notes=dropped)
+        return dataclasses.replace(_saved(self.gallery.save(read.recipe, "imported", data)), notes=dropped)
 
     # -- edit inputs ---------------------------------------------------------------------------------
 

@@ -210,6 +210,18 @@ class Gallery:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def imported_image(self, sha256: str) -> Generation | None:
+        """The "imported" generation whose image has this sha256 (importing the same file twice finds it)."""
+        with self.db.reading() as session:
+            row = session.scalars(
+                select(GenerationRow)
+                .where(GenerationRow.image_sha256 == sha256, GenerationRow.kind == "imported")
+                .order_by(GenerationRow.id)
+                .limit(1)
+            ).first()
+            found = row.id if row is not None else None
+        return self.get(found) if found is not None else None
+
     def get(self, id: int) -> Generation:
         search.check_id(id)
         with self.db.reading() as session:

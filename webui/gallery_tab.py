@@ -367,7 +367,10 @@ def _wire_actions(
         if not path:
             return {}
         saved = ctx.studio.import_png(path)
-        gr.Info(f"Imported as #{saved.id}; its Recipe is loaded into Draft.")
+        how = "Already in the gallery" if saved.reused else "Imported"
+        gr.Info(f"{how} as #{saved.id}; its Recipe is loaded into Draft.")
+        if saved.notes:
+            gr.Warning("  \n".join(saved.notes), title="What the Recipe could not hold")
         return {**shown.show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
 
     buttons["favourite"].click(toggle_favourite, inputs=detail.id, outputs={detail.favourite, detail.status}, **QUIET)

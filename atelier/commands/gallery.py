@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from atelier.commands.common import add_json_option, emit, open_studio
+from atelier.commands.common import add_json_option, emit, open_studio, tell
 from atelier.studio import GalleryFilters, Generation
 
 
@@ -153,7 +153,13 @@ def _import(args) -> int:
         raise ValueError(f"file {str(args.file)!r}: no such file")
     with open_studio(args) as studio:  # the PNG metadata readers and the gallery
         saved = studio.import_png(args.file)
-    return emit(args, {"id": saved.id, "image": str(saved.image)}, f"imported {args.file} as {saved.id}")
+    tell("import", saved.notes)
+    how = "already in the gallery" if saved.reused else "imported"
+    return emit(
+        args,
+        {"id": saved.id, "image": str(saved.image), "already_imported": saved.reused, "not_kept": list(saved.notes)},
+        f"{how}: {args.file} as {saved.id}",
+    )
 
 
 def _write(path: Path, data: bytes) -> None:

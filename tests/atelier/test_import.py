@@ -53,7 +53,12 @@ def test_an_a1111_png_becomes_an_entry_with_the_closest_recipe(studio, tmp_path)
     Image.new("RGB", (64, 64), (20, 40, 60)).save(buffer, format="PNG", pnginfo=info)
     path = tmp_path / "a1111.png"
     path.write_bytes(buffer.getvalue())
-    recipe = studio.gallery.get(studio.import_png(path).id).recipe
+    imported = studio.import_png(path)
+    recipe = studio.gallery.get(imported.id).recipe
+    assert "not kept: Model hash: 31e35c80fc" in imported.notes  # what the Recipe could not hold is said
+    again = studio.import_png(path)  # the same file twice: the first entry, not a duplicate
+    assert (again.id, again.reused, imported.reused) == (imported.id, True, False)
+    assert len(studio.gallery.search("fox").items) == 1
     assert (recipe.prompt, recipe.negative_prompt, recipe.prompt_syntax) == ("a (red:1.2) fox, snow", "blurry", "a1111")
     assert (recipe.steps, recipe.scheduler, recipe.guidance, recipe.seed) == (25, "DPM++ 2M Karras", 6.5, 42)
     assert (recipe.width, recipe.height, recipe.model.name) == (832, 1216, "sd_xl_base_1.0")
