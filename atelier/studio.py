@@ -355,6 +355,23 @@ class Studio:
         """A stored file's bytes, checked against its sha256 (a damaged file is an error, never exported)."""
         return self.gallery.read_file(sha256)
 
+    def download_path(self, generation_id: int) -> Path:
+        """The generation's PNG under a name that says what it is (`atelier-<id>-<seed>.png`): a link in
+        <home>/downloads to the gallery's own file (same bytes, metadata and watermark), for a browser's
+        Download button."""
+        generation = self.gallery.get(generation_id)
+        folder = self.downloads_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / f"atelier-{generation.id}-{generation.recipe.seed}.png"
+        if not (link.is_symlink() and link.resolve() == generation.image_path.resolve()):
+            temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}")
+            temporary.symlink_to(generation.image_path.resolve())
+            temporary.replace(link)  # atomic: another page asking at the same time sees a whole link
+        return link
+
+    def downloads_folder(self) -> Path:
+        return self.home / "downloads"
+
     def files_folder(self) -> Path:
         """The folder of the gallery's own files: the only one a web front end may serve."""
         return self.gallery.files.root

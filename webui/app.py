@@ -138,13 +138,15 @@ def launch(
 ):
     security.check_listen(host, auth)
     files = ctx.studio.files_folder().resolve()
-    files.mkdir(parents=True, exist_ok=True)
+    downloads = ctx.studio.downloads_folder().resolve()  # links to gallery files, under readable names
+    for folder in (files, downloads):
+        folder.mkdir(parents=True, exist_ok=True)
     return demo.launch(
         server_name=host,
         server_port=port,
         auth=auth,
         prevent_thread_lock=not block,
-        allowed_paths=[str(files)],  # the gallery's own files; nothing else of the home folder
+        allowed_paths=[str(files), str(downloads)],  # the gallery's own files; nothing else of the home folder
         max_file_size=security.MAX_UPLOAD,
         enable_monitoring=False,
         strict_cors=True,

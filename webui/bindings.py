@@ -375,6 +375,31 @@ def recipe_from_values(c: GenerationControls, values: dict, d: Defaults) -> tupl
     return requests.build_recipe(request, d.models), request.count
 
 
+def named_controls(c: GenerationControls) -> dict[str, gr.components.Component]:
+    """Every input control by a stable name ("steps", "lora_names.0", …): how settings are remembered."""
+    named: dict[str, gr.components.Component] = {}
+    for f in fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, tuple):
+            named.update({f"{f.name}.{i}": box for i, box in enumerate(value)})
+        elif f.name not in ("lora_refresh", "lora_note"):
+            named[f.name] = value
+    return named
+
+
+def remembered_settings(c: GenerationControls, values: dict) -> dict[str, Any]:
+    """The controls' values by name, for the browser to keep (a reload starts where the user left off)."""
+    return {name: values[box] for name, box in named_controls(c).items() if box in values}
+
+
+def restored_settings(c: GenerationControls, saved: dict | None) -> dict[gr.components.Component, Any]:
+    """The remembered values back into the controls (names this version no longer has are skipped)."""
+    if not isinstance(saved, dict):
+        return {}
+    named = named_controls(c)
+    return {named[name]: value for name, value in saved.items() if name in named}
+
+
 def values_from_recipe(c: GenerationControls, recipe: Recipe) -> dict[gr.components.Component, Any]:
     """Every control set from a Recipe (the seed fixed, so the same image can be made again)."""
     m = recipe.micro

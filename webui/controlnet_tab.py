@@ -145,7 +145,10 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
         def work(on_step, should_cancel):
             return ctx.studio.edit(recipe, inputs, on_step=on_step, should_cancel=should_cancel)
 
-        yield from one_image_updates(ctx.jobs.stream(session_of(request), work, ticket), status, result, "ControlNet")
+        events = ctx.jobs.stream(session_of(request), work, ticket)
+        yield from one_image_updates(
+            events, status=status, result=result, doing="ControlNet", download_path=ctx.studio.download_path
+        )
 
     def refresh_models():
         names = _models(ctx)

@@ -107,6 +107,7 @@ def render(ctx: Context) -> DraftTab:
     _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
     restore = _wire_picking(ctx, controls, out, reuse_seed)
     refresh_loras = _wire_lora_refresh(ctx, controls)
+    remember = _wire_remembered_settings(controls, draft_button)
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_name="interrupt")
     return DraftTab(
         controls=controls,
@@ -115,7 +116,11 @@ def render(ctx: Context) -> DraftTab:
         send_to_img2img=send_to_img2img,
         draft_button=draft_button,
         interrupt=interrupt,
-        on_load=[dict(fn=restore, inputs=None, outputs={out.status, out.drafts, out.draft_ids}), refresh_loras],
+        on_load=[
+            remember,
+            dict(fn=restore, inputs=None, outputs={out.status, out.drafts, out.draft_ids}),
+            refresh_loras,
+        ],
     )
 
 
@@ -169,7 +174,7 @@ def _wire_finishing(
 ) -> None:
     def finish(values: dict, request: gr.Request, ticket: str | None, steps: int | None):
         draft_id = picked_id(values[out.selected])
-        yield {out.before: str(ctx.studio.get(draft_id).image_path)}
+        yield {out.before: str(ctx.studio.download_path(draft_id))}
         settings = RefineChoice(
             aesthetic_score=float(values[controls.aesthetic]),
             negative_aesthetic_score=float(values[controls.negative_aesthetic]),
@@ -191,7 +196,15 @@ def _wire_finishing(
             ("Refining", "Refined") if steps is None else (f"Re-rendering at {steps_text(steps)}", "Re-rendered")
         )
         events = ctx.jobs.stream(session_of(request), work, ticket)
-        for update in one_image_updates(events, out.status, out.after, f"{doing} draft #{draft_id}", out.shown):
+        updates = one_image_updates(
+            events,
+            status=out.status,
+            result=out.after,
+            doing=f"{doing} draft #{draft_id}",
+            download_path=ctx.studio.download_path,
+            result_id=out.shown,
+        )
+        for update in updates:
             if out.shown in update:
                 saved = made["saved"]
                 again = (
@@ -242,7 +255,7 @@ def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Out
         if evt.index is None or not 0 <= evt.index < len(ids):
             return {}
         draft_id = ids[evt.index]
-        image = ctx.studio.get(draft_id).image_path
+        image = ctx.studio.download_path(draft_id)
         # A refined image of another draft no longer belongs beside this one.
         return {
             out.selected: str(draft_id),
@@ -287,10 +300,33 @@ def _wire_lora_refresh(ctx: Context, controls: bindings.GenerationControls) -> d
     def refresh(values: dict) -> dict:
         usable, unusable = bindings.lora_lists(ctx.studio.loras())
         update = {controls.lora_note: bindings.lora_note_text(unusable)}
-        for box in controls.lora_names:  # a name already picked stays, even if its file went away meanwhile
-            update[box] = gr.Dropdown(choices=[bindings.NO_LORA, *usable], value=values.get(box, bindings.NO_LORA))
+        for box in controls.lora_names:  # only the choices: a name already picked stays picked
+            update[box] = gr.Dropdown(choices=[bindings.NO_LORA, *usable])
         return update
 
     wiring = dict(fn=refresh, inputs=set(controls.lora_names), outputs={controls.lora_note, *controls.lora_names})
     controls.lora_refresh.click(**wiring, api_visibility="private")
     return wiring
+
+
+def _wire_remembered_settings(controls: bindings.GenerationControls, draft_button: gr.Button) -> dict:
+    """The settings of the last Draft are kept in the browser (localStorage), so a reload starts where
+    the user left off. Returns the page-load event that puts them back (fn / inputs / outputs)."""
+    kept = gr.BrowserState({}, storage_key="atelier-draft-settings")
+
+    def remember(values: dict) -> dict:
+        return {kept: bindings.remembered_settings(controls, values)}
+
+    def restore(values: dict) -> dict:
+        return bindings.restored_settings(controls, values[kept])
+
+    for trigger in (draft_button.click, controls.prompt.submit):
+        trigger(
+            remember,
+            inputs=controls.inputs(),
+            outputs={kept},
+            queue=False,
+            show_progress="hidden",
+            api_visibility="private",
+        )
+    return dict(fn=restore, inputs={kept}, outputs=controls.inputs())

@@ -263,7 +263,7 @@ class _DetailHandlers:
         g = self.ctx.studio.get(generation_id)
         return {
             d.id: g.id,
-            d.image: str(g.image_path),
+            d.image: str(self.ctx.studio.download_path(g.id)),
             d.lineage: lineage_text(self.ctx, g),
             d.recipe: json.dumps(g.recipe.to_dict(), indent=2, sort_keys=True),
             d.favourite: _star(g.favourite),
@@ -338,10 +338,11 @@ def _wire_actions(
     detail = shown.detail
 
     @guarded
-    def toggle_favourite(generation_id):
-        g = ctx.studio.get(_current(generation_id))
+    def toggle_favourite(values: dict):
+        g = ctx.studio.get(_current(values[detail.id]))
         g = ctx.studio.set_favourite(g.id, not g.favourite)
         return {
+            **pages.current(values),  # the grid's ★ and the favourites filter follow at once
             detail.favourite: _star(g.favourite),
             detail.status: "Added to favourites." if g.favourite else "Removed from favourites.",
         }
@@ -373,7 +374,12 @@ def _wire_actions(
             gr.Warning("  \n".join(saved.notes), title="What the Recipe could not hold")
         return {**shown.show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
 
-    buttons["favourite"].click(toggle_favourite, inputs=detail.id, outputs={detail.favourite, detail.status}, **QUIET)
+    buttons["favourite"].click(
+        toggle_favourite,
+        inputs=pages.inputs | {detail.id},
+        outputs=pages.outputs | {detail.favourite, detail.status},
+        **QUIET,
+    )
     buttons["delete"].click(ask_delete, inputs=detail.id, outputs=detail.confirm_row, **QUIET)
     buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
     buttons["confirm"].click(

@@ -90,7 +90,10 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
         def work(on_step, should_cancel):
             return ctx.studio.edit(recipe, inputs, parent_id=parent_id, on_step=on_step, should_cancel=should_cancel)
 
-        yield from one_image_updates(ctx.jobs.stream(session_of(request), work, ticket), status, result, "Img2img")
+        events = ctx.jobs.stream(session_of(request), work, ticket)
+        yield from one_image_updates(
+            events, status=status, result=result, doing="Img2img", download_path=ctx.studio.download_path
+        )
 
     @guarded
     def follow_source(path: str | None, preset: str):

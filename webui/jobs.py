@@ -262,10 +262,16 @@ def progress_text(info: StepPreview, doing: str) -> str:
 
 
 def one_image_updates(
-    events: Iterator[Step | Done | Interrupted], status: Any, result: Any, doing: str, result_id: Any = None
+    events: Iterator[Step | Done | Interrupted],
+    *,
+    status: Any,
+    result: Any,
+    doing: str,
+    download_path: Callable[[int], Any],
+    result_id: Any = None,
 ) -> Iterator[dict]:
     """Page updates for a job that makes one image: progress and a fast preview, then the saved PNG
-    (and its gallery id into `result_id`, if given)."""
+    under its download name (`download_path(id)`), and its gallery id into `result_id` if given."""
     for event in events:
         if isinstance(event, Step):
             update = {status: progress_text(event.info, doing)}
@@ -279,7 +285,7 @@ def one_image_updates(
             for note in getattr(event.result, "notes", ()):
                 gr.Info(note, title="Note")
             update = {
-                result: str(event.result.image),
+                result: str(download_path(event.result.id)),
                 status: f"Made **#{event.result.id}** (seed {event.result.recipe.seed}).",
             }
             if result_id is not None:

@@ -146,3 +146,13 @@ def test_queue_size_setting(monkeypatch, text, expected):
             queue_size_default()
     else:
         assert queue_size_default() == expected
+
+
+def test_remembered_settings_round_trip_by_name(controls):
+    values = initial_values(controls) | {controls.prompt: "a kite", controls.steps: 7, controls.lora_names[1]: "detail"}
+    kept = bindings.remembered_settings(controls, values)
+    assert kept["steps"] == 7 and kept["lora_names.1"] == "detail" and kept["prompt"] == "a kite"
+    restored = bindings.restored_settings(controls, {**kept, "a_control_of_an_older_version": 1})
+    assert restored[controls.steps] == 7 and restored[controls.lora_names[1]] == "detail"
+    assert len(restored) == len(controls.inputs())  # every control, and nothing unknown
+    assert bindings.restored_settings(controls, None) == {}

@@ -181,3 +181,38 @@ def test_draft_at_one_step_works(page, server):
     page.locator("#drafts .thumbnail-item").nth(0).click()
     page.click("#refine-button")
     wait_text(page, "#draft-status", rf"Refined draft #{ids[0]} →")
+
+
+def test_images_download_under_readable_names_and_the_star_shows_without_refresh(page, server):
+    ids = draft_ids(page, "a wooden boat in fog")
+    page.locator("#drafts .thumbnail-item").nth(0).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{ids[0]}")
+    gallery = server.gallery()
+    try:
+        seed = gallery.get(ids[0]).recipe.seed
+        stored = gallery.get(ids[0]).image_path.read_bytes()
+    finally:
+        gallery.close()
+    src = page.get_attribute("#before img", "src")
+    assert src.endswith(f"atelier-{ids[0]}-{seed}.png"), src  # not the content hash
+    assert page.request.get(src).body() == stored  # the gallery's own PNG, metadata and watermark intact
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#gallery-grid .thumbnail-item", has_text=f"#{ids[0]} draft").click()
+    page.wait_for_selector("#detail-image img")
+    page.click("#favourite-button")
+    wait_text(page, "#gallery-status", "Added to favourites")
+    star = page.locator("#gallery-grid .thumbnail-item", has_text=f"★ #{ids[0]} draft")
+    star.wait_for(timeout=30_000)  # the grid shows the star at once, no Refresh needed
+    shot(page, "25-favourite-star")
+
+
+def test_settings_survive_a_reload(chromium, server):
+    page = open_page(chromium, server.url)
+    try:
+        draft_ids(page, "a glass of water", steps=7)
+        page.reload()
+        page.wait_for_selector("#prompt textarea")
+        page.wait_for_function("() => document.querySelector('#steps input[type=number]').value === '7'")
+        assert page.input_value("#prompt textarea") == "a glass of water"
+    finally:
+        page.context.close()
