@@ -28,9 +28,12 @@ def interrupt_handler(ctx: Context):
     """For an Interrupt button (outside the queue, so it works while the queue is busy or full): stop
     this browser session's running job at its next step, and take its waiting ones out of the queue."""
 
-    def interrupt(request: gr.Request) -> str:
-        if ctx.jobs.interrupt(session_of(request)):
-            return "Interrupting: a running job stops at its next step; a waiting one will not run."
+    def interrupt(request: gr.Request):
+        stopped = ctx.jobs.interrupt(session_of(request))
+        if stopped.running:
+            return gr.skip()  # the job says so itself at its next step (a status written here could land after)
+        if stopped.waiting:
+            return "Taken out of the queue: it will not run."
         return "Nothing of yours is running or waiting."
 
     return interrupt

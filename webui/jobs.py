@@ -46,6 +46,17 @@ class Interrupted:
 Work = Callable[[Callable[[StepPreview], None], Callable[[], bool]], Any]
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """What an Interrupt reached: running jobs (they report at their next step) and waiting ones."""
+
+    running: int
+    waiting: int
+
+    def __bool__(self) -> bool:
+        return self.running + self.waiting > 0
+
+
 @dataclass
 class _Ticket:
     session: str
@@ -101,13 +112,14 @@ class GpuJobs:
             if entry is not None and not entry.started:
                 del self._tickets[ticket]
 
-    def interrupt(self, session: str) -> bool:
-        """Stop the session's running job at its next step and drop its waiting ones; False if it has none."""
+    def interrupt(self, session: str) -> Stopped:
+        """Stop the session's running job at its next step and drop its waiting ones (falsy if it has none)."""
         with self._mutex:
             mine = [t for t in self._tickets.values() if t.session == session and not t.cancel.is_set()]
         for ticket in mine:
             ticket.cancel.set()
-        return bool(mine)
+        running = sum(1 for t in mine if t.started)
+        return Stopped(running=running, waiting=len(mine) - running)
 
     def run_now(self, work: Callable[[], Any]) -> Any:
         """Run `work` holding the device (for work outside the queue, e.g. loading models)."""

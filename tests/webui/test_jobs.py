@@ -11,7 +11,7 @@ import pytest
 from atelier.studio import Cancelled as GenerationCancelled
 from atelier.studio import StepPreview
 from pipelines.errors import OutOfMemory
-from webui.jobs import Done, GpuJobs, Interrupted, Step, queue_text, readable_error
+from webui.jobs import Done, GpuJobs, Interrupted, Step, Stopped, queue_text, readable_error
 
 
 def stepping(steps: int, delay: float, seen: list):
@@ -42,7 +42,7 @@ def test_interrupt_stops_that_session_at_the_next_step():
     stream = jobs.stream("a", stepping(1000, 0.01, seen))
     next(stream)  # running now
     assert not jobs.interrupt("someone-else")
-    assert jobs.interrupt("a")
+    assert jobs.interrupt("a") == Stopped(running=1, waiting=0)
     rest = list(stream)
     assert isinstance(rest[-1], Interrupted) and "at step" in rest[-1].message
     assert len(seen) < 1000
@@ -68,7 +68,7 @@ def test_interrupt_takes_a_reserved_job_out_of_the_queue_before_it_runs():
     first = jobs.reserve("page-a")
     waiting = jobs.reserve("page-b")
     assert jobs.place(first)[0] == 0 and jobs.place(waiting)[0] == 1
-    assert jobs.interrupt("page-b")  # while page A's job is still ahead of it
+    assert jobs.interrupt("page-b") == Stopped(running=0, waiting=1)  # while page A's job is still ahead of it
     events = list(jobs.stream("page-b", stepping(5, 0.0, seen), waiting))
     assert seen == [] and len(events) == 1 and isinstance(events[0], Interrupted)
     assert "before it ran" in events[0].message
