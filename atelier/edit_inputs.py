@@ -52,6 +52,13 @@ def open_image(data: bytes, what: str) -> Image.Image:
         raise ValueError(f"{what}: not an image Pillow can read ({error})") from None
 
 
+def image_size(data: bytes, what: str = "source image") -> tuple[int, int]:
+    """(width, height) of an image as the engine sees it (EXIF orientation applied, as fit_to_bucket does)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(open_image(data, what)).size
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -12,7 +12,7 @@ import os
 import secrets
 from dataclasses import MISSING, dataclass, field, fields
 
-from pipelines.prompt_syntax import detect_syntax, merge_prompt_loras, prompt_warnings  # noqa: F401 (prompt_warnings: for the front ends)
+from pipelines.prompt_syntax import detect_syntax, merge_prompt_loras, prompt_warnings
 from pipelines.recipe import (
     MAX_DRAFTS,
     PROMPT_SYNTAXES,

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from atelier import __version__
-from atelier.edit_inputs import ControlRequest, InputFiles, control_map_of, open_image, stored_inputs, with_inputs
+from atelier.edit_inputs import (  # noqa: F401 (image_size, open_image: for the front ends)
+    ControlRequest,
+    InputFiles,
+    control_map_of,
+    image_size,
+    open_image,
+    stored_inputs,
+    with_inputs,
+)
 from atelier.requests import ModelChoice
 from pipelines.errors import GenerationCancelled, OutOfMemory
 from pipelines.provenance.png_metadata import encode_png, read_png
@@ -35,7 +43,6 @@ if TYPE_CHECKING:
 # job stopped by Interrupt.
 USER_ERRORS = (ValueError, OutOfMemory, NotFoundError, FileNotFoundError)
 Cancelled = GenerationCancelled
-TINY = "tiny"
 
 
 @dataclass(frozen=True)
@@ -480,54 +487,3 @@ def _kind(recipe: Recipe) -> str:
 
 def _saved(generation: Generation) -> Saved:
     return Saved(id=generation.id, recipe=generation.recipe, image=generation.image_path, latent=generation.latent_path)
-
-
-def write_tiny_model(directory: Path, *, single_file: bool = False) -> dict[str, str]:
-    """The offline random-weight SDXL base and refiner as diffusers folders (and, with `single_file`, as
-    A1111-layout .safetensors files too); their paths by name."""
-    from pipelines.models.single_file import write_single_file
-    from pipelines.models.tiny_model import write_tiny_model as write
-
-    directory = Path(directory).expanduser()
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory}: exists and is not a folder")
-    base, refiner = write(directory)
-    paths = {"base": str(base), "refiner": str(refiner)}
-    if single_file:
-        paths["base_single_file"] = str(write_single_file(base, directory / "base.safetensors"))
-        paths["refiner_single_file"] = str(write_single_file(refiner, directory / "refiner.safetensors"))
-    return paths
-
-
-def choose_models(home: Path, base: str | None = None, refiner: str | None = None) -> ModelChoice:
-    """What to load when the user did not say: real SDXL weights if any are here, else the tiny demo.
-
-    Looks in the models folder (A1111 or ComfyUI layout, under $ATELIER_MODELS or <home>/models)
-    and in the Hugging Face cache; never downloads.
-    """
-    from pipelines.models.loading import DEFAULT_BASE, DEFAULT_REFINER
-    from pipelines.models.model_files import models_root
-
-    if base is None:
-        models = models_root(home)
-        checkpoints = models.list_models("checkpoint") if models else []
-        if checkpoints:
-            base = str(models.resolve_checkpoint(checkpoints[0]))
-        elif _in_hub_cache(DEFAULT_BASE):
-            base = DEFAULT_BASE
-        else:
-            base = TINY
-    if refiner is None:
-        if base == TINY:
-            refiner = TINY
-        elif _in_hub_cache(DEFAULT_REFINER):
-            refiner = DEFAULT_REFINER
-    if refiner == "base":
-        refiner = None
-    return ModelChoice(base=base, refiner=refiner, demo=base == TINY)
-
-
-def _in_hub_cache(repo: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo, "model_index.json"), str)

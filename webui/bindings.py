@@ -17,7 +17,7 @@ import gradio as gr
 
 from atelier import requests
 from atelier.requests import GenerationRequest, ModelChoice
-from pipelines.prompt_syntax import extract_lora_tokens
+from pipelines.prompt_syntax import extract_lora_tokens, prompt_warnings
 from pipelines.recipe import MAX_DRAFTS, MAX_STEPS, SCHEDULERS, LoraRef, MicroConditioning, Recipe
 from pipelines.sizes import SDXL_BUCKETS, own_size
 
@@ -164,7 +164,7 @@ def syntax_note_text(prompt: str | None, negative: str | None, syntax: str | Non
     """Which syntax the prompt will be read with (and what will not work), shown beside the choice."""
     try:
         chosen = requests.resolved_syntax(prompt or "", negative or "", syntax)
-        warnings = requests.prompt_warnings(prompt or "", chosen)
+        warnings = prompt_warnings(prompt or "", chosen)
     except ValueError as error:
         return f"⚠ {error}"
     how = f"read as **{chosen}**" + (" (auto)" if syntax == requests.AUTO_SYNTAX else "")

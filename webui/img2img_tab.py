@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from atelier import requests
-from atelier.studio import open_image
+from atelier.studio import image_size
 from pipelines.recipe import Recipe
 from webui import bindings
 from webui.context import Context, gpu_event, interrupt_handler, session_of
@@ -30,7 +30,8 @@ class Img2ImgTab:
 
 
 def source_size(path: str | None) -> tuple[int, int] | None:
-    return open_image(Path(path).read_bytes(), "source image").size if path else None
+    """The source's (width, height) as the engine sees it (EXIF orientation applied), as the CLI measures it."""
+    return image_size(Path(path).read_bytes()) if path else None
 
 
 def img2img_recipe(

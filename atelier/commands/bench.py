@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from atelier.bench import run_all
-    from atelier.studio import choose_models
+    from atelier.model_choice import choose_models
 
     refiner = args.refiner or choose_models(args.home, args.model).refiner
     if refiner is None:

@@ -107,6 +107,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def choose(args: argparse.Namespace):
     """The ModelChoice of --model/--refiner (what is found locally when they are left out)."""
-    from atelier.studio import choose_models
+    from atelier.model_choice import choose_models
 
     return choose_models(args.home, args.model, args.refiner)

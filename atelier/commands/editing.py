@@ -19,7 +19,6 @@ from atelier.commands.request_options import (
     add_img2img_arguments,
     add_recipe_arguments,
     edit_inputs_from_args,
-    image_size,
     read_image_arg,
     request_from_args,
 )
@@ -54,6 +53,8 @@ def img2img_recipe(args: argparse.Namespace, source_size: tuple[int, int]) -> Re
 
 
 def run_img2img(args: argparse.Namespace) -> int:
+    from atelier.studio import image_size
+
     with open_studio(args) as studio:
         source, parent_id = read_image_arg(args.image, studio)
         recipe = img2img_recipe(args, image_size(source))  # validated before any model loads

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 
 def tiny_model(args: argparse.Namespace) -> int:
-    from atelier.studio import write_tiny_model
+    from atelier.model_choice import write_tiny_model
 
     paths = write_tiny_model(args.directory, single_file=args.single_file)
     return emit(args, paths, [f"{name}: {path}" for name, path in paths.items()])

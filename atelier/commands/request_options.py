@@ -278,15 +278,6 @@ def read_image_arg(value: str, studio) -> tuple[bytes, int | None]:
     raise ValueError(f"image {value!r}: no such file, and not a gallery id")
 
 
-def image_size(data: bytes, what: str = "source image") -> tuple[int, int]:
-    """(width, height) of an image as the engine sees it (EXIF orientation applied, as fit_to_bucket does)."""
-    from PIL import ImageOps
-
-    from atelier.edit_inputs import open_image
-
-    return ImageOps.exif_transpose(open_image(data, what)).size
-
-
 def parse_control(text: str) -> tuple[str, str | None, str, tuple[float, ...]]:
     """(preprocessor, model or None, image, numbers) from TYPE[=MODEL]:IMAGE[:SCALE[:START:END]]."""
     parts = text.split(":")

@@ -261,7 +261,7 @@ def test_the_source_size_follows_exif_orientation():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90°: stored 80×48, seen 48×80
     Image.new("RGB", (80, 48)).save(buffer, format="PNG", exif=exif)
-    from atelier.commands.request_options import image_size
+    from atelier.studio import image_size
 
     assert image_size(buffer.getvalue()) == (48, 80)
 

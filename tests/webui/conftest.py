@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +98,17 @@ def page(chromium, server, request):
     page.context.close()
 
 
-def shot(page, name: str) -> Path:
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def shot(page, name: str, *, docs: str | None = None) -> Path:
+    """A full-page screenshot under test-artifacts/; with `docs` and ATELIER_UPDATE_DOCS_SCREENSHOT=1
+    set, also the README's docs/screenshot-<docs>.png (refreshed on request only)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    if docs and os.environ.get("ATELIER_UPDATE_DOCS_SCREENSHOT"):
+        shutil.copyfile(path, DOCS / f"screenshot-{docs}.png")
     return path
 
 

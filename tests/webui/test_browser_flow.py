@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,6 @@ from PIL import Image
 from tests.webui.conftest import shot, start_long_draft, wait_text
 
 pytestmark = pytest.mark.browser
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-draft-refine.png"
 PROMPT = "a red lighthouse on a windswept cliff"
 
 
@@ -73,9 +70,7 @@ def test_draft_pick_refine_find_rerun(page, server):
         shown = image_bytes_shown(page, "#after")
         assert shown[:8] == b"\x89PNG\r\n\x1a\n"
         assert shown == refined.image_path.read_bytes()
-        path = shot(page, "04-refined")
-        if os.environ.get("ATELIER_UPDATE_DOCS_SCREENSHOT"):  # refresh the README's picture on request only
-            shutil.copyfile(path, DOCS_SCREENSHOT)
+        shot(page, "04-refined", docs="draft-refine")
 
         page.get_by_role("tab", name="Gallery").click()
         page.fill("#gallery-search input, #gallery-search textarea", "windswept")
@@ -94,7 +89,7 @@ def test_draft_pick_refine_find_rerun(page, server):
         rerun = gallery.get(rerun_id)
         assert rerun.parent_id == refined_id
         assert pixel_hash(rerun.image_path) == pixel_hash(refined.image_path)
-        shot(page, "06-rerun")
+        shot(page, "06-rerun", docs="gallery")
 
         page.click("#load-into-draft")
         page.wait_for_selector("#draft-button", state="visible")
@@ -241,7 +236,7 @@ def test_img2img_from_a_draft_and_from_an_upload(page, server, tmp_path):
         assert made.kind == "img2img" and made.parent_id == ids[0] and made.recipe.strength == 0.6
         assert (made.recipe.width, made.recipe.height) == (128, 64)
         assert image_bytes_shown(page, "#img2img-result") == made.image_path.read_bytes()
-        shot(page, "12-img2img-from-draft")
+        shot(page, "12-img2img-from-draft", docs="img2img")
 
         upload = tmp_path / "upload.png"
         Image.new("RGB", (80, 48), (10, 200, 60)).save(upload)
@@ -330,4 +325,4 @@ def test_controlnet_tab_previews_the_map_and_makes_an_image(page, server, tmp_pa
         assert image_bytes_shown(page, "#cn-result") == made.image_path.read_bytes()
     finally:
         gallery.close()
-    shot(page, "14-controlnet")
+    shot(page, "14-controlnet", docs="controlnet")
