@@ -26,7 +26,7 @@ class InputFiles:
     files: dict[str, bytes] = field(default_factory=dict)  # gallery roles: source, control:N, map:N
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ControlRequest:
     """One `--control` unit before preprocessing."""
 

@@ -61,7 +61,7 @@ class ModelChoice:
     demo: bool = False  # True when no SDXL weights were found and the random-weight tiny model stands in
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationRequest:
     """What a user asked for, as plain values. `None` means "not said": the rules below decide."""
 

@@ -45,7 +45,7 @@ USER_ERRORS = (ValueError, OutOfMemory, NotFoundError, FileNotFoundError)
 Cancelled = GenerationCancelled
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Saved:
     """A generation as the studio hands it back: its gallery id, files and recipe."""
 
@@ -82,7 +82,7 @@ class StepPreview:
         return fast_preview(self._estimate)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RefineChoice:
     """The refiner's settings a user may change between drafting and refining (the schedule, and so the
     switch point and steps, is fixed by the draft's kept latent)."""
@@ -99,7 +99,7 @@ class RefineChoice:
         return recipe.replace(micro=micro, refine=refine)  # validates
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GalleryFilters:
     """What the gallery's search narrows by; None (or empty) means "any"."""
 

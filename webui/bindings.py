@@ -112,7 +112,7 @@ def size_from_values(c: SizeControls, values: dict, source_size: tuple[int, int]
     return _int(values, c.width, "width"), _int(values, c.height, "height")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerationControls:
     """Components for every Recipe field the user sets (shared by Draft, Img2Img and ControlNet)."""
 

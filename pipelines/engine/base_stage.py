@@ -26,7 +26,7 @@ from pipelines.recipe import Recipe
 from pipelines.sizes import fit_to_bucket
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BaseStage:
     recipe: Recipe  # with the ControlNets' identities (sha256) filled in
     pipe: Any
@@ -79,11 +79,19 @@ def plan(
     if not recipe.controlnets:
         if not img2img:
             pipe = derive(StableDiffusionXLPipeline, base, recipe.scheduler)
-            return BaseStage(recipe, pipe, {**size, **denoising_end}, denoising_end=end, notes=notes)
+            return BaseStage(recipe=recipe, pipe=pipe, kwargs={**size, **denoising_end}, denoising_end=end, notes=notes)
         pipe = derive(StableDiffusionXLImg2ImgPipeline, base, recipe.scheduler)
         runs = check_base_steps(pipe.scheduler, recipe, end)
         kwargs = {"image": source, "strength": recipe.strength, **denoising_end}
-        return BaseStage(recipe, pipe, kwargs, runs, None, source, end if runs else 1.0, notes)
+        return BaseStage(
+            recipe=recipe,
+            pipe=pipe,
+            kwargs=kwargs,
+            runs=runs,
+            source=source,
+            denoising_end=end if runs else 1.0,
+            notes=notes,
+        )
 
     models, units = [], []
     dtype = base.unet.dtype
@@ -99,11 +107,22 @@ def plan(
     if not img2img:
         pipe = derive(StableDiffusionXLControlNetPipeline, base, recipe.scheduler, controlnet=combined(models))
         return BaseStage(
-            recipe, pipe, {**size, **denoising_end, "image": maps_arg, **control}, denoising_end=end, notes=notes
+            recipe=recipe,
+            pipe=pipe,
+            kwargs={**size, **denoising_end, "image": maps_arg, **control},
+            denoising_end=end,
+            notes=notes,
         )
     pipe = derive(StableDiffusionXLControlNetImg2ImgPipeline, base, recipe.scheduler, controlnet=combined(models))
     runs = check_base_steps(pipe.scheduler, recipe, end)
     kwargs = {**size, "image": source, "control_image": maps_arg, "strength": recipe.strength, **control}
     return BaseStage(
-        recipe, pipe, kwargs, runs, stop_at_switch(recipe, pipe.scheduler, end), source, end if runs else 1.0, notes
+        recipe=recipe,
+        pipe=pipe,
+        kwargs=kwargs,
+        runs=runs,
+        stop_after=stop_at_switch(recipe, pipe.scheduler, end),
+        source=source,
+        denoising_end=end if runs else 1.0,
+        notes=notes,
     )
