@@ -155,3 +155,27 @@ class CallCounter:
 @pytest.fixture()
 def count_calls():
     return CallCounter
+
+
+@pytest.fixture(scope="session")
+def diffusers_reference(model_cache):
+    """The loaded tiny models, and plain diffusers pipelines over the same weights: the independent
+    reference the engine's results are compared with."""
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    base = model_cache.load_base("tiny")
+    refiner = model_cache.load_refiner("tiny", base)
+    return SimpleNamespace(
+        base=base,
+        refiner=refiner,
+        ref_base=StableDiffusionXLPipeline(**base.pipe.components, add_watermarker=False),
+        ref_refiner=StableDiffusionXLImg2ImgPipeline(
+            **refiner.pipe.components,
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False,
+            add_watermarker=False,
+        ),
+        ref_base_img2img=StableDiffusionXLImg2ImgPipeline(**base.pipe.components, add_watermarker=False),
+    )

@@ -65,3 +65,14 @@ def test_a_users_own_models_folder_is_never_written(studio, monkeypatch, tmp_pat
     monkeypatch.setenv("ATELIER_MODELS", str(tmp_path / "mine"))
     assert studio.install_demo_extras() is None
     assert not (tmp_path / "mine").exists()
+
+
+def test_control_maps_preview_without_any_controlnet_model(tmp_path):
+    """Preview maps needs a preprocessor only: no ControlNet model named, none installed."""
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = 255
+    data = io.BytesIO()
+    Image.fromarray(square).save(data, format="PNG")
+    with Studio(tmp_path / "home") as bare:
+        (edges,) = bare.control_maps([ControlRequest(model="", preprocessor="canny", image=data.getvalue())], 64, 64)
+    assert edges.size == (64, 64) and edges.convert("L").getextrema() == (0, 255)  # canny found the edges

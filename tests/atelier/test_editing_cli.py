@@ -173,3 +173,28 @@ def test_bad_edit_options_exit_2_with_a_message(capsys, home, monkeypatch, args,
     monkeypatch.chdir(home)
     code = main(["draft", *TINY, "--prompt", "x", "--count", "1", *args, "--home", str(home)])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_the_cli_drafts_at_one_step_and_img2img_at_a_low_strength(capsys, home):
+    """The dead ends of the browser, through the command line: 1 step, and strength 0.2 at switch 0.8."""
+    steps_one = [a if a != "6" else "1" for a in TINY]
+    drafted = atelier(capsys, home, "draft", *steps_one, "--prompt", "a single step", "--count", "2")
+    assert len(drafted["drafts"]) == 2 and generation(home, drafted["drafts"][0]["id"]).recipe.steps == 1
+    refined = atelier(capsys, home, "refine", str(drafted["drafts"][0]["id"]))
+    assert generation(home, refined["id"]).kind == "refined"
+    low = atelier(
+        capsys, home, "img2img", "--image", str(home / "source.png"), "--strength", "0.2", *TINY, "--prompt", "a lake"
+    )
+    made = generation(home, low["id"]).recipe
+    # Recorded as what ran: the refiner alone on the source at strength 0.2 (the base had no step before 0.8).
+    assert (made.mode, made.strength, made.switch, made.refine.strength) == ("img2img", 0.0, 1.0, 0.2)
+    assert pixels(low["image"]) != pixels(home / "source.png")
+    kept = atelier(
+        capsys, home, "img2img", "--image", str(home / "source.png"), "--strength", "0", *TINY, "--prompt", "a lake"
+    )
+    from pipelines.sizes import fit_to_bucket
+
+    with Image.open(home / "source.png") as source:
+        fitted = np.asarray(fit_to_bucket(source, 64, 64))
+    with Image.open(kept["image"]) as made_image:
+        assert np.array_equal(np.asarray(made_image.convert("RGB")), fitted)  # strength 0: the source, unchanged

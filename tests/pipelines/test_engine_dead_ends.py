@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 from pipelines.engine.inputs import EditInputs
 from pipelines.recipe import MicroConditioning, ModelRef, RefineSettings
@@ -28,19 +27,9 @@ FITTED = fit_to_bucket(SOURCE, 64, 64)
 
 
 @pytest.fixture(scope="module")
-def direct(model_cache):
-    """The loaded models, and plain diffusers pipelines over the same weights (the independent reference)."""
-    base = model_cache.load_base("tiny")
-    refiner = model_cache.load_refiner("tiny", base)
-    ref_base = StableDiffusionXLPipeline(**base.pipe.components, add_watermarker=False)
-    ref_refiner = StableDiffusionXLImg2ImgPipeline(
-        **refiner.pipe.components,
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,
-        add_watermarker=False,
-    )
-    ref_base_img2img = StableDiffusionXLImg2ImgPipeline(**base.pipe.components, add_watermarker=False)
-    return base, refiner, ref_base, ref_refiner, ref_base_img2img
+def direct(diffusers_reference):
+    ref = diffusers_reference
+    return ref.base, ref.refiner, ref.ref_base, ref.ref_refiner, ref.ref_base_img2img
 
 
 def common(recipe, steps=None):

@@ -19,18 +19,9 @@ def pixels(image):
 
 
 @pytest.fixture(scope="module")
-def direct(model_cache):
-    """Plain diffusers pipelines over the same weights: the independent reference."""
-    base = model_cache.load_base("tiny")
-    refiner = model_cache.load_refiner("tiny", base)
-    ref_base = StableDiffusionXLPipeline(**base.pipe.components, add_watermarker=False)
-    ref_refiner = StableDiffusionXLImg2ImgPipeline(
-        **refiner.pipe.components,
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,
-        add_watermarker=False,
-    )
-    return base, refiner, ref_base, ref_refiner
+def direct(diffusers_reference):
+    ref = diffusers_reference
+    return ref.base, ref.refiner, ref.ref_base, ref.ref_refiner
 
 
 def one_shot_reference(direct, recipe):

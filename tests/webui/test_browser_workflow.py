@@ -216,3 +216,31 @@ def test_settings_survive_a_reload(chromium, server):
         assert page.input_value("#prompt textarea") == "a glass of water"
     finally:
         page.context.close()
+
+
+def test_img2img_at_a_low_strength_and_load_into_draft_brings_its_source_back(page, server, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(source)
+    page.fill("#prompt textarea", "an orange square")
+    page.get_by_role("tab", name="Img2Img").click()
+    page.set_input_files("#img2img-source input[type=file]", str(source))
+    page.fill("#img2img-strength input[type=number]", "0.2")
+    page.press("#img2img-strength input[type=number]", "Enter")
+    page.click("#img2img-button")
+    text = wait_text(page, "#img2img-status", r"Made \*?\*?#\d+|⚠")
+    made = int(re.search(r"#(\d+)", text).group(1))
+    gallery = server.gallery()
+    try:
+        recipe = gallery.get(made).recipe
+    finally:
+        gallery.close()
+    assert (recipe.mode, recipe.refine.strength, recipe.switch) == ("img2img", 0.2, 1.0)  # the refiner alone
+    page.reload()
+    page.wait_for_selector("#prompt textarea")
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#gallery-grid .thumbnail-item", has_text=f"#{made} img2img").click()
+    page.wait_for_selector("#detail-image img")
+    page.click("#load-into-draft")
+    page.wait_for_selector("#img2img-source img")  # the Img2Img tab opens with the source
+    assert page.input_value("#img2img-strength input[type=number]") == "0.2"
+    shot(page, "26-loaded-img2img")
