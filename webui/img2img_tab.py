@@ -76,6 +76,14 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
         with gr.Column():
             status = gr.Markdown("", elem_id="img2img-status")
             result = gr.Image(label="Result", height=IMAGE_HEIGHT, elem_id="img2img-result", **PNG_OUT)
+            compare = gr.ImageSlider(
+                label="Compare: source | result (drag)",
+                type="filepath",
+                format="png",
+                height=IMAGE_HEIGHT,
+                interactive=False,
+                elem_id="img2img-compare",
+            )
 
     @keeps_outputs(status)
     def make(values: dict, request: gr.Request, ticket: str | None):
@@ -92,9 +100,12 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
             return ctx.studio.edit(recipe, inputs, parent_id=parent_id, on_step=on_step, should_cancel=should_cancel)
 
         events = ctx.jobs.stream(session_of(request), work, ticket)
-        yield from one_image_updates(
+        for update in one_image_updates(
             events, status=status, result=result, doing="Img2img", download_path=ctx.studio.download_path
-        )
+        ):
+            if isinstance(update.get(result), str):  # the saved image: show it against its source
+                update[compare] = (path, update[result])
+            yield update
 
     @guarded
     def follow_source(path: str | None, preset: str):
@@ -113,7 +124,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
             api_visibility="private",
         )
     inputs = controls.inputs() | size.inputs() | {source, parent, strength}
-    gpu_event(ctx, run.click, make, inputs=inputs, outputs={result}, status=status, api_name="img2img")
+    gpu_event(ctx, run.click, make, inputs=inputs, outputs={result, compare}, status=status, api_name="img2img")
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_visibility="private")
     source.upload(
         lambda: None, outputs=parent, queue=False, api_visibility="private"

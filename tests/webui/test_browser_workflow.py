@@ -235,6 +235,9 @@ def test_img2img_at_a_low_strength_and_load_into_draft_brings_its_source_back(pa
     finally:
         gallery.close()
     assert (recipe.mode, recipe.refine.strength, recipe.switch) == ("img2img", 0.2, 1.0)  # the refiner alone
+    # Source and result side by side on a slider.
+    page.wait_for_function("document.querySelectorAll('#img2img-compare img').length === 2")
+    shot(page, "27-img2img-compare")
     page.reload()
     page.wait_for_selector("#prompt textarea")
     page.get_by_role("tab", name="Gallery").click()
