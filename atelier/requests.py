@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pipelines.prompt_syntax import detect_syntax, merge_prompt_loras, prompt_warnings
 from pipelines.recipe import (
     MAX_DRAFTS,
+    MAX_SEED,
     PROMPT_SYNTAXES,
     LoraRef,
     MicroConditioning,
@@ -52,6 +53,11 @@ DEFAULT_AESTHETIC: float = _recipe_default(MicroConditioning, "aesthetic_score")
 DEFAULT_NEGATIVE_AESTHETIC: float = _recipe_default(MicroConditioning, "negative_aesthetic_score")
 DEFAULT_COUNT = 4
 DEFAULT_IMG2IMG_STRENGTH = 0.6
+# Vary: the variation strength of the presets (A1111's "variation strength": the starting noise slerped
+# towards a variation seed's). Fooocus' Vary (Subtle / Strong) re-noise the image instead (img2img at 0.5 /
+# 0.85); here the draft's own noise is varied, so it stays at the same switch and refinable.
+VARY_SUBTLE = 0.1
+VARY_STRONG = 0.4
 
 
 @dataclass(frozen=True)
@@ -175,3 +181,23 @@ def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
             raise ValueError("refine-only: needs a refine stage (a refiner, or 'base')")
         return refine_any_recipe(recipe, recipe.refine)
     return recipe.replace(mode="img2img", strength=float(request.strength))
+
+
+def varied_recipes(parent: Recipe, *, strength: float, count: int, variation_seed: int | None = None) -> list[Recipe]:
+    """The draft recipes of `count` variations of `parent` (a txt2img generation): its seed, each with
+    its own variation seed — `variation_seed`, +1, … (random when None) — at `strength`, made alone."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_DRAFTS:
+        raise ValueError(f"count: must be an integer from 1 to {MAX_DRAFTS} (got {count!r})")
+    if parent.mode != "txt2img":
+        raise ValueError("vary: only txt2img images can be varied (an img2img one starts from its source image)")
+    if parent.variation_strength > 0:
+        raise ValueError(
+            f"vary: this image is itself a variation (variation seed {parent.variation_seed} at strength "
+            f"{parent.variation_strength}); vary the image it was varied from instead"
+        )
+    first = random_seed() if variation_seed is None else variation_seed
+    draft = parent.replace(stage="draft", batch_seeds=(), watermark_applied=None)
+    recipes = [draft.replace(variation_seed=first, variation_strength=strength)]  # validates seed and strength
+    if first + count - 1 > MAX_SEED:
+        raise ValueError(f"variation_seed: must leave room for {count} consecutive seeds (got {first})")
+    return recipes + [recipes[0].replace(variation_seed=first + i) for i in range(1, count)]

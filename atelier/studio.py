@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,8 @@ from atelier.edit_inputs import (  # noqa: F401 (image_size, open_image: for the
     stored_inputs,
     with_inputs,
 )
-from atelier.requests import ModelChoice
+from atelier.requests import ModelChoice, varied_recipes
+from atelier.studio_values import GalleryFilters, RefineChoice, StepPreview  # noqa: F401 (for the front ends)
 from pipelines.errors import GenerationCancelled, OutOfMemory
 from pipelines.provenance.png_metadata import encode_png, read_png
 from pipelines.recipe import Recipe
@@ -61,67 +62,6 @@ class Saved:
         if self.latent is not None:
             data["latent"] = str(self.latent)
         return data
-
-
-@dataclass(frozen=True)
-class StepPreview:
-    """One step of a running job, as a front end sees it: where the job is, and a look at it."""
-
-    stage: str  # "base" or "refiner"
-    step: int  # 1-based, within the stage
-    total: int
-    _estimate: Any = field(default=None, repr=False)  # the engine's clean-image estimate (a tensor)
-
-    def images(self) -> list[Image.Image]:
-        """Fast approximate previews of the batch (a linear latent→RGB map, no VAE); [] if none.
-        Made on demand, so a front end that shows every fourth step pays for every fourth."""
-        if self._estimate is None:
-            return []
-        from pipelines.engine.previews import fast_preview
-
-        return fast_preview(self._estimate)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RefineChoice:
-    """The refiner's settings a user may change between drafting and refining (the schedule, and so the
-    switch point and steps, is fixed by the draft's kept latent)."""
-
-    aesthetic_score: float
-    negative_aesthetic_score: float
-    strength: float  # used only for a clean latent (switch 1.0)
-
-    def applied_to(self, recipe: Recipe) -> Recipe:
-        micro = dataclasses.replace(
-            recipe.micro, aesthetic_score=self.aesthetic_score, negative_aesthetic_score=self.negative_aesthetic_score
-        )
-        refine = dataclasses.replace(recipe.refine, strength=self.strength) if recipe.refine else None
-        return recipe.replace(micro=micro, refine=refine)  # validates
-
-
-@dataclass(frozen=True, kw_only=True)
-class GalleryFilters:
-    """What the gallery's search narrows by; None (or empty) means "any"."""
-
-    kinds: tuple[str, ...] = ()
-    model: str | None = None
-    lora: str | None = None
-    favourites_only: bool = False
-    since: str | None = None  # ISO date, inclusive
-    until: str | None = None  # ISO date, exclusive
-    tag: str | None = None
-    batch_id: str | None = None  # the drafts made together
-
-    def as_search_arguments(self) -> dict[str, Any]:
-        from pipelines.prompt_syntax import lora_name
-
-        text = {
-            name: (getattr(self, name) or "").strip() or None
-            for name in ("model", "lora", "since", "until", "tag", "batch_id")
-        }
-        if text["lora"]:
-            text["lora"] = lora_name(text["lora"])  # "x.safetensors" and "x" are the same LoRA
-        return {"kind": list(self.kinds) or None, "favourite": True if self.favourites_only else None, **text}
 
 
 @dataclass(frozen=True)
@@ -207,6 +147,25 @@ class Studio:
         drafts = self.engine.draft(recipe, count, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         batch_id = uuid.uuid4().hex if len(drafts) > 1 and drafts[0].recipe.batch_seeds else None
         return [self._save_draft(d, batch_id=batch_id, parent_id=parent_id, inputs=inputs) for d in drafts]
+
+    def vary(
+        self,
+        generation_id: int,
+        *,
+        strength: float,
+        count: int,
+        variation_seed: int | None = None,
+        on_step: OnStep | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> list[Saved]:
+        """`count` drafts of a txt2img generation, each made alone at its own variation seed (variation_seed, +1, …;
+        random when None) at `strength`: see atelier.requests.varied_recipes. Stored once all are made."""
+        parent = self.gallery.get(generation_id)
+        recipes = varied_recipes(parent.recipe, strength=strength, count=count, variation_seed=variation_seed)
+        inputs, callbacks = stored_inputs(parent.recipe, self.gallery.read_file), _callbacks(on_step, should_cancel)
+        drafts = [self.engine.draft(r, 1, inputs=inputs.images, **callbacks)[0] for r in recipes]
+        batch_id = uuid.uuid4().hex if count > 1 else None  # shown together; each made alone (no batch_seeds)
+        return [self._save_draft(d, batch_id=batch_id, parent_id=generation_id, inputs=inputs) for d in drafts]
 
     def edit(
         self,

@@ -216,6 +216,10 @@ class Recipe:
     mode: str = "txt2img"
     stage: str = "final"
     batch_seeds: tuple[int, ...] = ()  # all seeds of the batch this image was drafted in; () = alone
+    # A1111's "variation seed": the starting noise is slerp(noise(seed), noise(variation_seed), strength)
+    # (txt2img only; every image of a batch shares them). Strength 0 is the seed's own noise.
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
     steps: int = 20
     guidance: float = 5.0
     scheduler: str = "Euler"
@@ -261,6 +265,7 @@ class Recipe:
             _check_int("batch_seeds", s, 0, MAX_SEED)
         if self.batch_seeds and self.seed not in self.batch_seeds:
             _fail("batch_seeds", f"a batch that contains seed {self.seed}", self.batch_seeds)
+        self._check_variation()
         _check_int("steps", self.steps, 1, MAX_STEPS)
         _check_float("guidance", self.guidance, 0.0, 50.0)
         if self.scheduler not in SCHEDULERS:
@@ -293,6 +298,17 @@ class Recipe:
                 _fail(name, "true or false", getattr(self, name))
         if self.watermark_applied is not None and not isinstance(self.watermark_applied, bool):
             _fail("watermark_applied", "true, false or null", self.watermark_applied)
+
+    def _check_variation(self) -> None:
+        if self.variation_seed is not None:
+            _check_int("variation_seed", self.variation_seed, 0, MAX_SEED)
+        _check_float("variation_strength", self.variation_strength, 0.0, 1.0)
+        if self.variation_strength > 0 and self.variation_seed is None:
+            _fail("variation_seed", "set when variation_strength is above 0", None)
+        if self.variation_seed is not None and self.mode != "txt2img":
+            _fail(
+                "variation_seed", "unset unless mode is txt2img (img2img starts from its source)", self.variation_seed
+            )
 
     # -- derived ---------------------------------------------------------------------------------
 

@@ -23,25 +23,13 @@ if "torch" in sys.modules:  # imported before this file (by a plugin): the envir
 
 import pytest
 
-# Markers the lead registers in pyproject.toml; registered here too so that `-m` selections and
-# --strict-markers work before that lands (a marker pyproject already has is left alone).
-MARKERS = {
-    "crash": "SIGKILL crash loops on the gallery (tests/storage/test_gallery_crash.py)",
-}
-
-
-def pytest_configure(config):
-    known = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
-    for name, text in MARKERS.items():
-        if name not in known:
-            config.addinivalue_line("markers", f"{name}: {text}")
-
 
 def pytest_collection_finish(session):
-    """What collection imported (torch, diffusers, transformers, gradio: some 600,000 objects) lives for the
-    whole session: freeze it out of the garbage collector's way. Every ModelCache load runs gc.collect()
-    (release), which otherwise walks all of it: ~0.5-0.7 s per model load, microseconds once frozen.
-    Objects made by fixtures and tests are collected as before."""
+    """What collection imported (torch, diffusers, transformers, gradio: some 200,000-600,000 objects) lives
+    for the whole session: freeze it out of the garbage collector's way. Every ModelCache load runs
+    gc.collect() (release), which otherwise walks all of it each time (tests/pipelines/test_loading*.py:
+    8.0 s -> 5.6 s CPU in gc.collect over 25 loads). Objects made by fixtures and tests (and modules imported
+    lazily later) are collected as before."""
     gc.collect()
     gc.freeze()
 

@@ -89,6 +89,9 @@ def render(ctx: Context) -> DraftTab:
                 rerender_steps = gr.Number(40, label="Re-render at N steps", precision=0, elem_id="rerender-steps")
                 rerender_button = gr.Button("Re-render", elem_id="rerender-button")
             with gr.Row():
+                vary_subtle = gr.Button("Vary (subtle)", size="sm", elem_id="vary-subtle")
+                vary_strong = gr.Button("Vary (strong)", size="sm", elem_id="vary-strong")
+            with gr.Row():
                 reuse_seed = gr.Button("♻ Reuse seed", size="sm", elem_id="reuse-seed")
                 send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id="draft-to-img2img")
             with gr.Row():
@@ -105,6 +108,7 @@ def render(ctx: Context) -> DraftTab:
     )
     _wire_drafting(ctx, controls, out, draft_button)
     _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
+    _wire_varying(ctx, controls, out, vary_subtle, vary_strong)
     restore = _wire_picking(ctx, controls, out, reuse_seed)
     refresh_loras = _wire_lora_refresh(ctx, controls)
     remember = _wire_remembered_settings(controls, draft_button)
@@ -244,6 +248,49 @@ def _wire_finishing(
         status=out.status,
         api_name="rerender",
     )
+
+
+def _wire_varying(
+    ctx: Context, controls: bindings.GenerationControls, out: _Outputs, subtle: gr.Button, strong: gr.Button
+) -> None:
+    """Vary (subtle / strong): new drafts of the picked one, its noise slerped towards variation seeds
+    (as many as the Drafts slider says), shown in the drafts grid to pick and refine like any draft."""
+
+    def handler(name: str, strength: float):
+        @keeps_outputs(out.status)
+        def vary(values: dict, request: gr.Request, ticket: str | None):
+            draft_id, count = picked_id(values[out.selected]), int(values[controls.count] or 1)
+            doing = f"Varying draft #{draft_id} ({count}, strength {strength})"
+
+            def work(on_step, should_cancel):
+                return ctx.studio.vary(
+                    draft_id, strength=strength, count=count, on_step=on_step, should_cancel=should_cancel
+                )
+
+            for event in ctx.jobs.stream(session_of(request), work, ticket):
+                if isinstance(event, Step):
+                    yield {out.status: progress_text(event.info, doing), out.drafts: event.info.images()}
+                elif isinstance(event, Interrupted):
+                    yield {out.status: f"**{event.message}** — nothing was saved."}
+                elif isinstance(event, Done):
+                    yield _batch_shown(out, event.result, f"varied from #{draft_id}")
+
+        vary.__name__ = name
+        return vary
+
+    for button, name, strength in (
+        (subtle, "vary_subtle", requests.VARY_SUBTLE),
+        (strong, "vary_strong", requests.VARY_STRONG),
+    ):
+        gpu_event(
+            ctx,
+            button.click,
+            handler(name, strength),
+            inputs={out.selected, controls.count},
+            outputs={out.drafts, out.draft_ids},
+            status=out.status,
+            api_name=name,
+        )
 
 
 def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, reuse_seed: gr.Button):

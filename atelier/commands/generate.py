@@ -1,4 +1,4 @@
-"""`atelier draft | refine | rerun`: generation through the studio into the gallery."""
+"""`atelier draft | refine | rerun | vary`: generation through the studio into the gallery."""
 
 from __future__ import annotations
 
@@ -47,6 +47,27 @@ def register(subparsers) -> None:
     rerun.add_argument("id", type=int)
     add_json_option(rerun)
     rerun.set_defaults(func=run_rerun)
+    register_vary(subparsers)
+
+
+def register_vary(subparsers) -> None:
+    from atelier.requests import DEFAULT_COUNT, VARY_STRONG, VARY_SUBTLE
+
+    vary = subparsers.add_parser(
+        "vary", help="new drafts of a draft: its seed's noise slerped towards variation seeds (A1111's variations)"
+    )
+    add_device_options(vary)
+    vary.add_argument("id", type=int, help="the draft (or any txt2img image) to vary")
+    vary.add_argument(
+        "--strength",
+        type=float,
+        default=VARY_SUBTLE,
+        help=f"variation strength from 0 (the draft itself) to 1 (default {VARY_SUBTLE}, subtle; strong: {VARY_STRONG})",
+    )
+    vary.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"how many drafts (default {DEFAULT_COUNT})")
+    vary.add_argument("--variation-seed", type=int, help="the first variation seed, +1 for each next (default: random)")
+    add_json_option(vary)
+    vary.set_defaults(func=run_vary)
 
 
 def draft_recipe(args: argparse.Namespace) -> Recipe:
@@ -83,3 +104,14 @@ def run_rerun(args: argparse.Namespace) -> int:
     with open_studio(args) as studio:
         saved = studio.rerun(args.id)
     return emit(args, {"id": saved.id, "image": str(saved.image)}, f"re-run {args.id} → {saved.id}  {saved.image}")
+
+
+def run_vary(args: argparse.Namespace) -> int:
+    with open_studio(args) as studio:  # a bad strength, count or seed fails before a model loads
+        saved = studio.vary(args.id, strength=args.strength, count=args.count, variation_seed=args.variation_seed)
+    tell("vary", [note for s in saved for note in s.notes])
+    return emit(
+        args,
+        {"drafts": [s.as_json() for s in saved]},
+        [f"draft {s.id}  seed {s.recipe.seed}  variation seed {s.recipe.variation_seed}  {s.image}" for s in saved],
+    )

@@ -28,6 +28,7 @@ from pipelines.engine.kept_latent import KeptLatent
 from pipelines.engine.previews import CleanEstimateTap, decode_latents
 from pipelines.engine.prompt_encoding import PromptEncoder
 from pipelines.engine.schedulers import make_scheduler
+from pipelines.engine.variation import variation_kwargs
 from pipelines.errors import GenerationCancelled, OutOfMemory  # noqa: F401 (raised here, caught by callers)
 from pipelines.models.controlnet import ControlNetLibrary
 from pipelines.models.loading import LoadedModel, ModelCache
@@ -224,6 +225,7 @@ class Engine:
                 **template.micro.resolved(template.height, template.width),
                 **prompt_kwargs.as_kwargs(),
                 **stage.kwargs,
+                **variation_kwargs(pipe, template, generators),  # {}, or the varied noise (drawn from generators)
             ).images
             # A noisy latent shows noise: preview the model's own estimate of the finished image.
             shown = tap.latest if stage.denoising_end < 1.0 else latents

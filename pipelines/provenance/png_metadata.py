@@ -102,6 +102,11 @@ def a1111_parameters(recipe: Recipe) -> str:
     fields.append(("Model", recipe.model.name))
     if recipe.mode == "img2img":
         fields.append(("Denoising strength", _number(recipe.strength)))
+    if recipe.variation_seed is not None:  # A1111's own keys
+        fields += [
+            ("Variation seed", recipe.variation_seed),
+            ("Variation seed strength", _number(recipe.variation_strength)),
+        ]
     if recipe.refine is not None and recipe.refine.model is not None and recipe.base_stops_early:
         fields += [("Refiner", _title(recipe.refine.model)), ("Refiner switch at", _number(recipe.switch))]
     hashed = [lora for lora in recipe.loras if lora.sha256]
@@ -225,6 +230,19 @@ def _a1111_scheduler(fields: dict[str, str], unmapped: list[str]) -> str:
     return "Euler"
 
 
+_VARIATION_KEYS = ("Variation seed", "Variation seed strength")
+
+
+def _a1111_variation(source: str, fields: dict[str, str], mode: str) -> dict[str, Any]:
+    """A1111's variation seed and strength, for txt2img (an img2img one stays unmapped)."""
+    if "Variation seed" not in fields or mode != "txt2img":
+        return {}
+    return {
+        "variation_seed": _to_int(source, "Variation seed", fields["Variation seed"]),
+        "variation_strength": _to_float(source, "Variation seed strength", fields.get("Variation seed strength", 0)),
+    }
+
+
 def recipe_from_a1111(text: str) -> ReadBack:
     """The closest Recipe to an A1111 infotext (prompt syntax "a1111", LoRA tokens into loras)."""
     source = "A1111 parameters"
@@ -274,6 +292,7 @@ def recipe_from_a1111(text: str) -> ReadBack:
         else:
             values["mode"] = "img2img"
             values["strength"] = _to_float(source, "Denoising strength", fields["Denoising strength"])
+    values.update(_a1111_variation(source, fields, values.get("mode", "txt2img")))
     if lora_hashes and any(_sha(h) is None for h in lora_hashes.values()):
         unmapped.append(f"Lora hashes: {fields['Lora hashes']}")
     version = fields.get("Version", "")
@@ -298,6 +317,7 @@ def recipe_from_a1111(text: str) -> ReadBack:
         "Lora hashes",
         "Version",
         "Prompt syntax",
+        *(_VARIATION_KEYS if "variation_seed" in values else ()),
     }
     unmapped += [f"{key}: {value}" for key, value in fields.items() if key not in used]
     return ReadBack(_build(source, values), "a1111", tuple(unmapped))
