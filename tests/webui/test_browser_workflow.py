@@ -247,3 +247,26 @@ def test_img2img_at_a_low_strength_and_load_into_draft_brings_its_source_back(pa
     page.wait_for_selector("#img2img-source img")  # the Img2Img tab opens with the source
     assert page.input_value("#img2img-strength input[type=number]") == "0.2"
     shot(page, "26-loaded-img2img")
+
+
+def test_vary_a_picked_draft_shows_its_children_to_pick_and_refine(page, server):
+    ids = draft_ids(page, "a copper teapot")
+    page.locator("#drafts .thumbnail-item").nth(1).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{ids[1]}")
+    page.click("#vary-subtle")
+    text = wait_text(page, "#draft-status", rf"varied from #{ids[1]}")
+    first, last = map(int, re.search(r"ids (\d+)–(\d+)", text).groups())
+    gallery = server.gallery()
+    try:
+        children = [gallery.get(i) for i in range(first, last + 1)]
+        parent = gallery.get(ids[1]).recipe
+    finally:
+        gallery.close()
+    assert len(children) == 4 and all(c.parent_id == ids[1] and c.kind == "draft" for c in children)
+    assert all(c.recipe.seed == parent.seed and c.recipe.variation_strength == 0.1 for c in children)
+    assert len({c.recipe.variation_seed for c in children}) == 4
+    page.locator("#drafts .thumbnail-item").nth(0).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{first}")
+    page.click("#refine-button")
+    wait_text(page, "#draft-status", rf"Refined draft #{first} →")
+    shot(page, "28-varied-and-refined")
