@@ -42,7 +42,9 @@ def _models(ctx: Context) -> list[str]:
     return [row["name"] for row in ctx.studio.controlnets()]
 
 
-def _requests(units: list[Unit], values: dict, *, need_model: bool = True) -> list[ControlRequest]:
+def _requests(
+    units: list[Unit], values: dict, *, need_model: bool = True, folder: str = "models/ControlNet"
+) -> list[ControlRequest]:
     """The units with a control image; `need_model` False for previewing maps (no model is needed)."""
     requests = []
     for i, unit in enumerate(units):
@@ -50,7 +52,7 @@ def _requests(units: list[Unit], values: dict, *, need_model: bool = True) -> li
         if not path:
             continue
         if need_model and not values[unit.model]:
-            raise ValueError(f"ControlNet unit {i + 1}: choose a ControlNet model (put them in models/ControlNet)")
+            raise ValueError(f"ControlNet unit {i + 1}: choose a ControlNet model (put them in {folder})")
         requests.append(
             ControlRequest(
                 model=values[unit.model] or "",
@@ -129,7 +131,8 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
 
     def prepared(values: dict):
         recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)
-        return ctx.studio.prepare_inputs(recipe, controls=_requests(units, values))
+        folder = ctx.studio.controlnet_folder() or ctx.studio.home.resolve() / "models" / "ControlNet"
+        return ctx.studio.prepare_inputs(recipe, controls=_requests(units, values, folder=str(folder)))
 
     @guarded
     def show_maps(values: dict):

@@ -38,6 +38,14 @@ class _Outputs:
     selected: gr.Textbox
     before: gr.Image
     after: gr.Image
+    compare: gr.ImageSlider
+
+
+def compare_slider(label: str, elem_id: str) -> gr.ImageSlider:
+    """Two images on one slider (before | after), as PNG."""
+    return gr.ImageSlider(
+        label=label, type="filepath", format="png", height=IMAGE_HEIGHT, interactive=False, elem_id=elem_id
+    )
 
 
 def caption(saved) -> str:
@@ -97,6 +105,7 @@ def render(ctx: Context) -> DraftTab:
             with gr.Row():
                 before = gr.Image(label="Draft", height=IMAGE_HEIGHT, elem_id="before", **PNG_OUT)
                 after = gr.Image(label="Refined", height=IMAGE_HEIGHT, elem_id="after", **PNG_OUT)
+            compare = compare_slider("Compare: draft | refined (drag)", "refine-compare")
     out = _Outputs(
         status=status,
         drafts=drafts,
@@ -105,6 +114,7 @@ def render(ctx: Context) -> DraftTab:
         selected=selected,
         before=before,
         after=after,
+        compare=compare,
     )
     _wire_drafting(ctx, controls, out, draft_button)
     _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
@@ -215,6 +225,7 @@ def _wire_finishing(
                     " — already made with these settings, shown again rather than stored twice" if saved.reused else ""
                 )
                 update[out.status] = f"{done} draft #{draft_id} → **#{saved.id}** (seed {saved.recipe.seed}){again}."
+                update[out.compare] = (str(ctx.studio.download_path(draft_id)), update[out.after])
             yield update
 
     @keeps_outputs(out.status)
@@ -229,7 +240,7 @@ def _wire_finishing(
         yield from finish(values, request, ticket, int(steps))
 
     refiner_controls = {controls.aesthetic, controls.negative_aesthetic, controls.refine_strength}
-    finished = {out.before, out.after, out.shown}
+    finished = {out.before, out.after, out.shown, out.compare}
     gpu_event(
         ctx,
         refine_button.click,
@@ -309,6 +320,7 @@ def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Out
             out.shown: draft_id,
             out.before: str(image),
             out.after: None,
+            out.compare: None,
             out.status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps.",
         }
 
@@ -319,18 +331,25 @@ def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Out
 
     def restore(request: gr.Request):
         """After a reload: the newest batch of drafts from the gallery, so a picked draft stays refinable."""
+        busy = (
+            "  \nThe device is busy with a job (yours, if this page was reloaded while it ran): it keeps "
+            "running and its images are saved; they show here after it ends and the page is reloaded."
+            if ctx.jobs.running()
+            else ""
+        )
         newest = ctx.studio.search(None, GalleryFilters(kinds=("draft",)), limit=1).items
         if not newest:
-            return {}
+            return {out.status: READY + busy} if busy else {}
         batch = newest[0].batch_id
         saved = ctx.studio.search(None, GalleryFilters(batch_id=batch), limit=16).items if batch else newest
         shown = [Saved(id=g.id, recipe=g.recipe, image=g.image_path) for g in sorted(saved, key=lambda g: g.id)]
-        return _batch_shown(out, shown, "restored from the gallery")
+        update = _batch_shown(out, shown, "restored from the gallery")
+        return {**update, out.status: update[out.status] + busy}
 
     out.drafts.select(
         pick,
         inputs=out.draft_ids,
-        outputs={out.selected, out.shown, out.before, out.after, out.status},
+        outputs={out.selected, out.shown, out.before, out.after, out.compare, out.status},
         api_visibility="private",
     )
     reuse_seed.click(

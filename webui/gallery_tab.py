@@ -15,7 +15,7 @@ import gradio as gr
 from atelier.studio import KINDS, GalleryFilters, Generation
 from webui import bindings
 from webui.context import Context, gpu_event, session_of
-from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
+from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT, compare_slider
 from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, progress_text
 
 PAGE_SIZE = 24
@@ -67,6 +67,8 @@ class DetailControls:
     favourite: gr.Button
     confirm_row: gr.Row
     status: gr.Markdown
+    compare_with: gr.Textbox  # another generation's id, to see side by side on the slider
+    compare: gr.ImageSlider  # this | the other (after a re-run: the original | the re-run)
 
 
 @dataclass
@@ -168,6 +170,10 @@ def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
         buttons["confirm"] = gr.Button("Yes, delete", variant="stop", elem_id="confirm-delete")
         buttons["cancel"] = gr.Button("Keep it", elem_id="cancel-delete")
     status = gr.Markdown("", elem_id="gallery-status")
+    compare_with = gr.Textbox(
+        label="Compare with # (Enter)", placeholder="another id", max_lines=1, elem_id="gallery-compare-with"
+    )
+    compare = compare_slider("Compare: this | other (drag)", "gallery-compare")
     recipe = gr.Code(label="Recipe", language="json", interactive=False, elem_id="detail-recipe")
     detail = DetailControls(
         id=detail_id,
@@ -177,6 +183,8 @@ def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
         favourite=buttons["favourite"],
         confirm_row=confirm_row,
         status=status,
+        compare_with=compare_with,
+        compare=compare,
     )
     return detail, buttons
 
@@ -202,6 +210,9 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
     page.newer.click(pages.newer_page, inputs=pages.inputs, outputs=pages.outputs, **QUIET)
     shown = _DetailHandlers(ctx, detail)
     page.grid.select(shown.select, inputs=page.ids, outputs=shown.outputs, **QUIET)
+    detail.compare_with.submit(
+        shown.compare, inputs={detail.id, detail.compare_with}, outputs={detail.compare, detail.status}, **QUIET
+    )
     _wire_actions(ctx, shown, buttons, pages, controls, edit, dropped)
     return GalleryTab(
         detail_id=detail.id, load_into_draft=buttons["load"], send_to_img2img=buttons["img2img"], refresh=refresh
@@ -269,6 +280,20 @@ class _DetailHandlers:
             d.favourite: _star(g.favourite),
             d.confirm_row: gr.update(visible=False),
             d.status: "",
+            d.compare: None,
+        }
+
+    @guarded
+    def compare(self, values: dict) -> dict:
+        """This generation and another, side by side on the slider."""
+        this = _current(values[self.detail.id])
+        other = str(values[self.detail.compare_with] or "").strip().lstrip("#")
+        if not other.isdigit():
+            raise ValueError(f"Compare with: type another generation's number, like 12 (got {other!r})")
+        path = self.ctx.studio.download_path
+        return {
+            self.detail.compare: (str(path(this)), str(path(int(other)))),
+            self.detail.status: f"#{this} | #{other}",
         }
 
     @guarded
@@ -416,7 +441,12 @@ def _job(ctx: Context, shown: _DetailHandlers, action: str):
             elif isinstance(event, Interrupted):
                 yield {status: f"**{event.message}**"}
             elif isinstance(event, Done):
-                yield {**shown.show(event.result.id), status: f"{done} #{gid} → **#{event.result.id}**."}
+                made = event.result.id
+                yield {
+                    **shown.show(made),
+                    status: f"{done} #{gid} → **#{made}**.",
+                    shown.detail.compare: (str(ctx.studio.download_path(gid)), str(ctx.studio.download_path(made))),
+                }
 
     return run
 

@@ -17,7 +17,7 @@ from atelier.studio import image_size
 from pipelines.recipe import Recipe
 from webui import bindings
 from webui.context import Context, gpu_event, interrupt_handler, session_of
-from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
+from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT, compare_slider
 from webui.jobs import guarded, keeps_outputs, one_image_updates
 
 
@@ -76,14 +76,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
         with gr.Column():
             status = gr.Markdown("", elem_id="img2img-status")
             result = gr.Image(label="Result", height=IMAGE_HEIGHT, elem_id="img2img-result", **PNG_OUT)
-            compare = gr.ImageSlider(
-                label="Compare: source | result (drag)",
-                type="filepath",
-                format="png",
-                height=IMAGE_HEIGHT,
-                interactive=False,
-                elem_id="img2img-compare",
-            )
+            compare = compare_slider("Compare: source | result (drag)", "img2img-compare")
 
     @keeps_outputs(status)
     def make(values: dict, request: gr.Request, ticket: str | None):

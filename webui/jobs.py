@@ -100,6 +100,11 @@ class GpuJobs:
             typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else None
         return ahead, (typical * ahead if typical is not None else None)
 
+    def running(self) -> bool:
+        """Whether a job is using the device now."""
+        with self._mutex:
+            return any(t.started for t in self._tickets.values())
+
     def count_waiting(self, waiting: Callable[[], int]) -> None:
         """How to count the jobs waiting in the web server's queue (the app passes Gradio's count);
         without it, the reserved tickets that have not started are counted."""

@@ -71,7 +71,7 @@ def run_img2img(args: argparse.Namespace) -> int:
 def run_loras(args: argparse.Namespace) -> int:
     with open_studio(args) as studio:
         folder, found = studio.lora_folder(), studio.loras()
-    lines = [f"LoRA folder: {folder or 'none (put LoRAs in <home>/models/Lora or set ATELIER_MODELS)'}"]
+    lines = [f"LoRA folder: {folder or f'none (put LoRAs in {args.home.resolve()}/models/Lora or set ATELIER_MODELS)'}"]
     for entry in found:
         lines.append(
             f"  {entry['name']}  "
@@ -84,7 +84,7 @@ def run_controlnets(args: argparse.Namespace) -> int:
     with open_studio(args) as studio:
         folder, models, preprocessors = studio.controlnet_folder(), studio.controlnets(), studio.preprocessors()
     lines = [
-        f"ControlNet folder: {folder or 'none (put ControlNets in <home>/models/ControlNet or set ATELIER_MODELS)'}"
+        f"ControlNet folder: {folder or f'none (put ControlNets in {args.home.resolve()}/models/ControlNet or set ATELIER_MODELS)'}"
     ]
     lines += [f"  {entry['name']}  {entry['path']}" for entry in models]
     lines.append("Preprocessors:")

@@ -270,3 +270,44 @@ def test_vary_a_picked_draft_shows_its_children_to_pick_and_refine(page, server)
     page.click("#refine-button")
     wait_text(page, "#draft-status", rf"Refined draft #{first} →")
     shot(page, "28-varied-and-refined")
+
+
+def test_refine_and_rerun_show_before_and_after_on_a_slider_and_two_items_compare(page, server):
+    ids = draft_ids(page, "a red kite over dunes")
+    page.locator("#drafts .thumbnail-item").nth(0).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{ids[0]}")
+    page.click("#refine-button")
+    wait_text(page, "#draft-status", rf"Refined draft #{ids[0]} →")
+    page.wait_for_function("document.querySelectorAll('#refine-compare img').length === 2")
+    page.get_by_role("tab", name="Gallery").click()
+    page.locator("#gallery-grid .thumbnail-item", has_text=f"#{ids[0]} draft").click()
+    page.wait_for_selector("#detail-image img")
+    page.click("#rerun-button")
+    wait_text(page, "#gallery-status", rf"Re-ran #{ids[0]} → \*?\*?#\d+")
+    page.wait_for_function("document.querySelectorAll('#gallery-compare img').length === 2")
+    page.fill("#gallery-compare-with input", str(ids[1]))
+    page.press("#gallery-compare-with input", "Enter")
+    wait_text(page, "#gallery-status", rf"#\d+ \| #{ids[1]}")
+    shot(page, "29-compare")
+
+
+def test_the_syntax_note_reuse_seed_escape_and_readable_limits(page, server):
+    page.fill("#prompt textarea", "(a lighthouse:1.3), [fog|rain]")
+    wait_text(page, "#syntax-note", r"read as \*?\*?a1111")
+    wait_text(page, "#syntax-note", r"\[a\|b\] alternation is not supported")
+    ids = draft_ids(page, "a lighthouse")
+    gallery = server.gallery()
+    try:
+        seed = gallery.get(ids[2]).recipe.seed
+    finally:
+        gallery.close()
+    page.locator("#drafts .thumbnail-item").nth(2).click()
+    wait_text(page, "#draft-status", rf"Picked draft #{ids[2]}")
+    page.click("#reuse-seed")
+    page.wait_for_function(f"() => document.querySelector('#seed input').value === '{seed}'")
+    assert not page.is_checked("#random-seed input")
+    start_long_draft(page, "a long run stopped with Escape")
+    page.keyboard.press("Escape")
+    wait_text(page, "#draft-status", r"Interrupted \(", timeout=30_000)
+    # The Guidance slider's limits read in full at 1400 px (its maximum used to show as "2").
+    assert "20" in page.inner_text("#guidance")

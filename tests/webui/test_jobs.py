@@ -42,8 +42,10 @@ def test_interrupt_stops_that_session_at_the_next_step():
     stream = jobs.stream("a", stepping(1000, 0.01, seen))
     next(stream)  # running now
     assert not jobs.interrupt("someone-else")
+    assert jobs.running()
     assert jobs.interrupt("a") == Stopped(running=1, waiting=0)
     rest = list(stream)
+    assert not jobs.running()
     assert isinstance(rest[-1], Interrupted) and "at step" in rest[-1].message
     assert len(seen) < 1000
 
