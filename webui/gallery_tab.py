@@ -416,16 +416,17 @@ def _wire_actions(
         gpu_event(
             ctx,
             buttons[action].click,
-            _job(ctx, shown, action),
-            inputs={detail.id},
-            outputs=shown.outputs,
+            _job(ctx, shown, pages, action),
+            inputs=pages.inputs | {detail.id},
+            outputs=shown.outputs | pages.outputs,
             status=detail.status,
             api_name=api_name,
         )
 
 
-def _job(ctx: Context, shown: _DetailHandlers, action: str):
-    """A GPU handler that re-runs (or refines) the generation on show and then shows the new one."""
+def _job(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers, action: str):
+    """A GPU handler that re-runs (or refines) the generation on show, then shows the new one (in the
+    detail pane, on the compare slider beside the original, and in the grid)."""
     doing, done = {"rerun": ("Re-running", "Re-ran"), "refine": ("Refining", "Refined")}[action]
     status = shown.detail.status
 
@@ -443,6 +444,7 @@ def _job(ctx: Context, shown: _DetailHandlers, action: str):
             elif isinstance(event, Done):
                 made = event.result.id
                 yield {
+                    **pages.current(values),
                     **shown.show(made),
                     status: f"{done} #{gid} → **#{made}**.",
                     shown.detail.compare: (str(ctx.studio.download_path(gid)), str(ctx.studio.download_path(made))),

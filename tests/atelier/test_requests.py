@@ -10,6 +10,7 @@ import pytest
 from atelier import requests
 from atelier.requests import GenerationRequest, ModelChoice, build_recipe
 from pipelines.recipe import LoraRef, Recipe, RefineSettings
+from tests.atelier.png_helpers import tiny_png
 
 TINY = ModelChoice(base="tiny", refiner="tiny")
 
@@ -146,3 +147,15 @@ def test_a_recorded_sha256_survives_the_merge():
     recorded = (LoraRef("x", sha256="a" * 64, weight=0.5),)
     assert merge_prompt_loras(recorded, "a cat <lora:x:0.9>") == (LoraRef("x", sha256="a" * 64, weight=0.9),)
     assert merge_prompt_loras(recorded, "a cat") == recorded
+
+
+def test_the_gallery_lora_filter_treats_name_and_file_name_alike(tmp_path):
+    from atelier.studio import GalleryFilters, Studio
+
+    with Studio(tmp_path / "home") as studio:
+        recipe = Recipe(model=TINY_REF, prompt="a cat", seed=1, loras=(LoraRef("ink", weight=0.5),))
+        saved = studio.gallery.save(recipe, "txt2img", tiny_png())
+        for typed in ("ink", "ink.safetensors", " ink.safetensors "):
+            found = studio.search(None, GalleryFilters(lora=typed)).items
+            assert [g.id for g in found] == [saved.id], typed
+        assert not studio.search(None, GalleryFilters(lora="other")).items
