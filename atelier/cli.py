@@ -24,7 +24,7 @@ from atelier import __version__
 from atelier.commands.common import run_command
 from atelier.settings import default_home
 
-COMMAND_MODULES = ("generate", "editing", "gallery", "provenance", "models", "bench", "serve")
+COMMAND_MODULES = ("generate", "editing", "upscale", "gallery", "provenance", "models", "bench", "serve")
 
 
 class _WithCommonOptions:

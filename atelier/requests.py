@@ -4,14 +4,20 @@
 Torch-free (standard library, the Recipe and the prompt parser): the CLI validates a request before
 it imports anything heavy. Defaults come from the Recipe's own fields; the rules that decide a value
 the user left open (seed, prompt syntax, size of an img2img, LoRAs named in the prompt) live here once.
+A Draft request becomes a `DraftPlan` (`plan_drafts`): one batch of a Recipe, or — for a dynamic prompt
+(atelier/prompt_expansion.py) or a parameter sweep (atelier/sweeps.py) — one Recipe per draft.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 
+from atelier.prompt_expansion import is_dynamic, resolve_prompts, wildcards_folder  # noqa: F401 (wildcards_folder)
+from atelier.sweeps import Sweep, parse_sweep, swept_recipes
 from pipelines.prompt_syntax import detect_syntax, merge_prompt_loras, prompt_warnings
 from pipelines.recipe import (
     MAX_DRAFTS,
@@ -90,6 +96,10 @@ class GenerationRequest:
     source_size: tuple[int, int] | None = None
     strength: float | None = None
     refine_only: bool = False  # the refiner alone on the source, at refine_strength
+    # Drafts only: every combination of a dynamic prompt (else random draws, seeded by each draft's seed),
+    # and a parameter sweep "PARAMETER=V1,V2,…" (one draft per value; `count` is not used).
+    combinatorial: bool = False
+    sweep: str = ""
 
 
 def default_prompt_syntax() -> str:
@@ -181,6 +191,52 @@ def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
             raise ValueError("refine-only: needs a refine stage (a refiner, or 'base')")
         return refine_any_recipe(recipe, recipe.refine)
     return recipe.replace(mode="img2img", strength=float(request.strength))
+
+
+@dataclass(frozen=True)
+class DraftPlan:
+    """What one Draft request makes. Plain: `count` drafts of `recipe` in one batch (seeds seed, seed+1, …).
+    A dynamic prompt or a sweep: `each`, one recipe per draft, each made alone (Studio.draft_each), with a
+    caption per draft in `labels` (its resolved prompt, or its sweep value)."""
+
+    recipe: Recipe  # the batch's recipe; with `each`, the first draft's
+    count: int
+    each: tuple[Recipe, ...] = ()
+    labels: tuple[str, ...] = ()
+    sweep: Sweep | None = None
+
+
+def plan_drafts(request: GenerationRequest, models: ModelChoice, *, wildcards: Path | None = None) -> DraftPlan:
+    """The validated draft recipes of a request (ValueError naming the field, before any model work).
+    `wildcards`: the folder of `__name__` wildcard files (prompt_expansion.wildcards_folder(home))."""
+    sweep = parse_sweep(request.sweep)
+    if sweep is not None and request.combinatorial:
+        raise ValueError("sweep: cannot be combined with combinatorial prompts; a sweep's cells share one prompt")
+    if not isinstance(request.count, int) or not 1 <= request.count <= MAX_DRAFTS:
+        raise ValueError(f"drafts: must be from 1 to {MAX_DRAFTS} (got {request.count})")
+    request = dataclasses.replace(request, seed=random_seed() if request.seed is None else request.seed)
+    if not is_dynamic(request.prompt):
+        recipe = build_recipe(request, models)
+        if sweep is None:
+            return DraftPlan(recipe=recipe, count=request.count)
+    else:  # a sweep's cells share the prompt drawn with the request's seed
+        count = 1 if sweep is not None else request.count
+        if request.seed + count - 1 > MAX_SEED:
+            raise ValueError(f"seed: must leave room for {count} consecutive seeds (got {request.seed})")
+        seeds = [request.seed + i for i in range(count)]
+        prompts = resolve_prompts(request.prompt, seeds, combinatorial=request.combinatorial, wildcards=wildcards)
+        each = tuple(_resolved(request, models, prompt, seed) for prompt, seed in zip(prompts, seeds))
+        if sweep is None:
+            return DraftPlan(recipe=each[0], count=len(each), each=each, labels=tuple(prompts))
+        recipe = each[0]
+    cells = tuple(swept_recipes(recipe, sweep))
+    return DraftPlan(recipe=cells[0], count=len(cells), each=cells, labels=sweep.labels, sweep=sweep)
+
+
+def _resolved(request: GenerationRequest, models: ModelChoice, prompt: str, seed: int) -> Recipe:
+    """The draft recipe of one prompt a template gave, made alone, recording the template."""
+    recipe = build_recipe(dataclasses.replace(request, prompt=prompt, seed=seed), models)
+    return recipe.replace(stage="draft", prompt_template=request.prompt)
 
 
 def varied_recipes(parent: Recipe, *, strength: float, count: int, variation_seed: int | None = None) -> list[Recipe]:

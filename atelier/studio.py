@@ -32,9 +32,10 @@ from atelier.edit_inputs import (  # noqa: F401 (image_size, open_image: for the
 )
 from atelier.requests import ModelChoice, varied_recipes
 from atelier.studio_values import GalleryFilters, RefineChoice, StepPreview  # noqa: F401 (for the front ends)
+from atelier.sweep_grid import write_sweep_grid  # noqa: F401 (for the front ends)
 from pipelines.errors import GenerationCancelled, OutOfMemory
 from pipelines.provenance.png_metadata import encode_png, read_png
-from pipelines.recipe import Recipe
+from pipelines.recipe import MAX_DRAFTS, Recipe
 from storage.gallery import KINDS, Gallery, Generation, NotFoundError, Page  # noqa: F401 (KINDS, Page: for the front ends)
 
 if TYPE_CHECKING:
@@ -162,10 +163,28 @@ class Studio:
         random when None) at `strength`: see atelier.requests.varied_recipes. Stored once all are made."""
         parent = self.gallery.get(generation_id)
         recipes = varied_recipes(parent.recipe, strength=strength, count=count, variation_seed=variation_seed)
-        inputs, callbacks = stored_inputs(parent.recipe, self.gallery.read_file), _callbacks(on_step, should_cancel)
+        inputs = stored_inputs(parent.recipe, self.gallery.read_file)
+        return self.draft_each(
+            recipes, inputs=inputs, parent_id=generation_id, on_step=on_step, should_cancel=should_cancel
+        )
+
+    def draft_each(
+        self,
+        recipes: list[Recipe],
+        *,
+        inputs: InputFiles | None = None,
+        parent_id: int | None = None,
+        on_step: OnStep | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> list[Saved]:
+        """Each recipe drafted alone (a dynamic prompt's drafts, a sweep's cells, variations), stored once all
+        are made, as one gallery batch (shown together; no batch_seeds, so each re-runs alone)."""
+        if not 1 <= len(recipes) <= MAX_DRAFTS:
+            raise ValueError(f"drafts: must be from 1 to {MAX_DRAFTS} (got {len(recipes)})")
+        inputs, callbacks = inputs or InputFiles(), _callbacks(on_step, should_cancel)
         drafts = [self.engine.draft(r, 1, inputs=inputs.images, **callbacks)[0] for r in recipes]
-        batch_id = uuid.uuid4().hex if count > 1 else None  # shown together; each made alone (no batch_seeds)
-        return [self._save_draft(d, batch_id=batch_id, parent_id=generation_id, inputs=inputs) for d in drafts]
+        batch_id = uuid.uuid4().hex if len(drafts) > 1 else None
+        return [self._save_draft(d, batch_id=batch_id, parent_id=parent_id, inputs=inputs) for d in drafts]
 
     def edit(
         self,
@@ -250,6 +269,33 @@ class Studio:
             else ("refined" if result.recipe.refine else _kind(result.recipe))
         )
         return self._save_final(result, kind, parent_id=generation_id, inputs=inputs)
+
+    def upscale(
+        self,
+        generation_id: int,
+        *,
+        scale: float | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        strength: float = 0.35,
+        steps: int | None = None,
+        upscaler: str = "lanczos",
+        on_step: OnStep | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Saved:
+        """Hires fix: the image enlarged (by `scale`, or to `width`×`height`; ×2 by default) with `upscaler`, then
+        img2img at `strength` for `steps` (the image's own) through base → refiner; see atelier/upscale.py."""
+        from atelier.upscale import UpscaleRequest, pixel_upscaler, prepare_upscale
+
+        wanted = UpscaleRequest(  # bad values fail here, before the gallery or a model is touched
+            scale=scale, width=width, height=height, strength=strength, steps=steps, upscaler=upscaler
+        )
+        parent = self.gallery.get(generation_id)
+        enlarge = pixel_upscaler(upscaler, self.home, lambda: str(self.models.device))  # a missing model fails here
+        image = self.gallery.read_file(parent.image_sha256)
+        recipe, inputs, note = prepare_upscale(parent.recipe, image, wanted, enlarge)
+        saved = self.edit(recipe, inputs, parent_id=generation_id, on_step=on_step, should_cancel=should_cancel)
+        return dataclasses.replace(saved, notes=(note, *saved.notes))
 
     def import_png(self, path: Path) -> Saved:
         """An Atelier or A1111/InvokeAI PNG becomes a gallery entry with its (closest) recipe; bytes unchanged."""

@@ -212,6 +212,9 @@ class Recipe:
     seed: int
     vae: ModelRef | None = None  # a VAE that replaced the model's own (the fp16-fix VAE on CUDA fp16)
     negative_prompt: str = ""
+    # The dynamic prompt (`{a|b}` alternatives, `__name__` wildcards) `prompt` was drawn from; None: typed as
+    # is. A record only: the engine reads `prompt`, so a re-run needs no wildcard file.
+    prompt_template: str | None = None
     prompt_syntax: str = "compel"
     mode: str = "txt2img"
     stage: str = "final"
@@ -252,6 +255,8 @@ class Recipe:
         for name in ("prompt", "negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 _fail(name, "a string", getattr(self, name))
+        if self.prompt_template is not None and (not isinstance(self.prompt_template, str) or not self.prompt_template):
+            _fail("prompt_template", "a non-empty string or null", self.prompt_template)
         if self.prompt_syntax not in PROMPT_SYNTAXES:
             _fail("prompt_syntax", f"one of {', '.join(PROMPT_SYNTAXES)}", self.prompt_syntax)
         if self.mode not in MODES:

@@ -254,7 +254,7 @@ class Gallery:
         return self.search(None, limit=limit, after=after, **filters)
 
     def search(self, query: str | None, *, limit: int = 50, after: str | None = None, **filters: Any) -> Page:
-        """Full text over prompt and negative (see storage.search) combined with filters:
+        """Full text over prompt, negative and prompt template (see storage.search) combined with filters:
         model, lora (names), kind (one or several), since/until (created_at, since inclusive, until
         exclusive), favourite, tag, batch_id, parent_id. Newest (highest id) first."""
         search.check_limit(limit)
@@ -419,6 +419,7 @@ def _row_from_recipe(recipe: Recipe, kind: str, parent_id, batch_id, image_sha: 
         recipe_json=recipe.to_json(),
         prompt=recipe.prompt,
         negative=recipe.negative_prompt,
+        prompt_template=recipe.prompt_template,
         seed=recipe.seed,
         model_name=recipe.model.name,
         model_sha256=recipe.model.sha256,

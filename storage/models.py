@@ -64,6 +64,7 @@ class GenerationRow(Base):
     recipe_json: Mapped[str] = mapped_column(Text, nullable=False)  # exactly as Recipe.to_json wrote it
     prompt: Mapped[str] = mapped_column(Text, nullable=False)
     negative: Mapped[str] = mapped_column(Text, nullable=False)
+    prompt_template: Mapped[str | None] = mapped_column(Text, nullable=True)  # revision 0003
     seed: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
     model_name: Mapped[str] = mapped_column(String(512), nullable=False, index=True)
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,10 +1,10 @@
 """Search conditions for the gallery: full-text query, filters and the keyset cursor.
 
-Full text uses SQLite FTS5 (table generations_fts, created by revision 0002). A query made of plain
-words (commas and other punctuation allowed, as prompts are written) matches rows containing every
-word, in prompt or negative; a query using FTS5 syntax (double quotes, *, AND/OR/NOT/NEAR,
-parentheses, `prompt:` column filters) is passed through as written. Other dialects have no FTS5 and
-fall back to case-insensitive LIKE on each word.
+Full text uses SQLite FTS5 (table generations_fts, created by revision 0002; 0003 adds prompt_template).
+A query made of plain words (commas and other punctuation allowed, as prompts are written) matches
+rows containing every word, in prompt, negative or the dynamic prompt's template; a query using FTS5
+syntax (double quotes, *, AND/OR/NOT/NEAR, parentheses, `prompt:` column filters) is passed through
+as written. Other dialects have no FTS5 and fall back to case-insensitive LIKE on each word.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ MAX_LIMIT = 1000
 FILTERS = ("model", "lora", "kind", "since", "until", "favourite", "tag", "batch_id", "parent_id")
 _FTS_SYNTAX = re.compile(r'["*():^+{}]|\b(AND|OR|NOT|NEAR)\b')
 _WORD_SPLIT = re.compile(r"[\s,;]+")
-FTS_HELP = 'use plain words, "quoted phrases", AND / OR / NOT, prefix* or prompt: / negative: column filters'
+FTS_HELP = (
+    'use plain words, "quoted phrases", AND / OR / NOT, prefix* or prompt: / negative: / prompt_template: '
+    "column filters"
+)
 
 
 def fts_query(query: str) -> str:
@@ -57,12 +60,13 @@ def searched(statement: Select, query: str, after: int | None) -> Select:
 
 
 def like_condition(query: str) -> ColumnElement[bool]:
-    """Fallback without FTS5: every word appears in prompt or negative (case-insensitive)."""
+    """Fallback without FTS5: every word appears in prompt, negative or template (case-insensitive)."""
     words = [re.sub(r'["*():^+{}]', "", w) for w in _WORD_SPLIT.split(query.strip())]
     words = [w for w in words if w and w not in ("AND", "OR", "NOT", "NEAR")]
     if not words:
         raise ValueError(f"search: {query!r} contains no word to search for")
-    return and_(*(or_(GenerationRow.prompt.ilike(f"%{w}%"), GenerationRow.negative.ilike(f"%{w}%")) for w in words))
+    columns = (GenerationRow.prompt, GenerationRow.negative, GenerationRow.prompt_template)
+    return and_(*(or_(*(c.ilike(f"%{w}%") for c in columns)) for w in words))
 
 
 def filter_conditions(filters: dict[str, Any]) -> list[ColumnElement[bool]]:

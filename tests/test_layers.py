@@ -45,6 +45,8 @@ FORBIDDEN = {
     },
     # the application: light to import, never a front end
     "atelier.requests": TORCH_STACK | {"gradio", "webui", "storage", "sqlalchemy", "atelier.studio"} | ENGINE,
+    "atelier.prompt_expansion": TORCH_STACK | {"gradio", "webui", "storage", "sqlalchemy", "atelier.studio"} | ENGINE,
+    "atelier.sweeps": TORCH_STACK | {"gradio", "webui", "storage", "sqlalchemy", "atelier.studio"} | ENGINE,
     "atelier.studio": TORCH_STACK | {"gradio", "webui"},
     "atelier.bench": {"gradio", "webui"},
     "atelier.ui_bench": {"gradio", "webui"},

@@ -9,8 +9,10 @@ never a long positional list.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -373,6 +375,16 @@ def recipe_from_values(c: GenerationControls, values: dict, d: Defaults) -> tupl
     """The Recipe and draft count the controls describe; ValueError (naming the field) if invalid."""
     request = request_from_values(c, values)
     return requests.build_recipe(request, d.models), request.count
+
+
+def plan_from_values(
+    c: GenerationControls, values: dict, d: Defaults, *, sweep: str = "", combinatorial: bool = False, wildcards: Path
+) -> requests.DraftPlan:
+    """The Draft tab's drafts: a batch, or for a dynamic prompt (`{a|b}`, `__wildcard__` from `wildcards`) or
+    a sweep ("guidance=3,5,7") one recipe per draft; ValueError (naming the field) if invalid."""
+    request = request_from_values(c, values)
+    request = dataclasses.replace(request, sweep=(sweep or "").strip(), combinatorial=bool(combinatorial))
+    return requests.plan_drafts(request, d.models, wildcards=wildcards)
 
 
 def named_controls(c: GenerationControls) -> dict[str, gr.components.Component]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from atelier import requests
-from atelier.studio import GalleryFilters, RefineChoice, Saved
+from atelier.studio import GalleryFilters, RefineChoice, Saved, write_sweep_grid
 from webui import bindings
 from webui.context import Context, gpu_event, interrupt_handler, session_of
 from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, one_image_updates, progress_text
@@ -39,6 +39,7 @@ class _Outputs:
     before: gr.Image
     after: gr.Image
     compare: gr.ImageSlider
+    grid: gr.Image  # a sweep's cells side by side, labelled; hidden otherwise
 
 
 def compare_slider(label: str, elem_id: str) -> gr.ImageSlider:
@@ -48,8 +49,10 @@ def compare_slider(label: str, elem_id: str) -> gr.ImageSlider:
     )
 
 
-def caption(saved) -> str:
-    return f"#{saved.id} · seed {saved.recipe.seed}"
+def caption(saved, label: str = "") -> str:
+    """Id and seed, and the sweep value of a cell, or the prompt a dynamic prompt gave."""
+    label = label or (saved.recipe.prompt if saved.recipe.prompt_template else "")
+    return f"#{saved.id} · seed {saved.recipe.seed}" + (f" · {label}" if label else "")
 
 
 def picked_id(value) -> int:
@@ -70,6 +73,11 @@ def render(ctx: Context) -> DraftTab:
     with gr.Row():
         with gr.Column(scale=2):
             controls = bindings.render_generation_controls(ctx.defaults)
+            with gr.Row():  # drafts only: a parameter sweep, and how a dynamic prompt ({a|b}, __wildcard__) is drawn
+                sweep = gr.Textbox(
+                    "", label="Sweep (one draft per value)", placeholder="guidance=3,5,7", elem_id="sweep", scale=3
+                )
+                combinatorial = gr.Checkbox(False, label="Every {a|b} combination", elem_id="combinatorial")
         with gr.Column(scale=3):
             with gr.Row():
                 draft_button = gr.Button("Draft", variant="primary", elem_id="draft-button", scale=3)
@@ -85,6 +93,7 @@ def render(ctx: Context) -> DraftTab:
                 elem_id="drafts",
                 interactive=False,
             )
+            grid = gr.Image(label="Sweep grid", visible=False, elem_id="sweep-grid", **PNG_OUT)
             with gr.Row():
                 selected = gr.Textbox(
                     "",
@@ -115,8 +124,9 @@ def render(ctx: Context) -> DraftTab:
         before=before,
         after=after,
         compare=compare,
+        grid=grid,
     )
-    _wire_drafting(ctx, controls, out, draft_button)
+    _wire_drafting(ctx, controls, out, draft_button, {"sweep": sweep, "combinatorial": combinatorial})
     _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
     _wire_varying(ctx, controls, out, vary_subtle, vary_strong)
     restore = _wire_picking(ctx, controls, out, reuse_seed)
@@ -138,42 +148,61 @@ def render(ctx: Context) -> DraftTab:
     )
 
 
-def _wire_drafting(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, draft_button: gr.Button) -> None:
+def _wire_drafting(
+    ctx: Context, controls: bindings.GenerationControls, out: _Outputs, draft_button: gr.Button, plan_boxes: dict
+) -> None:
     @keeps_outputs(out.status)
     def run_drafts(values: dict, request: gr.Request, ticket: str | None):
-        recipe, count = bindings.recipe_from_values(controls, values, ctx.defaults)
-        for warning in requests.recipe_warnings(recipe):
+        plan = bindings.plan_from_values(
+            controls,
+            values,
+            ctx.defaults,
+            **{name: values[box] for name, box in plan_boxes.items()},
+            wildcards=requests.wildcards_folder(ctx.studio.home),
+        )
+        recipe, count = plan.recipe, plan.count
+        for warning in dict.fromkeys(w for r in plan.each or (recipe,) for w in requests.recipe_warnings(r)):
             gr.Warning(warning, title="Prompt")
         seeds = f"seed {recipe.seed}" if count == 1 else f"seeds {recipe.seed}…{recipe.seed + count - 1}"
+        doing = f"Drafting {count} ({plan.sweep.parameter} sweep, seed {recipe.seed})" if plan.sweep else None
+        doing = doing or f"Drafting {count} ({seeds})"
         # The Seed box shows the seed used, so the same drafts can be made again.
-        yield {out.status: f"Drafting {count} ({seeds})…", controls.seed: recipe.seed}
+        yield {out.status: f"{doing}…", controls.seed: recipe.seed}
 
         def work(on_step, should_cancel):
+            if plan.each:
+                return ctx.studio.draft_each(list(plan.each), on_step=on_step, should_cancel=should_cancel)
             return ctx.studio.draft(recipe, count, on_step=on_step, should_cancel=should_cancel)
 
         for event in ctx.jobs.stream(session_of(request), work, ticket):
             if isinstance(event, Step):
-                yield {out.status: progress_text(event.info, f"Drafting {count}"), out.drafts: event.info.images()}
+                yield {out.status: progress_text(event.info, doing), out.drafts: event.info.images()}
             elif isinstance(event, Interrupted):
                 yield {out.status: f"**{event.message}** — nothing was saved."}
             elif isinstance(event, Done):
                 for note in dict.fromkeys(n for saved in event.result for n in saved.notes):
                     gr.Info(note, title="Note")
-                yield _batch_shown(out, event.result, "ready")
+                grid = (
+                    write_sweep_grid(ctx.studio.downloads_folder(), event.result, plan.labels) if plan.sweep else None
+                )
+                shown = gr.Image(value=str(grid), visible=True) if grid else gr.Image(value=None, visible=False)
+                yield {**_batch_shown(out, event.result, "ready", plan.labels), out.grid: shown}
 
-    outputs = {out.drafts, out.draft_ids, controls.seed}
+    outputs = {out.drafts, out.draft_ids, controls.seed, out.grid}
+    inputs = controls.inputs() | set(plan_boxes.values())
     for trigger, options in (
         (draft_button.click, dict(api_name="draft")),
         (controls.prompt.submit, dict(api_visibility="private")),
     ):
-        gpu_event(ctx, trigger, run_drafts, inputs=controls.inputs(), outputs=outputs, status=out.status, **options)
+        gpu_event(ctx, trigger, run_drafts, inputs=inputs, outputs=outputs, status=out.status, **options)
 
 
-def _batch_shown(out: _Outputs, saved: list, how: str) -> dict:
+def _batch_shown(out: _Outputs, saved: list, how: str, labels: tuple[str, ...] = ()) -> dict:
     ids = f"id {saved[0].id}" if len(saved) == 1 else f"ids {saved[0].id}–{saved[-1].id}"
+    labels = labels or ("",) * len(saved)
     return {
         out.status: f"{len(saved)} draft{'s' if len(saved) > 1 else ''} {how} ({ids}). Click one, then **Refine**.",
-        out.drafts: [(str(s.image), caption(s)) for s in saved],
+        out.drafts: [(str(s.image), caption(s, label)) for s, label in zip(saved, labels)],
         out.draft_ids: [s.id for s in saved],
     }
 

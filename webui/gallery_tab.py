@@ -1,4 +1,4 @@
-"""Gallery: search every generation, inspect its Recipe and lineage, re-run, refine, reload, favourite, delete.
+"""Gallery: search generations, inspect Recipe and lineage; re-run, refine, upscale, reload, favourite, delete.
 
 Three groups of components (filters, the page grid, the detail pane), each a dataclass; handlers take
 their inputs as a named set (a {component: value} dict), never a positional list.
@@ -6,6 +6,7 @@ their inputs as a named set (a {component: value} dict), never a positional list
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, fields
 from typing import Any
@@ -165,6 +166,9 @@ def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
             "favourite": gr.Button("☆ Favourite", elem_id="favourite-button"),
             "delete": gr.Button("Delete", variant="stop", elem_id="delete-button"),
         }
+    with gr.Row():  # hires fix: Lanczos, then img2img at 0.35 through base → refiner (Studio.upscale)
+        buttons["upscale_1_5"] = gr.Button("Upscale ×1.5", size="sm", elem_id="upscale-1-5-button")
+        buttons["upscale_2"] = gr.Button("Upscale ×2", size="sm", elem_id="upscale-2-button")
     with gr.Row(visible=False) as confirm_row:
         gr.Markdown("Delete this generation and its files? Its children stay.")
         buttons["confirm"] = gr.Button("Yes, delete", variant="stop", elem_id="confirm-delete")
@@ -412,11 +416,16 @@ def _wire_actions(
     )
     buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | edit.outputs(), **QUIET)
     dropped.upload(import_png, inputs=dropped, outputs=shown.outputs | controls.inputs() | {dropped}, **QUIET)
-    for action, api_name in (("rerun", "rerun"), ("refine", "gallery_refine")):
+    for button, action, api_name, options in (
+        ("rerun", "rerun", "rerun", {}),
+        ("refine", "refine", "gallery_refine", {}),
+        ("upscale_1_5", "upscale", "upscale_1_5", {"scale": 1.5}),
+        ("upscale_2", "upscale", "upscale_2", {"scale": 2.0}),
+    ):
         gpu_event(
             ctx,
-            buttons[action].click,
-            _job(ctx, shown, pages, action),
+            buttons[button].click,
+            _job(ctx, shown, pages, action, **options),
             inputs=pages.inputs | {detail.id},
             outputs=shown.outputs | pages.outputs,
             status=detail.status,
@@ -424,18 +433,21 @@ def _wire_actions(
         )
 
 
-def _job(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers, action: str):
-    """A GPU handler that re-runs (or refines) the generation on show, then shows the new one (in the
-    detail pane, on the compare slider beside the original, and in the grid)."""
-    doing, done = {"rerun": ("Re-running", "Re-ran"), "refine": ("Refining", "Refined")}[action]
+_ACTIONS = {"rerun": ("Re-running", "Re-ran"), "refine": ("Refining", "Refined"), "upscale": ("Upscaling", "Upscaled")}
+
+
+def _job(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers, action: str, **options):
+    """A GPU handler that re-runs, refines or upscales (`options`: the Studio method's) the generation on
+    show, then shows the new one (in the detail pane, on the compare slider beside the original, and in the grid)."""
+    doing, done = _ACTIONS[action]
     status = shown.detail.status
 
     @keeps_outputs(status)
     def run(values: dict, request: gr.Request, ticket: str | None):
         gid = _current(values[shown.detail.id])
         yield {status: f"{doing} #{gid}…"}
-        method = getattr(ctx.studio, action)
-        work = lambda on_step, should_cancel: method(gid, on_step=on_step, should_cancel=should_cancel)  # noqa: E731
+        method = functools.partial(getattr(ctx.studio, action), gid, **options)
+        work = lambda on_step, should_cancel: method(on_step=on_step, should_cancel=should_cancel)  # noqa: E731
         for event in ctx.jobs.stream(session_of(request), work, ticket):
             if isinstance(event, Step):
                 yield {status: progress_text(event.info, f"{doing} #{gid}")}

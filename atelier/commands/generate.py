@@ -15,6 +15,7 @@ from atelier.commands.common import (
 )
 from atelier.commands.request_options import (
     add_count_argument,
+    add_draft_plan_arguments,
     add_edit_arguments,
     add_recipe_arguments,
     edit_inputs_from_args,
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     add_model_options(draft)
     add_recipe_arguments(draft)
     add_count_argument(draft)
+    add_draft_plan_arguments(draft)  # --combinatorial, --sweep
     add_edit_arguments(draft)  # --lora, --control, --control-param
     add_json_option(draft)
     draft.set_defaults(func=run_draft)
@@ -77,20 +79,35 @@ def draft_recipe(args: argparse.Namespace) -> Recipe:
     return build_recipe(request_from_args(args), choose(args))
 
 
+def draft_plan(args: argparse.Namespace):
+    """The DraftPlan `atelier draft` makes: a batch, or one recipe per draft (a dynamic prompt, --sweep)."""
+    from atelier.requests import plan_drafts, wildcards_folder
+
+    return plan_drafts(request_from_args(args), choose(args), wildcards=wildcards_folder(args.home))
+
+
 def run_draft(args: argparse.Namespace) -> int:
     from atelier.requests import recipe_warnings
+    from atelier.studio import write_sweep_grid
 
-    recipe = draft_recipe(args)  # every value validated before the studio opens or a model loads
-    tell("draft", recipe_warnings(recipe))
+    plan = draft_plan(args)  # every value validated before the studio opens or a model loads
+    tell("draft", [w for recipe in plan.each or (plan.recipe,) for w in recipe_warnings(recipe)])
+    grid = None
     with open_studio(args) as studio:
-        recipe, inputs = edit_inputs_from_args(args, recipe, studio)  # --control
-        saved = studio.draft(recipe, args.count, inputs=inputs)
+        recipe, inputs = edit_inputs_from_args(args, plan.recipe, studio)  # --control
+        if not plan.each:
+            saved = studio.draft(recipe, args.count, inputs=inputs)
+        else:
+            saved = studio.draft_each([r.replace(controlnets=recipe.controlnets) for r in plan.each], inputs=inputs)
+            grid = write_sweep_grid(studio.downloads_folder(), saved, plan.labels) if plan.sweep else None
     tell("draft", [note for s in saved for note in s.notes])
-    return emit(
-        args,
-        {"drafts": [s.as_json() for s in saved]},
-        [f"draft {s.id}  seed {s.recipe.seed}  {s.image}" for s in saved],
-    )
+    labels = plan.labels or ("",) * len(saved)
+    payload = {"drafts": [dict(s.as_json(), **({"label": x} if x else {})) for s, x in zip(saved, labels)]}
+    lines = [f"draft {s.id}  seed {s.recipe.seed}  {s.image}" + (f"  {x}" if x else "") for s, x in zip(saved, labels)]
+    if grid is not None:
+        payload["grid"] = str(grid)
+        lines.append(f"grid {grid}")
+    return emit(args, payload, lines)
 
 
 def run_refine(args: argparse.Namespace) -> int:

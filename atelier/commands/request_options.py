@@ -4,6 +4,10 @@ as in the web UI. Every default shown here is a constant of atelier/requests.py.
 
 `--lora NAME[:W]` (repeatable): a LoRA from the models folder at weight W (default 1); a
 `<lora:NAME:W>` token in the prompt sets the weight of the same LoRA.
+`--prompt` may be a dynamic prompt: `{a|b|c}` alternatives and `__name__` wildcards (<home>/wildcards/name.txt,
+one option per line), drawn at random with each draft's seed, or every combination with `--combinatorial`.
+`--sweep PARAMETER=V1,V2,…` drafts the seed once per value (guidance, steps, switch, scheduler,
+aesthetic_score, seed, lora:NAME).
 `--control TYPE[=MODEL]:IMAGE[:SCALE[:START:END]]` (repeatable): TYPE is a preprocessor (canny,
 shuffle, lineart_standard, none, or an annotator-based one when its weights are here); MODEL is the
 ControlNet (a name in the models folder, a folder, a .safetensors file or a hub id) — left out, the
@@ -33,6 +37,7 @@ from atelier.requests import (
     REQUEST_SYNTAXES,
     GenerationRequest,
 )
+from atelier.sweeps import MAX_CELLS, PARAMETERS
 from pipelines.recipe import MAX_DRAFTS, SCHEDULERS, LoraRef, MicroConditioning, Recipe
 
 if TYPE_CHECKING:  # the CLI starts light: the image and model modules load when a command runs
@@ -161,6 +166,23 @@ def add_count_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_draft_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """--combinatorial and --sweep: how one `atelier draft` becomes several different drafts."""
+    parser.add_argument(
+        "--combinatorial",
+        action="store_true",
+        help="a dynamic prompt ({a|b}, __wildcard__) gives every combination in order, at most --count "
+        "(default: a random draw per draft, seeded by its seed)",
+    )
+    parser.add_argument(
+        "--sweep",
+        default="",
+        metavar="PARAM=V1,V2,…",
+        help=f"one draft of the seed per value, e.g. guidance=3,5,7 ({', '.join(PARAMETERS)}; "
+        f"at most {MAX_CELLS} values; --count is not used); a labelled grid goes to <home>/downloads",
+    )
+
+
 def add_img2img_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strength",
@@ -256,6 +278,8 @@ def request_from_args(args: argparse.Namespace, *, source_size: tuple[int, int] 
         source_size=source_size,
         strength=getattr(args, "strength", None),
         refine_only=getattr(args, "refine_only", False),
+        combinatorial=getattr(args, "combinatorial", False),  # draft only
+        sweep=getattr(args, "sweep", ""),
     )
 
 

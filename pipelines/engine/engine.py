@@ -28,6 +28,7 @@ from pipelines.engine.kept_latent import KeptLatent
 from pipelines.engine.previews import CleanEstimateTap, decode_latents
 from pipelines.engine.prompt_encoding import PromptEncoder
 from pipelines.engine.schedulers import make_scheduler
+from pipelines.engine.vae_tiling import tiling_for
 from pipelines.engine.variation import variation_kwargs
 from pipelines.errors import GenerationCancelled, OutOfMemory  # noqa: F401 (raised here, caught by callers)
 from pipelines.models.controlnet import ControlNetLibrary
@@ -126,7 +127,11 @@ class Engine:
         if recipe.refine.model is not None:  # record the refiner's resolved identity (sha256)
             recipe = recipe.replace(refine=dataclasses.replace(recipe.refine, model=refiner_ref))
         own_loras = recipe.loras if refiner_pipe.unet is base.pipe.unet else ()  # the refiner never gets the base's
-        with self.loras.applied(refiner_pipe, own_loras), self._memory_guard("refining"):
+        with (
+            self.loras.applied(refiner_pipe, own_loras),
+            tiling_for(refiner_pipe.vae, recipe.width, recipe.height),
+            self._memory_guard("refining"),
+        ):
             prompt_kwargs = self._encode(refiner_pipe, recipe, refiner_ref)
             tap = CleanEstimateTap(refiner_pipe.scheduler)
             # A clean latent is re-noised at refine.strength; at least one refiner step (RefineSettings.schedule_steps).
@@ -198,7 +203,10 @@ class Engine:
         tap = CleanEstimateTap(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         if not stage.runs:  # img2img at strength 0: the source itself, unchanged; its latent for the refiner
-            with self._memory_guard(f"encoding the source at {template.width}×{template.height}"):
+            with (
+                tiling_for(pipe.vae, template.width, template.height),
+                self._memory_guard(f"encoding the source at {template.width}×{template.height}"),
+            ):
                 latents = encode_source(pipe, stage.source, len(seeds))
             return [
                 Draft(
@@ -212,6 +220,7 @@ class Engine:
             ]
         with (
             self.loras.applied(pipe, template.loras),
+            tiling_for(pipe.vae, template.width, template.height),  # the source's encode and the previews' decode
             self._memory_guard(f"making {len(seeds)} draft(s) at {template.width}×{template.height}"),
         ):
             prompt_kwargs = self._encode(pipe, template, base.ref)

@@ -23,6 +23,7 @@ MODEL_KINDS = {
     "lora": ("Lora", "loras"),
     "controlnet": ("ControlNet", "controlnet"),
     "vae": ("VAE", "vae"),
+    "upscaler": ("ESRGAN", "upscale_models"),  # ESRGAN-family pixel upscalers (pipelines/models/upscalers.py)
 }
 LAYOUT_MARKERS = {"a1111": ("Stable-diffusion", "Lora"), "comfyui": ("checkpoints", "loras")}
 

@@ -36,7 +36,7 @@ def test_empty_home_gets_head_schema_matching_the_models(home):
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"include_object": _not_fts}), Base.metadata)
     assert diffs == []
     db_file = home / "gallery.db"
-    assert _revision(db_file) == migrate.head_revision() == "0002"
+    assert _revision(db_file) == migrate.head_revision() == "0003"
     assert {
         "generations",
         "generation_loras",
@@ -54,11 +54,11 @@ def _not_fts(obj, name, type_, reflected, compare_to) -> bool:
     return not (type_ == "table" and name and name.startswith("generations_fts"))
 
 
-def _database_at_first_revision(home) -> None:
-    """A gallery as revision 0001 left it, with one generation inserted by hand."""
+def _database_at_first_revision(home, revision: str = migrate.FIRST_REVISION) -> None:
+    """A gallery as `revision` (by default 0001) left it, with one generation inserted by hand."""
     home.mkdir(parents=True)
     db = Database(f"sqlite:///{home / 'gallery.db'}")
-    migrate.upgrade(db, migrate.FIRST_REVISION)
+    migrate.upgrade(db, revision)
     db.close()
     con = sqlite3.connect(home / "gallery.db")
     con.execute(
@@ -77,7 +77,7 @@ def test_upgrade_from_first_revision_backs_up_and_indexes_old_rows(home):
     assert _revision(home / "gallery.db") == "0001"
     gallery = Gallery.open(home)
     try:
-        assert _revision(home / "gallery.db") == "0002"
+        assert _revision(home / "gallery.db") == migrate.head_revision()
         backups = list(home.glob("gallery.db.backup-*-r0001"))
         assert len(backups) == 1
         assert _revision(backups[0]) == "0001" and "generation_tags" not in _tables(backups[0])
@@ -92,6 +92,40 @@ def test_upgrade_from_first_revision_backs_up_and_indexes_old_rows(home):
     assert len(list(home.glob("gallery.db.backup-*"))) == 1
 
 
+def _fts_ids(gallery, query: str) -> list[int]:
+    with gallery.db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT rowid FROM generations_fts WHERE generations_fts MATCH ?", (query,))
+        return sorted(r[0] for r in rows)
+
+
+def test_upgrade_from_0002_adds_the_template_and_keeps_old_rows_searchable(home, recipe, png):
+    _database_at_first_revision(home, "0002")
+    with Gallery.open(home) as gallery:
+        assert _revision(home / "gallery.db") == migrate.head_revision()
+        assert len(list(home.glob("gallery.db.backup-*-r0002"))) == 1
+        assert _fts_ids(gallery, "lighthouse") == [1]  # indexed before 0003, found after the rebuild
+        with gallery.db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT prompt_template FROM generations").fetchall() == [(None,)]
+        made = gallery.save(recipe(prompt="a red kite", prompt_template="a {red|green} kite"), "draft", png(1))
+        assert _fts_ids(gallery, "green") == [made.id] and _fts_ids(gallery, "red") == [made.id]
+        assert [g.id for g in gallery.search("green").items] == [made.id]
+        gallery.delete(made.id)  # the delete trigger takes the template out of the index too
+        assert _fts_ids(gallery, "green") == []
+
+
+def test_downgrade_to_0002_drops_the_template_and_keeps_search(home, recipe, png):
+    from alembic import command
+
+    with Gallery.open(home) as gallery:
+        gallery.save(recipe(prompt="a red kite", prompt_template="a {red|green} kite"), "draft", png(2))
+        config = migrate.alembic_config()
+        with gallery.db.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0002")
+        assert _fts_ids(gallery, "kite") == [1] and _fts_ids(gallery, "green") == []
+    assert _revision(home / "gallery.db") == "0002"
+
+
 def test_failed_migration_keeps_old_schema_and_backup(home):
     _database_at_first_revision(home)
     con = sqlite3.connect(home / "gallery.db")
@@ -101,7 +135,10 @@ def test_failed_migration_keeps_old_schema_and_backup(home):
     with pytest.raises(migrate.MigrationError) as failure:
         Gallery.open(home)
     message = str(failure.value)
-    assert "from schema revision 0001 to 0002 failed" in message and "left at revision 0001" in message
+    assert (
+        f"from schema revision 0001 to {migrate.head_revision()} failed" in message
+        and "left at revision 0001" in message
+    )
     backups = list(home.glob("gallery.db.backup-*"))
     assert len(backups) == 1 and str(backups[0]) in message
     assert _revision(home / "gallery.db") == "0001"
@@ -122,10 +159,10 @@ def test_database_url_from_environment_and_argument(home, tmp_path, monkeypatch)
     elsewhere = tmp_path / "shared" / "atelier.db"
     monkeypatch.setenv("ATELIER_DATABASE_URL", f"sqlite:///{elsewhere}")
     Gallery.open(home).close()
-    assert _revision(elsewhere) == "0002" and not (home / "gallery.db").exists()
+    assert _revision(elsewhere) == migrate.head_revision() and not (home / "gallery.db").exists()
     argument = tmp_path / "arg.db"
     Gallery.open(home, database_url=f"sqlite:///{argument}").close()
-    assert _revision(argument) == "0002"
+    assert _revision(argument) == migrate.head_revision()
     with pytest.raises(ValueError, match="database URL"):
         Gallery.open(home, database_url="not a url")
 

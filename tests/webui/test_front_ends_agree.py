@@ -224,6 +224,29 @@ def test_a_controlnet_request_gives_the_same_recipe_and_inputs(ui, tmp_path):
     assert cli_inputs.files == ui_inputs.files  # the same control image and map stored
 
 
+@pytest.mark.parametrize(
+    "prompt, plan_options, flags",
+    [
+        pytest.param("a {fox|hare} in snow", {}, [], id="dynamic-random"),
+        pytest.param("a {fox|hare} in {snow|rain}", dict(combinatorial=True), ["--combinatorial"], id="combinatorial"),
+        pytest.param("a fox", dict(sweep="guidance=3,5,7"), ["--sweep", "guidance=3,5,7"], id="sweep"),
+        pytest.param("a {fox|hare}", dict(sweep="lora:ink=0,1"), ["--sweep", "lora:ink=0,1"], id="dynamic-sweep"),
+    ],
+)
+def test_a_dynamic_prompt_or_a_sweep_gives_the_same_drafts(ui, prompt, plan_options, flags):
+    from pathlib import Path
+
+    from atelier.commands.generate import draft_plan
+
+    controls, _ = ui
+    values = screen(ui, prompt=prompt, seed=3, count=4, lora_name_0="paper", lora_weight_0=0.4)
+    wildcards = Path("/nonexistent/wildcards")  # the CLI's --home below
+    through_ui = bindings.plan_from_values(controls, values, DEFAULTS, wildcards=wildcards, **plan_options)
+    args = cli("draft", "--prompt", prompt, "--seed", "3", "--count", "4", "--lora", "paper:0.4", *flags)
+    through_cli = draft_plan(args)
+    assert through_cli == through_ui and through_ui.each and len(through_ui.each) == through_ui.count
+
+
 def test_a_lora_picked_and_named_in_the_prompt_has_one_weight_everywhere(ui):
     """The rule the README states: a `<lora:name:w>` token in the prompt sets its LoRA's weight."""
     controls, _ = ui
