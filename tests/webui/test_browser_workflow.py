@@ -311,3 +311,27 @@ def test_the_syntax_note_reuse_seed_escape_and_readable_limits(page, server):
     wait_text(page, "#draft-status", r"Interrupted \(", timeout=30_000)
     # The Guidance slider's limits read in full at 1400 px (its maximum used to show as "2").
     assert "20" in page.inner_text("#guidance")
+
+
+def test_a_dynamic_prompt_and_a_guidance_sweep_from_the_page(page, server):
+    ids = draft_ids(page, "a {red|blue} balloon over a {field|city}")
+    gallery = server.gallery()
+    try:
+        recipes = [gallery.get(i).recipe for i in ids]
+    finally:
+        gallery.close()
+    assert all(r.prompt_template == "a {red|blue} balloon over a {field|city}" for r in recipes)
+    assert all("{" not in r.prompt for r in recipes) and len({r.prompt for r in recipes}) > 1
+    assert page.locator("#drafts .thumbnail-item", has_text=recipes[0].prompt).count() >= 1  # captions say which
+    page.locator("#sweep").locator("input, textarea").first.fill("guidance=3,5,7")
+    cells = draft_ids(page, "a white balloon")
+    assert len(cells) == 3
+    gallery = server.gallery()
+    try:
+        guidance = [gallery.get(i).recipe.guidance for i in cells]
+        seeds = {gallery.get(i).recipe.seed for i in cells}
+    finally:
+        gallery.close()
+    assert guidance == [3.0, 5.0, 7.0] and len(seeds) == 1  # one seed across the swept values
+    page.wait_for_selector("#sweep-grid img")
+    shot(page, "30-sweep-grid")
