@@ -23,7 +23,7 @@ from pipelines.sizes import fit_to_bucket
 @dataclass(frozen=True)
 class InputFiles:
     images: EditInputs = field(default_factory=EditInputs)  # for the engine
-    files: dict[str, bytes] = field(default_factory=dict)  # gallery roles: source, control:N, map:N
+    files: dict[str, bytes] = field(default_factory=dict)  # gallery roles: source, mask, control:N, map:N
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,15 +77,26 @@ def control_map_of(
 
 
 def with_inputs(
-    recipe: Recipe, source: bytes | None = None, controls: list[ControlRequest] = (), annotators_dir: Path | None = None
+    recipe: Recipe,
+    source: bytes | None = None,
+    controls: list[ControlRequest] = (),
+    annotators_dir: Path | None = None,
+    mask: bytes | None = None,
 ) -> tuple[Recipe, InputFiles]:
-    """The recipe with its input hashes recorded, and the images for the engine and the gallery."""
+    """The recipe with its input hashes recorded, and the images for the engine and the gallery.
+    `mask`: inpainting (white = repaint), stored as given under the role "mask"."""
     files: dict[str, bytes] = {}
-    source_image = None
+    source_image = mask_image = None
     if source is not None:
         source_image = open_image(source, "source image")
         files["source"] = source
         recipe = recipe.replace(source_image_sha256=sha256_hex(source))
+    if mask is not None:
+        if source is None:
+            raise ValueError("mask: inpainting needs a source image")
+        mask_image = open_image(mask, "mask")
+        files["mask"] = mask
+        recipe = recipe.replace(mask_sha256=sha256_hex(mask))
     units, maps = [], []
     for i, request in enumerate(controls):
         params, control_map = control_map_of(request, i, recipe.width, recipe.height, annotators_dir)
@@ -106,7 +117,7 @@ def with_inputs(
         )
     if controls:
         recipe = recipe.replace(controlnets=tuple(units))
-    return recipe, InputFiles(EditInputs(source=source_image, control_maps=tuple(maps)), files)
+    return recipe, InputFiles(EditInputs(source=source_image, mask=mask_image, control_maps=tuple(maps)), files)
 
 
 def stored_inputs(recipe: Recipe, read_file) -> InputFiles:
@@ -116,6 +127,10 @@ def stored_inputs(recipe: Recipe, read_file) -> InputFiles:
     if recipe.source_image_sha256:
         files["source"] = read_file(recipe.source_image_sha256)
         source = open_image(files["source"], "stored source image")
+    mask = None
+    if recipe.mask_sha256:
+        files["mask"] = read_file(recipe.mask_sha256)
+        mask = open_image(files["mask"], "stored mask")
     maps = []
     for i, unit in enumerate(recipe.controlnets):
         if not unit.map_sha256:
@@ -124,4 +139,4 @@ def stored_inputs(recipe: Recipe, read_file) -> InputFiles:
         if unit.image_sha256:
             files[f"control:{i}"] = read_file(unit.image_sha256)
         maps.append(open_image(files[f"map:{i}"], f"stored control map {i + 1}"))
-    return InputFiles(EditInputs(source=source, control_maps=tuple(maps)), files)
+    return InputFiles(EditInputs(source=source, mask=mask, control_maps=tuple(maps)), files)

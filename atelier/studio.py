@@ -222,7 +222,7 @@ class Studio:
         # The refiner needs only the latent, but the refined entry must reference its draft's source and
         # control files too: they are what a re-run of it needs, even after the draft is deleted.
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
-        finished = self.engine.refine(draft, **_callbacks(on_step, should_cancel))
+        finished = self.engine.refine(draft, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         return self._save_final(finished, "refined", parent_id=draft_id, inputs=inputs)
 
     def _refined_before(self, draft_id: int, recipe: Recipe) -> Generation | None:
@@ -310,11 +310,16 @@ class Studio:
     # -- edit inputs ---------------------------------------------------------------------------------
 
     def prepare_inputs(
-        self, recipe: Recipe, *, source: bytes | None = None, controls: list[ControlRequest] = ()
+        self,
+        recipe: Recipe,
+        *,
+        source: bytes | None = None,
+        controls: list[ControlRequest] = (),
+        mask: bytes | None = None,
     ) -> tuple[Recipe, InputFiles]:
         """The recipe with its input images' hashes recorded, the images for the engine (control maps
-        made by their preprocessors) and the files for the gallery."""
-        return with_inputs(recipe, source, list(controls), self.annotators_folder())
+        made by their preprocessors; `mask`: inpainting) and the files for the gallery."""
+        return with_inputs(recipe, source, list(controls), self.annotators_folder(), mask)
 
     def control_maps(self, controls: list[ControlRequest], width: int, height: int) -> list[Image.Image]:
         """The maps the preprocessors make of the control images at a size: a preview, no model needed."""

@@ -28,6 +28,9 @@ SCHEDULERS = (
     "LCM",
 )
 MODES = ("txt2img", "img2img")
+INPAINT_AREAS = ("whole", "masked")  # inpaint the whole image, or only the mask's box (plus padding) at full size
+MAX_MASK_BLUR = 64
+MAX_INPAINT_PADDING = 1024
 # "draft": the base stopped at `switch`, its noisy latent kept; "final": the finished image
 # (refined when `refine` is set, otherwise the base ran to the end).
 STAGES = ("draft", "final")
@@ -238,6 +241,13 @@ class Recipe:
     # the base no step before the switch is run, and recorded, as refine_any_recipe at that strength.
     strength: float | None = None
     source_image_sha256: str | None = None  # img2img only
+    # Inpainting (img2img only): the mask image (white = repaint) stored in the gallery by sha256, fitted to
+    # the size like the source; blurred by mask_blur px; "masked" inpaints only its box plus inpaint_padding
+    # px at the recipe's size. Outside the blurred mask the result keeps the source's pixels exactly.
+    mask_sha256: str | None = None
+    mask_blur: int = 0
+    inpaint_area: str = "whole"
+    inpaint_padding: int = 32
     loras: tuple[LoraRef, ...] = ()
     controlnets: tuple[ControlUnit, ...] = ()
     watermark: bool = True  # requested; whether it was applied is recorded in watermark_applied
@@ -294,6 +304,7 @@ class Recipe:
             _check_sha("source_image_sha256", self.source_image_sha256)
         elif self.strength is not None or self.source_image_sha256 is not None:
             _fail("strength", "unset unless mode is img2img", self.strength)
+        self._check_inpaint()
         if not all(isinstance(x, LoraRef) for x in self.loras):
             _fail("loras", "a tuple of LoraRef", self.loras)
         if not all(isinstance(x, ControlUnit) for x in self.controlnets):
@@ -303,6 +314,15 @@ class Recipe:
                 _fail(name, "true or false", getattr(self, name))
         if self.watermark_applied is not None and not isinstance(self.watermark_applied, bool):
             _fail("watermark_applied", "true, false or null", self.watermark_applied)
+
+    def _check_inpaint(self) -> None:
+        _check_sha("mask_sha256", self.mask_sha256)
+        if self.mask_sha256 is not None and self.mode != "img2img":
+            _fail("mask_sha256", "unset unless mode is img2img (inpainting repaints a source image)", self.mask_sha256)
+        _check_int("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
+        if self.inpaint_area not in INPAINT_AREAS:
+            _fail("inpaint_area", f"one of {', '.join(INPAINT_AREAS)}", self.inpaint_area)
+        _check_int("inpaint_padding", self.inpaint_padding, 0, MAX_INPAINT_PADDING)
 
     def _check_variation(self) -> None:
         if self.variation_seed is not None:

@@ -2,7 +2,7 @@
 
 Save order: files first (atomic), then one IMMEDIATE transaction for the rows; a failure removes
 the files this save created, so nothing partial remains. Input roles for `save(inputs=...)`:
-"source" (img2img), "control:N" and "map:N" (ControlNet unit N's image as given and the map it saw;
+"source" (img2img), "mask" (inpainting), "control:N" and "map:N" (ControlNet unit N's image as given and the map it saw;
 "control"/"map" alone mean unit 0).
 """
 
@@ -437,13 +437,16 @@ def _row_from_recipe(recipe: Recipe, kind: str, parent_id, batch_id, image_sha: 
 
 
 def _normalise_inputs(recipe: Recipe, inputs: Mapping[str, bytes]) -> dict[str, bytes]:
-    """Roles "source", "control:N", "map:N"; checks them against the hashes the recipe records."""
+    """Roles "source", "mask", "control:N", "map:N"; checks them against the hashes the recipe records."""
     out: dict[str, bytes] = {}
     for role, data in inputs.items():
         name, _, index = str(role).partition(":")
         if name == "source" and not index:
             key = "source"
             expected = recipe.source_image_sha256
+        elif name == "mask" and not index:
+            key = "mask"
+            expected = recipe.mask_sha256
         elif name in ("control", "map") and (not index or index.isdigit()):
             unit = int(index or 0)
             key = f"{name}:{unit}"
@@ -455,7 +458,7 @@ def _normalise_inputs(recipe: Recipe, inputs: Mapping[str, bytes]) -> dict[str, 
             ctrl = recipe.controlnets[unit]
             expected = ctrl.image_sha256 if name == "control" else ctrl.map_sha256
         else:
-            raise ValueError(f"inputs: unknown role {role!r}; allowed: source, control:N, map:N")
+            raise ValueError(f"inputs: unknown role {role!r}; allowed: source, mask, control:N, map:N")
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise ValueError(f"inputs[{role!r}]: must be non-empty bytes")
         if key in out:

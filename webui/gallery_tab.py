@@ -280,7 +280,7 @@ class _DetailHandlers:
             d.id: g.id,
             d.image: str(self.ctx.studio.download_path(g.id)),
             d.lineage: lineage_text(self.ctx, g),
-            d.recipe: json.dumps(g.recipe.to_dict(), indent=2, sort_keys=True),
+            d.recipe: json.dumps(g.recipe.to_dict(), indent=2),  # the Recipe's order: model, prompt, seed first
             d.favourite: _star(g.favourite),
             d.confirm_row: gr.update(visible=False),
             d.status: "",

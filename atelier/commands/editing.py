@@ -17,8 +17,10 @@ from atelier.commands.common import (
 from atelier.commands.request_options import (
     add_edit_arguments,
     add_img2img_arguments,
+    add_inpaint_arguments,
     add_recipe_arguments,
     edit_inputs_from_args,
+    inpaint_from_args,
     read_image_arg,
     request_from_args,
 )
@@ -31,6 +33,7 @@ def register(subparsers) -> None:
     add_model_options(img2img)
     img2img.add_argument("--image", required=True, help="source: an image file or a gallery id")
     add_img2img_arguments(img2img)  # --strength, --refine-only
+    add_inpaint_arguments(img2img)  # --mask, --mask-blur, --inpaint-area, --inpaint-padding
     add_recipe_arguments(img2img, img2img=True)
     add_edit_arguments(img2img)
     add_json_option(img2img)
@@ -58,7 +61,8 @@ def run_img2img(args: argparse.Namespace) -> int:
     with open_studio(args) as studio:
         source, parent_id = read_image_arg(args.image, studio)
         recipe = img2img_recipe(args, image_size(source))  # validated before any model loads
-        recipe, inputs = edit_inputs_from_args(args, recipe, studio, source)
+        recipe, mask = inpaint_from_args(args, recipe, studio)
+        recipe, inputs = edit_inputs_from_args(args, recipe, studio, source, mask)
         saved = studio.edit(recipe, inputs, parent_id=parent_id)
     tell("img2img", saved.notes)
     return emit(

@@ -199,6 +199,36 @@ def add_img2img_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_inpaint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mask", metavar="FILE|ID", help="inpaint: repaint where this image is white (file or gallery id)"
+    )
+    parser.add_argument(
+        "--mask-blur", type=int, default=0, metavar="PX", help="blur the mask's edge (0-64 px; default 0)"
+    )
+    parser.add_argument(
+        "--inpaint-area",
+        default="whole",
+        metavar="whole|masked",
+        help="whole: inpaint the whole image; masked: only the mask's box (plus padding) at full size",
+    )
+    parser.add_argument(
+        "--inpaint-padding", type=int, default=32, metavar="PX", help="masked area: pixels around the mask (default 32)"
+    )
+
+
+def inpaint_from_args(args: argparse.Namespace, recipe: Recipe, studio) -> tuple[Recipe, bytes | None]:
+    """The recipe with the inpaint settings (checked by Recipe, before any image is read), and the mask's bytes."""
+    settings = {"mask_blur": args.mask_blur, "inpaint_area": args.inpaint_area, "inpaint_padding": args.inpaint_padding}
+    if args.mask is None:
+        if settings != {"mask_blur": 0, "inpaint_area": "whole", "inpaint_padding": 32}:
+            raise ValueError("--mask: --mask-blur, --inpaint-area and --inpaint-padding need a --mask")
+        return recipe, None
+    recipe = recipe.replace(**settings)
+    data, _ = read_image_arg(args.mask, studio)
+    return recipe, data
+
+
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lora",
@@ -319,7 +349,7 @@ def parse_control(text: str) -> tuple[str, str | None, str, tuple[float, ...]]:
 
 
 def edit_inputs_from_args(
-    args: argparse.Namespace, recipe: Recipe, studio, source: bytes | None = None
+    args: argparse.Namespace, recipe: Recipe, studio, source: bytes | None = None, mask: bytes | None = None
 ) -> tuple[Recipe, InputFiles]:
     """--control and --control-param applied to a recipe (its LoRAs are already in it); images
     preprocessed and hashed by the studio. A --control-param goes to every unit whose preprocessor has it."""
@@ -350,7 +380,7 @@ def edit_inputs_from_args(
     unused = sorted(set(params) - used)
     if unused:
         raise ValueError(f"--control-param: {', '.join(unused)} is a setting of none of the --control preprocessors")
-    return studio.prepare_inputs(recipe, source=source, controls=controls)
+    return studio.prepare_inputs(recipe, source=source, controls=controls, mask=mask)
 
 
 def pick_controlnet(kind: str, installed: list[dict]) -> str:

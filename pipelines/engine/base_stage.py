@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipelines.engine.handoff import plan_handoff
 from pipelines.engine.img2img import check_base_steps, stop_at_switch
+from pipelines.engine.inpaint import InpaintArea, check_mask, inpaint_kwargs, prepare
 from pipelines.engine.inputs import EditInputs
 from pipelines.engine.schedulers import make_scheduler
 from pipelines.models.controlnet import ControlNetLibrary, combined, control_kwargs
@@ -36,6 +37,7 @@ class BaseStage:
     source: Image.Image | None = None  # the fitted source (img2img)
     denoising_end: float = 1.0  # where the base stops (the effective switch, see handoff.py); 1.0: the end
     notes: tuple[str, ...] = ()  # adjustments made to run the recipe, in words (see handoff.py)
+    inpaint: InpaintArea | None = None  # inpainting: the area, and what finished images are composited over
 
 
 def check_inputs(recipe: Recipe, inputs: EditInputs | None) -> EditInputs:
@@ -45,6 +47,7 @@ def check_inputs(recipe: Recipe, inputs: EditInputs | None) -> EditInputs:
         raise ValueError("img2img: no source image given (pass an image file, a gallery id or a draft)")
     if recipe.mode != "img2img" and inputs.source is not None:
         raise ValueError("source image: given, but the recipe's mode is txt2img (set mode img2img and a strength)")
+    check_mask(recipe, inputs.mask)
     for image in (inputs.source, *inputs.control_maps):
         if image is not None and not isinstance(image, Image.Image):
             raise ValueError(f"images: must be PIL images (got {type(image).__name__})")
@@ -75,6 +78,8 @@ def plan(
     img2img = recipe.mode == "img2img" and recipe.strength < 1.0
     size = {"width": recipe.width, "height": recipe.height}
     denoising_end = {"denoising_end": end if end < 1.0 else None}
+    if recipe.mask_sha256 is not None:
+        return _inpaint(recipe, base, inputs, derive, end, notes)
     source = fit_to_bucket(inputs.source, recipe.width, recipe.height) if img2img else None
     if not recipe.controlnets:
         if not img2img:
@@ -125,4 +130,26 @@ def plan(
         source=source,
         denoising_end=end if runs else 1.0,
         notes=notes,
+    )
+
+
+def _inpaint(
+    recipe: Recipe, base: Any, inputs: EditInputs, derive: Callable[..., Any], end: float, notes: tuple[str, ...]
+) -> BaseStage:
+    """The base's part of inpainting (see inpaint.py); strength 1 still keeps the source outside the mask."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    area = prepare(recipe, inputs.source, inputs.mask)
+    pipe = derive(StableDiffusionXLInpaintPipeline, base, recipe.scheduler)
+    runs = check_base_steps(pipe.scheduler, recipe, end)
+    kwargs = {**inpaint_kwargs(area, recipe.strength), "denoising_end": end if end < 1.0 else None}
+    return BaseStage(
+        recipe=recipe,
+        pipe=pipe,
+        kwargs=kwargs,
+        runs=runs,
+        source=area.work_source,
+        denoising_end=end if runs else 1.0,
+        notes=notes,
+        inpaint=area,
     )

@@ -21,7 +21,7 @@ from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
-from pipelines.engine import base_stage
+from pipelines.engine import base_stage, inpaint
 from pipelines.engine.img2img import encode_source
 from pipelines.engine.inputs import EditInputs
 from pipelines.engine.kept_latent import KeptLatent
@@ -115,11 +115,23 @@ class Engine:
             for s in seeds
         ]
 
-    def refine(self, draft: Draft, *, on_step: OnStep = None, should_cancel: ShouldCancel = None) -> FinishedImage:
-        """Finish a draft: resume its noisy latent with the refiner (or the base itself)."""
+    def refine(
+        self,
+        draft: Draft,
+        *,
+        inputs: EditInputs | None = None,
+        on_step: OnStep = None,
+        should_cancel: ShouldCancel = None,
+    ) -> FinishedImage:
+        """Finish a draft: resume its noisy latent with the refiner (or the base itself). `inputs`: the
+        source and mask an inpainting draft was made from (the refined image is composited over them)."""
         recipe = draft.recipe
         if recipe.refine is None:
             raise ValueError("refine: this recipe has no refine stage (it was made to run the base to the end)")
+        area = None
+        if recipe.mask_sha256 is not None and not recipe.keeps_source:
+            inputs = base_stage.check_inputs(recipe, inputs)
+            area = inpaint.prepare(recipe, inputs.source, inputs.mask)
         if recipe.keeps_source:  # img2img at strength 0 before the switch: nothing to denoise
             return _finished_from_draft(draft)
         base = self._load_base(recipe.model)
@@ -150,6 +162,8 @@ class Engine:
                 **prompt_kwargs.as_kwargs(),
             ).images
             image = decode_latents(refiner_pipe, latents)[0]
+        if area is not None:  # outside the (blurred) mask: the source's pixels
+            image = area.composite(image)
         finished = self._finish(recipe.replace(stage="final"), image, latents[0])
         return dataclasses.replace(finished, notes=draft.notes)
 
@@ -173,7 +187,7 @@ class Engine:
         if draft.recipe.refine is None:
             # The base ran to the end: its draft preview is already the decoded, watermarked final image.
             return _finished_from_draft(draft)
-        return self.refine(draft, on_step=on_step, should_cancel=should_cancel)
+        return self.refine(draft, inputs=inputs, on_step=on_step, should_cancel=should_cancel)
 
     def rerender(
         self, draft: Draft, steps: int, *, inputs: EditInputs | None = None, **callbacks: Any
@@ -208,11 +222,12 @@ class Engine:
                 self._memory_guard(f"encoding the source at {template.width}×{template.height}"),
             ):
                 latents = encode_source(pipe, stage.source, len(seeds))
+            shown_source = stage.inpaint.source if stage.inpaint else stage.source
             return [
                 Draft(
                     template.replace(seed=seed, watermark_applied=False),
                     KeptLatent(latent.detach().to("cpu"), 1.0),
-                    stage.source.copy(),
+                    shown_source.copy(),
                     source_unchanged=True,
                     notes=stage.notes,
                 )
@@ -243,6 +258,8 @@ class Engine:
                     f"the base ran no step for this recipe (steps {template.steps}, switch {template.switch})"
                 )
             previews = decode_latents(pipe, shown)
+            if stage.inpaint is not None:  # outside the (blurred) mask: the source's pixels
+                previews = [stage.inpaint.composite(p) for p in previews]
         drafts = []
         for seed, latent, preview in zip(seeds, latents, previews):
             recipe = template.replace(seed=seed)

@@ -13,4 +13,5 @@ class EditInputs:
     """Images a recipe refers to by sha256, handed in by the caller (the engine never reads storage)."""
 
     source: Image.Image | None = None  # img2img: the source, any size (fitted to the recipe's size)
+    mask: Image.Image | None = None  # inpainting: white = repaint, any size (fitted like the source)
     control_maps: tuple[Image.Image, ...] = ()  # one per recipe.controlnets unit, already preprocessed

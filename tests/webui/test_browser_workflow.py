@@ -21,11 +21,19 @@ def draft_ids(page, prompt: str, *, steps: int | None = None, press: str | None 
     page.fill("#prompt textarea", prompt)
     if steps is not None:
         page.fill("#steps input[type=number]", str(steps))
+    before = page.inner_text("#draft-status")
     if press:
         page.press("#prompt textarea", press)
     else:
         page.click("#draft-button")
-    text = wait_text(page, "#draft-status", r"drafts? ready|Interrupted")
+    # This press's answer, not the previous batch's line still on screen.
+    page.wait_for_function(
+        "([old, pat]) => { const t = document.querySelector('#draft-status').innerText;"
+        " return t !== old && new RegExp(pat).test(t); }",
+        arg=[before, r"drafts? ready|Interrupted"],
+        timeout=120_000,
+    )
+    text = page.inner_text("#draft-status")
     match = re.search(r"ids (\d+)–(\d+)", text)
     assert match, text
     first, last = map(int, match.groups())
