@@ -21,19 +21,10 @@ def draft_ids(page, prompt: str, *, steps: int | None = None, press: str | None 
     page.fill("#prompt textarea", prompt)
     if steps is not None:
         page.fill("#steps input[type=number]", str(steps))
-    before = page.inner_text("#draft-status")
     if press:
-        page.press("#prompt textarea", press)
+        text = new_status(page, r"drafts? ready|Interrupted", lambda: page.press("#prompt textarea", press))
     else:
-        page.click("#draft-button")
-    # This press's answer, not the previous batch's line still on screen.
-    page.wait_for_function(
-        "([old, pat]) => { const t = document.querySelector('#draft-status').innerText;"
-        " return t !== old && new RegExp(pat).test(t); }",
-        arg=[before, r"drafts? ready|Interrupted"],
-        timeout=120_000,
-    )
-    text = page.inner_text("#draft-status")
+        text = new_status(page, r"drafts? ready|Interrupted", lambda: page.click("#draft-button"))
     match = re.search(r"ids (\d+)–(\d+)", text)
     assert match, text
     first, last = map(int, match.groups())
@@ -125,15 +116,23 @@ def test_a_typed_draft_number_is_refinable_and_a_missing_pick_says_what_to_do(pa
         other.context.close()
 
 
-def refined_id(page, draft_id: int) -> tuple[int, str]:
-    """Press Refine and wait for this press's answer (the status line is cleared first)."""
-    page.evaluate("document.querySelector('#draft-status').setAttribute('data-old', '1')")
-    page.click("#refine-button")
+def new_status(page, pattern: str, press) -> str:
+    """Do `press()` and wait for the Draft status line's answer to it (not the line still on screen,
+    which a progress overlay may briefly prefix)."""
+    before = page.inner_text("#draft-status")
+    press()
     page.wait_for_function(
-        "() => !document.querySelector('#draft-status').hasAttribute('data-old') || "
-        "!/Refined draft/.test(document.querySelector('#draft-status').innerText)"
+        "([old, pat]) => { const t = document.querySelector('#draft-status').innerText;"
+        " return !t.includes(old) && new RegExp(pat).test(t); }",
+        arg=[before, pattern],
+        timeout=120_000,
     )
-    text = wait_text(page, "#draft-status", rf"Refined draft #{draft_id} → \*?\*?#\d+")
+    return page.inner_text("#draft-status")
+
+
+def refined_id(page, draft_id: int) -> tuple[int, str]:
+    """Press Refine and wait for this press's answer."""
+    text = new_status(page, rf"Refined draft #{draft_id} → \*?\*?#\d+", lambda: page.click("#refine-button"))
     return int(re.search(r"→ \*?\*?#(\d+)", text).group(1)), text
 
 
