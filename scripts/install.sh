@@ -27,12 +27,17 @@ extras=""
 [ "$with_tests" = 1 ] && extras="[test]"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".${extras}"
 
-if [ "$with_tests" = 1 ] && [ ! -x /usr/bin/chromium ]; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "warning: could not install chromium; browser tests will be skipped" >&2
-  else
-    echo "note: /usr/bin/chromium missing (apt-get install chromium as root); browser tests will be skipped" >&2
+# The browser tests drive Debian's Chromium; the gallery's PostgreSQL tests start Debian's PostgreSQL.
+if [ "$with_tests" = 1 ]; then
+  missing=""
+  [ -x /usr/bin/chromium ] || missing="$missing chromium"
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$missing postgresql"
+  if [ -n "$missing" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    # shellcheck disable=SC2086
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+      || echo "warning: could not install$missing; those tests will be skipped" >&2
+  elif [ -n "$missing" ]; then
+    echo "note:$missing missing (apt-get install$missing as root); those tests will be skipped" >&2
   fi
 fi
 echo "Atelier installed in .venv"

@@ -1,30 +1,42 @@
-"""The gallery on PostgreSQL (a shared install). Runs only when ATELIER_TEST_POSTGRES_URL names a
-scratch database, e.g. postgresql+psycopg://atelier@/gallery?host=/tmp/pg — it is wiped first."""
+"""The gallery on a real PostgreSQL server: one started for these tests (Debian's `postgresql`, which
+`scripts/install.sh --test` installs), or the scratch database ATELIER_TEST_POSTGRES_URL names, e.g.
+postgresql+psycopg://atelier@/gallery?host=/tmp/pg — it is wiped first."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 
 import pytest
+from postgres_server import postgres_bin_dir, running_postgres
 from sqlalchemy import create_engine, text
 from storage_checks import files_on_disk, make_png
 
 from storage import migrate
 from storage.gallery import Gallery
 
-URL = os.environ.get("ATELIER_TEST_POSTGRES_URL", "")
-pytestmark = pytest.mark.skipif(not URL, reason="set ATELIER_TEST_POSTGRES_URL to a scratch PostgreSQL database")
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    if os.environ.get("ATELIER_TEST_POSTGRES_URL"):
+        yield os.environ["ATELIER_TEST_POSTGRES_URL"]
+        return
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None or importlib.util.find_spec("psycopg") is None:
+        pytest.skip("PostgreSQL is not installed (scripts/install.sh --test installs it and psycopg)")
+    with running_postgres(bin_dir) as url:
+        yield url
 
 
 @pytest.fixture()
-def pg_gallery(home):
-    engine = create_engine(URL)
+def pg_gallery(home, postgres_url):
+    engine = create_engine(postgres_url)
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
-    gallery = Gallery.open(home, database_url=URL)
+    gallery = Gallery.open(home, database_url=postgres_url)
     yield gallery
     gallery.close()
 
