@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from storage.models import FTS_TABLE, KINDS, GenerationLoraRow, GenerationRow, GenerationTagRow
 
 MAX_LIMIT = 1000
+MAX_ID = 2**63 - 1  # SQLite's (and PostgreSQL's bigint) largest integer: larger ids would overflow the driver
 FILTERS = ("model", "lora", "kind", "since", "until", "favourite", "tag", "batch_id", "parent_id")
 _FTS_SYNTAX = re.compile(r'["*():^+{}]|\b(AND|OR|NOT|NEAR)\b')
 _WORD_SPLIT = re.compile(r"[\s,;]+")
@@ -114,8 +115,8 @@ def check_kind(kind: Any, what: str = "kind") -> str:
 
 
 def check_id(value: Any, what: str = "id") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what}: must be a positive integer generation id (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise ValueError(f"{what}: must be a positive integer generation id up to {MAX_ID} (got {value!r})")
     return value
 
 
@@ -156,7 +157,7 @@ def encode_cursor(generation_id: int) -> str:
 
 def decode_cursor(cursor: Any) -> int:
     text_ = str(cursor)
-    if not text_.isdigit() or int(text_) < 1:
+    if not (text_.isascii() and text_.isdigit()) or not 1 <= int(text_) <= MAX_ID:
         raise ValueError(f"after: must be a next_cursor returned by list or search (got {cursor!r})")
     return int(text_)
 
