@@ -75,6 +75,12 @@ TRANSLATIONS = [
     ("(a:1.2.3)", r"(a:1.2.3\))1.1"),
     ("(a:)", "(a:)1.1"),
     ("((a)", "(a)1.21"),
+    ("[unclosed", "(unclosed)0.9091"),  # an unclosed [ still divides by 1.1, as A1111 does
+    ("[a [b", "(a)0.9091 (b)0.8264"),
+    # weight 0 is allowed (the words are silenced), only negative weights are refused
+    ("(word:0)", "(word)0"),
+    ("(word:0.0) x", "(word)0 x"),
+    ("((a:0) b)", "(a)0 (b)1.1"),
     ("", ""),
     # LoRA tokens are not text
     ("a <lora:foo:0.5> b", "a  b"),
@@ -135,6 +141,14 @@ def test_compel_reads_the_translation_with_a1111_weights(prompt):
 def test_compel_syntax_passes_through():
     prompt = "a (cat)1.3 on a mat++, ('red', 'blue').blend(0.5, 0.5)"
     assert to_compel(prompt, "compel") == prompt
+
+
+def test_a1111_bracket_multipliers_are_pinned():
+    from pipelines import prompt_syntax
+
+    assert prompt_syntax._ROUND_MULTIPLIER == 1.1
+    assert prompt_syntax._SQUARE_MULTIPLIER == 1 / 1.1
+    assert parse_a1111_attention("[x]") == [("x", 1 / 1.1)]
 
 
 def test_unknown_syntax_and_negative_weight_are_value_errors():
