@@ -3,6 +3,8 @@
 A file appears only complete: written to a temp file beside its final name, fsync'd, renamed, and
 the directory fsync'd. Deleting renames to a ".del" name first, so a transaction that fails can put
 it back. Temp names start with "." and end in ".tmp" / ".del"; the start-up sweep handles both.
+`scan` lists what is on disk without ever following a symbolic link (a link inside files/ may point
+anywhere, so it is reported and left alone).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import errno
 import hashlib
 import io
 import os
+import re
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -21,6 +25,11 @@ THUMBNAIL_SIDE = 256
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TEMP_SUFFIX = ".tmp"
 TRASH_SUFFIX = ".del"
+# The only names the gallery ever writes: <2 hex>/<62 hex>.<ext>, and its temp/trash forms
+# .<final name>.<hex token>.tmp|.del (the sweep removes nothing that does not match exactly).
+FOLDER_NAME = re.compile(r"[0-9a-f]{2}")
+FINAL_NAME = re.compile(r"[0-9a-f]{62}\.[a-z]{2,12}")
+TEMP_NAME = re.compile(r"\.(?P<final>[0-9a-f]{62}\.[a-z]{2,12})\.[0-9a-f]{1,64}\.(?P<kind>tmp|del)")
 
 
 class GalleryWriteError(OSError):
@@ -89,8 +98,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and (name.endswith(TEMP_SUFFIX) or name.endswith(TRASH_SUFFIX))
+def temp_name_parts(name: str) -> tuple[str, str] | None:
+    """(final name, "tmp" or "del") for a temp/trash name this module writes; None for anything else."""
+    match = TEMP_NAME.fullmatch(name)
+    return (match["final"], match["kind"]) if match else None
+
+
+@dataclass
+class DiskScan:
+    """What `FileStore.scan` found: gallery-named files, temp/trash files, and what it left alone."""
+
+    files: list[tuple[Path, str]] = field(default_factory=list)  # (folder, name), regular files only
+    temps: list[tuple[Path, str]] = field(default_factory=list)
+    links: list[Path] = field(default_factory=list)  # symbolic links: never followed, never removed
+    others: list[Path] = field(default_factory=list)  # names the gallery never writes: left alone
 
 
 class FileStore:
@@ -165,14 +186,35 @@ class FileStore:
         final = trash.with_name(trash.name[1:].rsplit(".", 2)[0])
         os.replace(trash, final)
 
-    def walk(self):
-        """Every entry under the root as (folder, name); skips nothing, sorts nothing."""
-        if not self.root.exists():
-            return
-        for folder in self.root.iterdir():
-            if folder.is_dir() and len(folder.name) == 2:
-                for entry in folder.iterdir():
-                    yield folder, entry.name
+    def scan(self) -> DiskScan:
+        """Every entry under the root, without following symbolic links (the root itself may be one)."""
+        found = DiskScan()
+        if not self.root.is_dir():
+            return found
+        with os.scandir(self.root) as top:
+            for folder in top:
+                if folder.is_symlink():
+                    found.links.append(Path(folder.path))
+                elif folder.is_dir(follow_symlinks=False) and FOLDER_NAME.fullmatch(folder.name):
+                    self._scan_folder(Path(folder.path), found)
+                elif not folder.name.startswith(".") or folder.is_dir(follow_symlinks=False):
+                    found.others.append(Path(folder.path))
+        return found
+
+    @staticmethod
+    def _scan_folder(folder: Path, found: DiskScan) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    found.links.append(Path(entry.path))
+                elif not entry.is_file(follow_symlinks=False):
+                    found.others.append(Path(entry.path))
+                elif FINAL_NAME.fullmatch(entry.name):
+                    found.files.append((folder, entry.name))
+                elif temp_name_parts(entry.name) is not None:
+                    found.temps.append((folder, entry.name))
+                else:
+                    found.others.append(Path(entry.path))
 
     @staticmethod
     def sha_from_name(folder: Path, name: str) -> str:

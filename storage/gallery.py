@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +20,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from pipelines.recipe import Recipe
-from storage import migrate, search
+from storage import journal, migrate, safety, search
 from storage.db import Database
 from storage.db import database_url as resolve_database_url
 from storage.files import FileStore, GalleryWriteError, check_png, check_safetensors, make_thumbnail, sha256_hex
 from storage.homelock import HomeLock
 from storage.models import KINDS, FileRow, GenerationFileRow, GenerationLoraRow, GenerationRow, GenerationTagRow
+from storage.safety import GalleryRefusedError
+from storage.save_rows import normalise_inputs, row_from_recipe
 from storage.sweep import SweepReport, sweep
 
-__all__ = ["KINDS", "Gallery", "Generation", "Page", "NotFoundError", "GalleryWriteError"]
+__all__ = ["KINDS", "Gallery", "Generation", "Page", "NotFoundError", "GalleryWriteError", "GalleryRefusedError"]
 FILES_DIR = "files"
 
 
@@ -70,11 +72,13 @@ class Gallery:
         self._use_fts = db.is_sqlite
 
     @classmethod
-    def open(cls, home: Path, database_url: str | None = None) -> Gallery:
-        """Open (creating if needed) the gallery in `home`: migrate with backup, then sweep.
+    def open(cls, home: Path, database_url: str | None = None, *, adopt_existing_files: bool = False) -> Gallery:
+        """Open (creating if needed) the gallery in `home`: check, migrate with backup, then sweep.
 
         The database URL is the argument, else $ATELIER_DATABASE_URL, else <home>/gallery.db.
-        Migrations and the sweep run only when no other process has this home open.
+        Migrations and the sweep run only when no other process has this home open. A damaged or
+        read-only database, or a new one in a home whose files/ already holds files (unless
+        `adopt_existing_files`: `atelier gallery rebuild`), raises GalleryRefusedError (storage/safety.py).
         """
         home = Path(home).expanduser()
         home.mkdir(parents=True, exist_ok=True)
@@ -83,11 +87,18 @@ class Gallery:
         exclusive = lock.acquire()
         db = None
         try:
+            safety.check_database_file(url)
+            store = FileStore(home / FILES_DIR)
+            guard = exclusive and not adopt_existing_files
+            if guard and safety.is_empty_sqlite_file(url):  # before the file is made
+                safety.refuse_empty_database_over_files(url, store, home)
             db = Database(url)
             report = None
             if exclusive:
+                if guard and migrate.current_revision(db) is None:
+                    safety.refuse_empty_database_over_files(url, store, home)
                 migrate.upgrade(db)
-                report = sweep(db, FileStore(home / FILES_DIR))
+                report = sweep(db, store)
                 lock.share()
             elif migrate.current_revision(db) != migrate.head_revision():
                 raise migrate.MigrationError(
@@ -126,7 +137,9 @@ class Gallery:
     ) -> Generation:
         blobs = self._validated_blobs(recipe, kind, image_png, parent_id, batch_id, latent, inputs)
         created: list[str] = []
+        pending: list[int] = []
         try:
+            pending = self._journal_new_files(blobs)
             stored = []
             for role, data in blobs:
                 sha, relative, new = self.files.put(data)
@@ -140,7 +153,7 @@ class Gallery:
                     if self.files.ensure(relative, data):  # removed by a delete since we wrote it
                         created.append(relative)
                 self._insert_files(session, stored)
-                row = _row_from_recipe(recipe, kind, parent_id, batch_id, stored[0][1])
+                row = row_from_recipe(recipe, kind, parent_id, batch_id, stored[0][1])
                 session.add(row)
                 session.flush()
                 session.add_all(GenerationFileRow(generation_id=row.id, role=r, sha256=s) for r, s, _, _ in stored)
@@ -150,9 +163,10 @@ class Gallery:
                     )
                     for i, lora in enumerate(recipe.loras)
                 )
+                journal.forget(session, pending)  # committed with the rows: the files are now claimed
             new_id = row.id
         except OperationalError as exc:
-            self._discard(created)
+            self._discard(created, pending)
             if "full" in str(exc.orig).lower():
                 raise GalleryWriteError(
                     errno.ENOSPC,
@@ -161,9 +175,24 @@ class Gallery:
                 ) from exc
             raise
         except BaseException:
-            self._discard(created)
+            self._discard(created, pending)
             raise
         return self.get(new_id)
+
+    def _journal_new_files(self, blobs) -> list[int]:
+        """Journal the files this save is about to create (committed before any is written), so a crash
+        before the rows commit leaves debris the sweep can prove. Files already on disk are not
+        journalled: whoever put them there, a failed save must never remove them."""
+        new = {}
+        for _role, data in blobs:
+            sha = sha256_hex(data)
+            relative = self.files.relative_path(sha, data)
+            if not self.files.path(relative).exists():
+                new[sha] = relative
+        if not new:
+            return []
+        with self.db.writing() as session:
+            return journal.record(session, new.items(), journal.PENDING)
 
     def _validated_blobs(self, recipe, kind, image_png, parent_id, batch_id, latent, inputs) -> list:
         if not isinstance(recipe, Recipe):
@@ -178,7 +207,7 @@ class Gallery:
         if latent is not None:
             check_safetensors(latent)
             blobs.append(("latent", bytes(latent)))
-        for role, data in sorted(_normalise_inputs(recipe, inputs or {}).items()):
+        for role, data in sorted(normalise_inputs(recipe, inputs or {}).items()):
             blobs.append((role, data))
         return blobs
 
@@ -194,9 +223,9 @@ class Gallery:
         have = set(session.scalars(select(FileRow.sha256).where(FileRow.sha256.in_(values))))
         session.add_all(FileRow(**v) for sha, v in values.items() if sha not in have)
 
-    def _discard(self, created: list[str]) -> None:
+    def _discard(self, created: list[str], pending: list[int]) -> None:
         """Remove files this failed save created, unless another save has meanwhile recorded them."""
-        if not created:
+        if not created and not pending:
             return
         try:
             with self.db.writing() as session:
@@ -205,8 +234,9 @@ class Gallery:
                 for sha, rel in zip(shas, created):
                     if sha not in recorded:
                         self.files.remove(rel)
+                journal.forget(session, pending)
         except Exception:
-            pass  # left for the start-up sweep, which removes files no row refers to
+            pass  # left for the start-up sweep: the journal still names these files
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -328,6 +358,7 @@ class Gallery:
         parent_id becomes None). Returns the sha256 of the files removed."""
         trashed: list[Path] = []
         removed: list[str] = []
+        given_up: list[int] = []
         try:
             with self.db.writing() as session:
                 self._row_for_update(session, id)
@@ -345,6 +376,7 @@ class Gallery:
                     ).all()
                 )
                 session.execute(delete(FileRow).where(FileRow.sha256.in_(removed)))
+                given_up = journal.record(session, paths.items(), journal.DELETED)
                 # Renamed away while we hold the write lock, so a concurrent save that reuses one
                 # of these files sees it gone and writes it again.
                 trashed = [t for t in (self.files.to_trash(paths[sha]) for sha in removed) if t is not None]
@@ -354,7 +386,17 @@ class Gallery:
             raise
         for trash in trashed:
             trash.unlink(missing_ok=True)
+        self._forget_quietly(given_up)
         return tuple(removed)
+
+    def _forget_quietly(self, entries: list[int]) -> None:
+        if not entries:
+            return
+        try:
+            with self.db.writing() as session:
+                journal.forget(session, entries)
+        except Exception:
+            pass  # harmless: the sweep removes a journalled file only while no row claims it
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -408,62 +450,3 @@ class Gallery:
             )
             for r in rows
         ]
-
-
-def _row_from_recipe(recipe: Recipe, kind: str, parent_id, batch_id, image_sha: str) -> GenerationRow:
-    return GenerationRow(
-        created_at=datetime.now(UTC),
-        kind=kind,
-        parent_id=parent_id,
-        batch_id=batch_id,
-        recipe_json=recipe.to_json(),
-        prompt=recipe.prompt,
-        negative=recipe.negative_prompt,
-        prompt_template=recipe.prompt_template,
-        seed=recipe.seed,
-        model_name=recipe.model.name,
-        model_sha256=recipe.model.sha256,
-        scheduler=recipe.scheduler,
-        steps=recipe.steps,
-        guidance=float(recipe.guidance),
-        width=recipe.width,
-        height=recipe.height,
-        switch=float(recipe.switch),
-        strength=None if recipe.strength is None else float(recipe.strength),
-        image_sha256=image_sha,
-        favourite=False,
-        files_missing=False,
-    )
-
-
-def _normalise_inputs(recipe: Recipe, inputs: Mapping[str, bytes]) -> dict[str, bytes]:
-    """Roles "source", "mask", "control:N", "map:N"; checks them against the hashes the recipe records."""
-    out: dict[str, bytes] = {}
-    for role, data in inputs.items():
-        name, _, index = str(role).partition(":")
-        if name == "source" and not index:
-            key = "source"
-            expected = recipe.source_image_sha256
-        elif name == "mask" and not index:
-            key = "mask"
-            expected = recipe.mask_sha256
-        elif name in ("control", "map") and (not index or index.isdigit()):
-            unit = int(index or 0)
-            key = f"{name}:{unit}"
-            if unit >= len(recipe.controlnets):
-                raise ValueError(
-                    f"inputs: role {role!r} names ControlNet unit {unit}, but the recipe has "
-                    f"{len(recipe.controlnets)} unit(s)"
-                )
-            ctrl = recipe.controlnets[unit]
-            expected = ctrl.image_sha256 if name == "control" else ctrl.map_sha256
-        else:
-            raise ValueError(f"inputs: unknown role {role!r}; allowed: source, mask, control:N, map:N")
-        if not isinstance(data, (bytes, bytearray)) or not data:
-            raise ValueError(f"inputs[{role!r}]: must be non-empty bytes")
-        if key in out:
-            raise ValueError(f"inputs: role {key!r} given twice")
-        if expected is not None and sha256_hex(bytes(data)) != expected:
-            raise ValueError(f"inputs[{role!r}]: its sha256 does not match the one the recipe records ({expected})")
-        out[key] = bytes(data)
-    return out

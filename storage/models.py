@@ -123,3 +123,18 @@ class GenerationTagRow(Base):
     position: Mapped[int] = mapped_column(Integer, nullable=False)
 
     __table_args__ = (Index("ix_generation_tags_tag", "tag"),)
+
+
+class FileJournalRow(Base):
+    """Added by revision 0004: files the gallery itself is about to create ("pending", committed before
+    the file is written) or has just given up ("deleted", committed with the row delete). The start-up
+    sweep removes a journalled file only while no `files` row claims it; nothing else is ever removed
+    for lack of a row (storage/sweep.py)."""
+
+    __tablename__ = "file_journal"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    relative_path: Mapped[str] = mapped_column(String(256), nullable=False)
+    reason: Mapped[str] = mapped_column(String(16), nullable=False)  # "pending" | "deleted"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False)

@@ -1,16 +1,22 @@
 """Gallery subcommands: list, show, delete, export, favourite, tag, import (rerun lives with the
-generating commands: it needs the engine). Errors reach `atelier.commands.common.run_command`, the one
+generating commands: it needs the engine), and `gallery check|repair|rebuild` (atelier/gallery_maintenance.py:
+they work on a gallery the Studio refuses to open). Errors reach `atelier.commands.common.run_command`, the one
 mapping to an exit status (a missing id is a ValueError: 2; a file that cannot be written: 1)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atelier.commands.common import add_json_option, emit, open_studio, tell
-from atelier.studio import GalleryFilters, Generation
+from atelier.studio_values import GalleryFilters
+
+if TYPE_CHECKING:  # the Studio (SQLAlchemy, the gallery) loads when a command runs, not at `atelier` start-up
+    from atelier.studio import Generation
 
 
 def register(subparsers) -> None:
@@ -42,6 +48,21 @@ def register(subparsers) -> None:
         with_id=False,
     )
     p.add_argument("file", type=Path)
+    _register_maintenance(subparsers)
+
+
+def _register_maintenance(subparsers) -> None:
+    parser = subparsers.add_parser("gallery", help="check, repair or rebuild the gallery database")
+    tools = parser.add_subparsers(dest="gallery_command", required=True, metavar="ACTION")
+    for name, func, help_ in (
+        ("check", _check, "report what is wrong with the database and files (changes nothing)"),
+        ("repair", _repair, "copy a damaged database aside, then recover what SQLite can read into a new one"),
+        ("rebuild", _rebuild, "make rows again from the recipes inside the PNGs in files/ that have none"),
+    ):
+        tool = tools.add_parser(name, help=help_)
+        tool.add_argument("--home", type=Path, default=argparse.SUPPRESS, help="as for every command")
+        add_json_option(tool)
+        tool.set_defaults(func=func)
 
 
 def _command(subparsers, name: str, func, help_: str, *, with_id: bool = True):
@@ -174,3 +195,49 @@ def _write(path: Path, data: bytes) -> None:
 def _short(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _check(args) -> int:
+    from atelier import gallery_maintenance
+
+    report = gallery_maintenance.check(args.home)
+    lines = [
+        f"database: {report.database}",
+        f"generations: {'unreadable' if report.generations is None else report.generations}",
+        f"files on disk: {report.files_on_disk} ({report.unreferenced_files} without a row, "
+        f"{report.temp_files} temp), rows whose file is missing: {report.missing_files}",
+        *(f"symbolic link left alone: {link}" for link in report.links),
+        *(f"problem: {problem}" for problem in report.problems),
+        "ok" if report.ok else "not ok: see `atelier gallery repair` / `atelier gallery rebuild` in the README",
+    ]
+    emit(args, {**dataclasses.asdict(report), "ok": report.ok}, lines)
+    return 0 if report.ok else 1
+
+
+def _repair(args) -> int:
+    from atelier import gallery_maintenance
+
+    result = gallery_maintenance.repair(args.home)
+    lines = [
+        f"the damaged database was copied to {result.damaged_copy} (kept)",
+        f"recovered into {result.database}: "
+        + ", ".join(f"{table} {count}" for table, count in result.recovered.items()),
+        *(f"{table}: {count} read error(s), rows past them may be lost" for table, count in result.read_errors.items()),
+        f"generations dropped for a lost image link: {result.dropped_generations} "
+        "(their files stay; `atelier gallery rebuild` adopts the PNGs)",
+    ]
+    if not result.recovered.get("generations"):
+        lines.append("no generation could be read back: `atelier gallery rebuild` makes them again from the PNGs")
+    return emit(args, dataclasses.asdict(result), lines)
+
+
+def _rebuild(args) -> int:
+    from atelier import gallery_maintenance
+
+    report = gallery_maintenance.rebuild(args.home)
+    tell("gallery rebuild", [f"skipped {item}" for item in report.skipped] + list(report.notes))
+    text = (
+        f"rebuilt {len(report.rebuilt)} generation(s) from their PNGs ({report.linked_inputs} input file(s) and "
+        f"{report.linked_latents} kept latent(s) linked; {len(report.skipped)} PNG(s) without a usable recipe skipped)"
+    )
+    return emit(args, dataclasses.asdict(report), text)

@@ -62,11 +62,12 @@ def test_database_full(gallery, home, recipe):
 
     @event.listens_for(gallery.db.engine, "connect")
     def cap_size(dbapi_connection, _record):
-        dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 4}")
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 1}")
 
     gallery.db.engine.dispose()  # new connections get the cap: SQLite reports SQLITE_FULL
     with pytest.raises(GalleryWriteError, match="no space left on the disk holding the database") as failure:
-        gallery.save(recipe(prompt="word " * 20_000), "draft", make_png(2))
+        # Distinct words within the Recipe's prompt limit: the row and its FTS entries need pages.
+        gallery.save(recipe(prompt=" ".join(f"w{i}" for i in range(800))), "draft", make_png(2))
     assert failure.value.errno == errno.ENOSPC
     assert files_on_disk(home) == before and _rows(home) == 1
     event.remove(gallery.db.engine, "connect", cap_size)
