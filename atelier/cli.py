@@ -15,6 +15,7 @@ atelier.commands.common.run_command):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -47,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_home(),
         help="where the gallery, outputs and models live (default: $ATELIER_HOME or ~/.atelier)",
     )
+    common.add_argument(
+        "--database",
+        metavar="URL",
+        help="the gallery database, e.g. postgresql+psycopg://user@host/gallery "
+        "(default: $ATELIER_DATABASE_URL, else gallery.db in the home)",
+    )
+    common.add_argument(
+        "--no-backup",
+        action="store_true",
+        help="upgrade a PostgreSQL gallery's schema without a pg_dump first (SQLite is always copied)",
+    )
     parser = argparse.ArgumentParser(prog="atelier", description="A browser studio for Stable Diffusion XL.")
     parser.add_argument("--version", action="version", version=f"atelier {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,7 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)  # a usage error exits 2 here, with argparse's message
-    return run_command(args)
+    # The storage layer reads these (storage.db / storage.migrate): set for the command, they reach all of it.
+    overrides = {"ATELIER_DATABASE_URL": args.database, "ATELIER_NO_BACKUP": "1" if args.no_backup else None}
+    with _environment({name: value for name, value in overrides.items() if value}):
+        return run_command(args)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ class Gallery:
         self.files = FileStore(home / FILES_DIR)
         self._lock = lock
         self.sweep_report = sweep_report  # None when another process had the gallery open
-        self._use_fts = db.is_sqlite
+        self._text_search = {"sqlite": "fts5", "postgresql": "postgresql"}.get(db.engine.dialect.name, "like")
 
     @classmethod
     def open(cls, home: Path, database_url: str | None = None, *, adopt_existing_files: bool = False) -> Gallery:
@@ -97,7 +97,7 @@ class Gallery:
             if exclusive:
                 if guard and migrate.current_revision(db) is None:
                     safety.refuse_empty_database_over_files(url, store, home)
-                migrate.upgrade(db)
+                migrate.upgrade(db, backup_dir=home / "backups")
                 report = sweep(db, store)
                 lock.share()
             elif migrate.current_revision(db) != migrate.head_revision():
@@ -292,11 +292,14 @@ class Gallery:
             raise ValueError(f"search: the query must be text or None (got {type(query).__name__})")
         statement = select(GenerationRow).where(*search.filter_conditions(filters)).limit(limit + 1)
         cursor = search.decode_cursor(after) if after is not None else None
-        if query is not None and query.strip() and self._use_fts:
-            statement = search.searched(statement, query, cursor)
+        text_query = query if query is not None and query.strip() else None
+        if text_query is not None and self._text_search == "fts5":
+            statement = search.searched(statement, text_query, cursor)
         else:
-            if query is not None and query.strip():
-                statement = statement.where(search.like_condition(query))
+            if text_query is not None:
+                postgres = self._text_search == "postgresql"
+                condition = search.postgres_condition if postgres else search.like_condition
+                statement = statement.where(condition(text_query))
             if cursor is not None:
                 statement = statement.where(GenerationRow.id < cursor)
             statement = statement.order_by(GenerationRow.id.desc())

@@ -1,4 +1,5 @@
-"""Alembic migrations run in code at start-up, after a backup copy of the SQLite database file.
+"""Alembic migrations run in code at start-up, after a backup: a copy of the SQLite database file, or a
+`pg_dump` of a PostgreSQL database (refused without pg_dump unless $ATELIER_NO_BACKUP=1, `--no-backup`).
 
 The whole upgrade runs in one transaction (SQLite and PostgreSQL both have transactional DDL), so
 a failed migration leaves the old schema; the backup is there in case anything still went wrong.
@@ -6,7 +7,11 @@ a failed migration leaves the old schema; the backup is there in case anything s
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import sqlite3
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +26,8 @@ from storage.db import Database, sqlite_file
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 FIRST_REVISION = "0001"
+NO_BACKUP_ENV = "ATELIER_NO_BACKUP"  # "1": migrate PostgreSQL without a pg_dump first (the CLI's --no-backup)
+PG_DUMP_ENV = "ATELIER_PG_DUMP"  # the pg_dump to use (default: on PATH, else Debian's newest)
 
 
 class MigrationError(RuntimeError):
@@ -49,8 +56,9 @@ def current_revision(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(db: Database, target: str = "head") -> MigrationResult:
-    """Bring the database to `target` (normally head), backing the SQLite file up first."""
+def upgrade(db: Database, target: str = "head", *, backup_dir: Path | None = None) -> MigrationResult:
+    """Bring the database to `target` (normally head), backing it up first: SQLite beside its file,
+    PostgreSQL with pg_dump into `backup_dir`."""
     script = ScriptDirectory.from_config(alembic_config())
     wanted = script.get_current_head() if target == "head" else target
     with db.engine.connect() as conn:
@@ -70,7 +78,7 @@ def upgrade(db: Database, target: str = "head") -> MigrationResult:
             f"gallery database {db.engine.url.render_as_string(hide_password=True)} has tables "
             f"({', '.join(sorted(tables)[:5])}) but no Atelier schema revision; it is not an Atelier gallery"
         )
-    backup = _backup(db, current) if current is not None else None
+    backup = _backup(db, current, backup_dir) if current is not None else None
     config = alembic_config()
     try:
         with db.engine.connect() as conn:
@@ -87,8 +95,10 @@ def upgrade(db: Database, target: str = "head") -> MigrationResult:
     return MigrationResult(current, wanted, backup)
 
 
-def _backup(db: Database, revision: str) -> Path | None:
+def _backup(db: Database, revision: str, backup_dir: Path | None) -> Path | None:
     """Copy the SQLite database (with whatever its WAL holds) beside it, with a timestamped name."""
+    if db.engine.dialect.name == "postgresql":
+        return None if os.environ.get(NO_BACKUP_ENV) == "1" else _pg_dump(db, revision, backup_dir)
     path = sqlite_file(db.engine)
     if path is None or not path.exists():
         return None
@@ -103,4 +113,40 @@ def _backup(db: Database, revision: str) -> Path | None:
             dest.close()
     finally:
         source.close()
+    return target
+
+
+def find_pg_dump() -> str | None:
+    if os.environ.get(PG_DUMP_ENV):
+        return os.environ[PG_DUMP_ENV] if os.access(os.environ[PG_DUMP_ENV], os.X_OK) else None
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_dump"), key=lambda p: int(Path(p).parts[-3]))
+    return shutil.which("pg_dump") or (found[-1] if found else None)
+
+
+def _pg_dump(db: Database, revision: str, backup_dir: Path | None) -> Path:
+    """A pg_dump (custom format) of the whole database into `backup_dir`; MigrationError when it cannot."""
+    pg_dump = find_pg_dump()
+    where = db.engine.url.render_as_string(hide_password=True)
+    if pg_dump is None or backup_dir is None:
+        missing = "no pg_dump was found (install PostgreSQL's client tools or set ATELIER_PG_DUMP)"
+        raise MigrationError(
+            f"the gallery database {where} needs a schema upgrade from revision {revision}, and Atelier backs it up "
+            f"first: {missing if pg_dump is None else 'no folder for the backup was given'}; or run once with "
+            "--no-backup (ATELIER_NO_BACKUP=1) to upgrade without a backup"
+        )
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = backup_dir / f"gallery-{stamp}-r{revision}.pgdump"
+    url = db.engine.url.set(drivername="postgresql")
+    env = {**os.environ, **({"PGPASSWORD": url.password} if url.password else {})}
+    plain = url.set(password=None).render_as_string(hide_password=False)
+    result = subprocess.run(
+        [pg_dump, "--format=custom", f"--file={target}", plain], env=env, capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        target.unlink(missing_ok=True)
+        raise MigrationError(
+            f"backing up the gallery database {where} with pg_dump failed before the schema upgrade, so nothing "
+            f"was changed: {result.stderr.strip()[-500:]}; fix that, or upgrade without a backup (--no-backup)"
+        )
     return target

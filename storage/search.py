@@ -4,7 +4,8 @@ Full text uses SQLite FTS5 (table generations_fts, created by revision 0002; 000
 A query made of plain words (commas and other punctuation allowed, as prompts are written) matches
 rows containing every word, in prompt, negative or the dynamic prompt's template; a query using FTS5
 syntax (double quotes, *, AND/OR/NOT/NEAR, parentheses, `prompt:` column filters) is passed through
-as written. Other dialects have no FTS5 and fall back to case-insensitive LIKE on each word.
+as written. PostgreSQL reads the same queries with its own text search (storage/pg_search.py, served by the
+GIN index of revision 0005). Other dialects fall back to case-insensitive LIKE on each word.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from storage.models import FTS_TABLE, KINDS, GenerationLoraRow, GenerationRow, GenerationTagRow
 
 MAX_LIMIT = 1000
-MAX_ID = 2**63 - 1  # SQLite's (and PostgreSQL's bigint) largest integer: larger ids would overflow the driver
+MAX_ID = 2**31 - 1  # the id column is INTEGER: 32 bits on PostgreSQL (larger values overflow the driver)
 FILTERS = ("model", "lora", "kind", "since", "until", "favourite", "tag", "batch_id", "parent_id")
 _FTS_SYNTAX = re.compile(r'["*():^+{}]|\b(AND|OR|NOT|NEAR)\b')
 _WORD_SPLIT = re.compile(r"[\s,;]+")
@@ -58,6 +59,16 @@ def searched(statement: Select, query: str, after: int | None) -> Select:
     if after is not None:
         statement = statement.where(FTS.c.rowid < after)
     return statement.order_by(FTS.c.rowid.desc())
+
+
+def postgres_condition(query: str) -> ColumnElement[bool]:
+    """The same query language on PostgreSQL's text search (storage.pg_search)."""
+    from storage.pg_search import QueryError, pg_text_condition
+
+    try:
+        return pg_text_condition(fts_query(query))
+    except QueryError as exc:
+        raise ValueError(f"search: {query!r} is not a valid full-text query ({exc}); {FTS_HELP}") from None
 
 
 def like_condition(query: str) -> ColumnElement[bool]:

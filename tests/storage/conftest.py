@@ -1,4 +1,5 @@
-"""Fixtures for the gallery tests: small distinct PNGs (Pillow), recipes built directly."""
+"""Fixtures for the gallery tests: small distinct PNGs (Pillow), recipes built directly, and the `gallery`
+on SQLite — and also on a real PostgreSQL server for the modules marked `both_databases`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,35 @@ import pytest
 # pytest runs in importlib mode: make the helpers beside this file importable by the test modules.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from postgres_server import empty_postgres, postgres_bin_dir, running_postgres  # noqa: E402
 from storage_checks import make_latent, make_png, make_recipe  # noqa: E402
+
+
+def pytest_generate_tests(metafunc):
+    """Tests of a module marked `both_databases` that use `gallery` run once per database."""
+    if "gallery" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("database", ["sqlite", "postgresql"])
+
+
+@pytest.fixture()
+def database():
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A scratch PostgreSQL database: ATELIER_TEST_POSTGRES_URL, else a server started for this session."""
+    import importlib.util
+    import os
+
+    if os.environ.get("ATELIER_TEST_POSTGRES_URL"):
+        yield os.environ["ATELIER_TEST_POSTGRES_URL"]
+        return
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None or importlib.util.find_spec("psycopg") is None:
+        pytest.skip("PostgreSQL is not installed (scripts/install.sh --test installs it and psycopg)")
+    with running_postgres(bin_dir) as url:
+        yield url
 
 
 @pytest.fixture()
@@ -35,9 +64,10 @@ def home(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def gallery(home):
+def gallery(home, database, request):
     from storage.gallery import Gallery
 
-    g = Gallery.open(home)
+    url = empty_postgres(request.getfixturevalue("postgres_url")) if database == "postgresql" else None
+    g = Gallery.open(home, database_url=url)
     yield g
     g.close()

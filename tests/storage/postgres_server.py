@@ -15,6 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
 
 def postgres_bin_dir() -> Path | None:
     """The newest installed PostgreSQL's bin folder (Debian layout), or one on PATH; None without one."""
@@ -52,3 +55,13 @@ def running_postgres(bin_dir: Path) -> Iterator[str]:
             run(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def empty_postgres(url: str) -> str:
+    """`url`'s database with its public schema dropped and made again: no tables, no rows."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return url

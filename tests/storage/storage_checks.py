@@ -1,5 +1,5 @@
-"""Helpers shared by the gallery tests and the crash-test writer. Checks go through sqlite3 and the
-file system directly, not through the code under test."""
+"""Helpers shared by the gallery tests and the crash-test writer. Checks go through a connection of their
+own (SQLAlchemy Core, plain SQL) and the file system directly, not through the code under test."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import hashlib
 import io
 import json
 import re
-import sqlite3
 import struct
 from pathlib import Path
 
 from PIL import Image
+from sqlalchemy import create_engine, text, update
+from sqlalchemy.pool import NullPool
 
 from pipelines.recipe import ControlUnit, LoraRef, ModelRef, Recipe
 
@@ -60,52 +61,82 @@ def files_on_disk(home: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
-def _fts_problems(con: sqlite3.Connection) -> list[str]:
-    """The FTS index agrees with the rows: each row is found by its prompt's first and last word,
+def _fts_problems(con, postgres: bool) -> list[str]:
+    """The full-text index agrees with the rows: each row is found by its prompt's first and last word,
     and every hit is a row that exists (SQLite 3.40's integrity-check ignores external content)."""
-    ids = {r[0] for r in con.execute("SELECT id FROM generations")}
-    for gen_id, prompt in con.execute("SELECT id, prompt FROM generations"):
+    if postgres:
+        from storage.pg_search import PG_DOCUMENT
+
+        match = f"SELECT id FROM generations WHERE {PG_DOCUMENT} @@ plainto_tsquery('simple', atelier_unaccent(:word))"
+    else:
+        match = "SELECT rowid FROM generations_fts WHERE generations_fts MATCH :word"
+    ids = {r[0] for r in con.execute(text("SELECT id FROM generations"))}
+    for gen_id, prompt in con.execute(text("SELECT id, prompt FROM generations")).fetchall():
         words = re.findall(r"\w+", prompt)
         for word in {words[0], words[-1]} if words else ():
-            hits = {
-                r[0]
-                for r in con.execute("SELECT rowid FROM generations_fts WHERE generations_fts MATCH ?", (f'"{word}"',))
-            }
+            hits = {r[0] for r in con.execute(text(match), {"word": word if postgres else f'"{word}"'})}
             if gen_id not in hits or not hits <= ids:
-                return [f"FTS index out of sync with generations (word {word!r}, row {gen_id})"]
+                return [f"full-text index out of sync with generations (word {word!r}, row {gen_id})"]
     return []
 
 
-def consistency_problems(home: Path) -> list[str]:
-    """Everything that a crash must never leave behind, checked with sqlite3 and the file system."""
+def database_url(gallery) -> str:
+    """The URL an open gallery uses, password included, for checks made over a connection of their own."""
+    return gallery.db.engine.url.render_as_string(hide_password=False)
+
+
+def consistency_problems(home: Path, url: str | None = None) -> list[str]:
+    """Everything that a crash must never leave behind, checked over a connection of its own (SQLite in the
+    home folder unless `url` names another database) and on the file system."""
     problems: list[str] = []
-    con = sqlite3.connect(home / "gallery.db")
+    engine = create_engine(url or f"sqlite:///{home / 'gallery.db'}", poolclass=NullPool)
+    postgres = engine.dialect.name == "postgresql"
     try:
-        if con.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-            problems.append("integrity_check failed")
-        if con.execute("PRAGMA foreign_key_check").fetchall():
-            problems.append("foreign key violations")
-        problems += _fts_problems(con)
-        rows = dict(con.execute("SELECT sha256, relative_path FROM files").fetchall())
-        for sha_, relative in rows.items():
-            path = home / "files" / relative
-            if not path.exists():
-                problems.append(f"missing file {relative}")
-            elif sha(path.read_bytes()) != sha_:
-                problems.append(f"file {relative} does not hash to {sha_}")
-        for gen_id, image_sha in con.execute("SELECT id, image_sha256 FROM generations"):
-            roles = dict(con.execute("SELECT role, sha256 FROM generation_files WHERE generation_id = ?", (gen_id,)))
-            if roles.get("image") != image_sha or "thumbnail" not in roles:
-                problems.append(f"generation {gen_id} lacks its image or thumbnail link")
-        unlinked = con.execute(
-            "SELECT sha256 FROM files WHERE sha256 NOT IN (SELECT sha256 FROM generation_files)"
-        ).fetchall()
-        if unlinked:
-            problems.append(f"{len(unlinked)} file rows no generation uses")
+        with engine.connect() as con:
+            if not postgres:  # PostgreSQL checks its own pages and enforces foreign keys itself
+                if con.execute(text("PRAGMA integrity_check")).scalar() != "ok":
+                    problems.append("integrity_check failed")
+                if con.execute(text("PRAGMA foreign_key_check")).fetchall():
+                    problems.append("foreign key violations")
+            problems += _fts_problems(con, postgres)
+            rows = dict(con.execute(text("SELECT sha256, relative_path FROM files")).fetchall())
+            for sha_, relative in rows.items():
+                path = home / "files" / relative
+                if not path.exists():
+                    problems.append(f"missing file {relative}")
+                elif sha(path.read_bytes()) != sha_:
+                    problems.append(f"file {relative} does not hash to {sha_}")
+            links = text("SELECT role, sha256 FROM generation_files WHERE generation_id = :id")
+            for gen_id, image_sha in con.execute(text("SELECT id, image_sha256 FROM generations")).fetchall():
+                roles = dict(con.execute(links, {"id": gen_id}).fetchall())
+                if roles.get("image") != image_sha or "thumbnail" not in roles:
+                    problems.append(f"generation {gen_id} lacks its image or thumbnail link")
+            unlinked = con.execute(
+                text("SELECT sha256 FROM files WHERE sha256 NOT IN (SELECT sha256 FROM generation_files)")
+            ).fetchall()
+            if unlinked:
+                problems.append(f"{len(unlinked)} file rows no generation uses")
     finally:
-        con.close()
+        engine.dispose()
     on_disk = files_on_disk(home)
     extra = on_disk - set(rows.values())
     if extra:
         problems.append(f"files without rows or temp files on disk: {sorted(extra)[:5]}")
     return problems
+
+
+def set_created_at(gallery, generation_id: int, when) -> None:
+    """Move a generation in time (date filter tests), on any dialect."""
+    from storage.models import GenerationRow
+
+    with gallery.db.engine.begin() as con:
+        con.execute(update(GenerationRow).where(GenerationRow.id == generation_id).values(created_at=when))
+
+
+def query_rows(gallery, sql: str, **params) -> list[tuple]:
+    engine = create_engine(database_url(gallery), poolclass=NullPool)
+    try:
+        with engine.connect() as con:
+            return [tuple(row) for row in con.execute(text(sql), params)]
+    finally:
+        engine.dispose()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from storage_checks import consistency_problems, make_png
+from storage_checks import consistency_problems, database_url, make_png
+
+pytestmark = pytest.mark.both_databases  # each test runs on SQLite and on PostgreSQL
+
 
 THREADS, WRITES = 8, 500
 SAVE_EVERY = 5  # one write in five is a full save (files + rows); the rest are row-only writes
@@ -48,4 +51,4 @@ def test_parallel_writers_never_see_database_is_locked(gallery, home, recipe):
     last_tag_write = max(w for w in range(WRITES) if w % SAVE_EVERY in (1, 3))
     for t, ids in enumerate(saved):
         assert gallery.get(ids[-1]).tags == (f"t{t}", f"w{last_tag_write}")
-    assert consistency_problems(home) == []
+    assert consistency_problems(home, database_url(gallery)) == []

@@ -36,7 +36,7 @@ def test_empty_home_gets_head_schema_matching_the_models(home):
         diffs = compare_metadata(MigrationContext.configure(conn, opts={"include_object": _not_fts}), Base.metadata)
     assert diffs == []
     db_file = home / "gallery.db"
-    assert _revision(db_file) == migrate.head_revision() == "0004"
+    assert _revision(db_file) == migrate.head_revision() == "0005"
     assert {
         "generations",
         "generation_loras",

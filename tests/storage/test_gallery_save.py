@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 from PIL import Image
-from storage_checks import consistency_problems, control_recipe, files_on_disk, make_png, sha
+from storage_checks import (
+    consistency_problems,
+    control_recipe,
+    database_url,
+    files_on_disk,
+    make_png,
+    query_rows,
+    sha,
+)
 
 from storage.gallery import KINDS, Gallery, NotFoundError
+
+pytestmark = pytest.mark.both_databases  # each test runs on SQLite and on PostgreSQL
 
 
 def test_save_and_get_round_trip(gallery, home, recipe, png, latent):
@@ -25,11 +33,9 @@ def test_save_and_get_round_trip(gallery, home, recipe, png, latent):
     with Image.open(got.thumbnail_path) as thumb:
         assert thumb.format == "WEBP" and thumb.size == (32, 24)
     assert got.image_path.relative_to(home / "files").as_posix() == f"{sha(image)[:2]}/{sha(image)[2:]}.png"
-    con = sqlite3.connect(home / "gallery.db")
-    row = con.execute("SELECT recipe_json, prompt, seed, model_name, strength, width, kind FROM generations").fetchone()
-    con.close()
+    (row,) = query_rows(gallery, "SELECT recipe_json, prompt, seed, model_name, strength, width, kind FROM generations")
     assert row == (r.to_json(), "red fox", 42, "tiny", 0.6, 64, "img2img")  # recipe JSON stored unchanged
-    assert consistency_problems(home) == []
+    assert consistency_problems(home, database_url(gallery)) == []
 
 
 def test_thumbnail_is_at_most_256_pixels(gallery, recipe):
@@ -43,9 +49,7 @@ def test_controlnet_inputs_and_loras(gallery, home):
     r = control_recipe(control, map_)
     saved = gallery.save(r, "controlnet", make_png(12), inputs={"control:0": control, "map": map_})
     assert dict(saved.inputs) == {"control:0": sha(control), "map:0": sha(map_)}
-    con = sqlite3.connect(home / "gallery.db")
-    assert con.execute("SELECT name, weight FROM generation_loras").fetchall() == [("ink", 0.7)]
-    con.close()
+    assert query_rows(gallery, "SELECT name, weight FROM generation_loras") == [("ink", 0.7)]
 
 
 @pytest.mark.parametrize(
@@ -110,7 +114,7 @@ def test_delete_keeps_shared_files_until_the_last_user_goes(gallery, home, recip
     assert files_on_disk(home) == set() and gallery.list().items == ()
     with pytest.raises(NotFoundError):
         gallery.delete(b.id)
-    assert consistency_problems(home) == []
+    assert consistency_problems(home, database_url(gallery)) == []
 
 
 def test_deleting_a_draft_keeps_its_refined_child(gallery, home, recipe, latent):
@@ -120,7 +124,7 @@ def test_deleting_a_draft_keeps_its_refined_child(gallery, home, recipe, latent)
     child = gallery.get(refined.id)
     assert child.parent_id is None and child.image_path.read_bytes() == make_png(2)
     assert not draft.latent_path.exists() and not draft.image_path.exists()
-    assert consistency_problems(home) == []
+    assert consistency_problems(home, database_url(gallery)) == []
 
 
 def test_lineage_draft_refined_rerun(gallery, recipe):

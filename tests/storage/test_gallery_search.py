@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from storage_checks import make_png, make_recipe
+from storage_checks import make_png, make_recipe, set_created_at
 
 from pipelines.recipe import LoraRef, ModelRef
+
+pytestmark = pytest.mark.both_databases  # each test runs on SQLite and on PostgreSQL
+
 
 PROMPTS = [
     ("a red fox in the snow", "blurry"),
@@ -42,15 +44,9 @@ def filled(gallery, home):
                 g = gallery.set_favourite(g.id, True)
             saved.append(g)
     # Spread creation times over 30 days (newest = highest id) to test the date filters.
-    con = sqlite3.connect(home / "gallery.db")
-    start = datetime(2025, 1, 1)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
     for i, g in enumerate(saved):
-        con.execute(
-            "UPDATE generations SET created_at = ? WHERE id = ?",
-            ((start + timedelta(days=i)).strftime("%Y-%m-%d %H:%M:%S.%f"), g.id),
-        )
-    con.commit()
-    con.close()
+        set_created_at(gallery, g.id, start + timedelta(days=i))
     return {g.id: g for g in saved}
 
 
