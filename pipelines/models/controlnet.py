@@ -1,10 +1,11 @@
 """SDXL ControlNets: loaded from a folder, a single .safetensors file, a hub id or a name in the models
 folder, and pipelines derived from the base with `from_pipe` (every base module shared, no copy).
 
-A single file in diffusers' key layout (the common `diffusers_xl_*.safetensors` form) is loaded
-offline with the architecture taken from the base UNet, as `ControlNetModel.from_unet` builds it;
-a file that does not fit that architecture is refused in words (put it in a folder with its
-config.json instead).
+A single file in diffusers' key layout (the common `diffusers_xl_*.safetensors` form) or in the
+original A1111 layout (`control_model.input_hint_block…`, converted on load: controlnet_layout.py)
+is loaded offline with the architecture taken from the base UNet, as `ControlNetModel.from_unet`
+builds it; a file that does not fit that architecture is refused in words (put it in a folder with
+its config.json instead).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipelines.models.controlnet_layout import is_original_layout, read_original
 from pipelines.models.model_files import (
     PICKLE_SUFFIXES,
     HashCache,
@@ -67,10 +69,11 @@ class ControlNetLibrary:
             return "folder", weights.parent
         if path.is_file():
             header = read_safetensors_header(path)  # pickles and corrupt files refused here
-            if not any(k.startswith(DIFFUSERS_KEYS) for k in header):
+            if not any(k.startswith(DIFFUSERS_KEYS) for k in header) and not is_original_layout(header):
                 raise ValueError(
                     f"{path}: not an SDXL ControlNet in diffusers' layout (no controlnet_cond_embedding/"
-                    "controlnet_down_blocks tensors); put the model in a folder with its config.json"
+                    "controlnet_down_blocks tensors) nor in the original A1111 layout (no control_model."
+                    "input_hint_block/zero_convs tensors); put the model in a folder with its config.json"
                 )
             return "single_file", path
         if HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
@@ -163,8 +166,10 @@ def _from_single_file(path: Path, unet: Any, dtype: Any) -> Any:
 
     with torch.device("meta"):
         model = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    original = is_original_layout(read_safetensors_header(path))
+    state = read_original(path, model.state_dict(), dict(model.config)) if original else load_file(str(path))
     try:
-        model.load_state_dict(load_file(str(path)), strict=True, assign=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
         raise ValueError(
             f"{path}: does not fit this base model's ControlNet architecture ({_first_line(error)}); "

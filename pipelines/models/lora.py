@@ -26,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.models.model_files import HashCache, ModelsFolder, models_root, read_safetensors_header
+from pipelines.models.model_files import (
+    HashCache,
+    ModelsFolder,
+    models_root,
+    read_safetensors_header,
+    short_autov3,
+)
 from pipelines.prompt_syntax import merge_prompt_loras as merged_loras
 from pipelines.recipe import LoraRef, Recipe
 
@@ -148,6 +154,46 @@ class LoraLibrary:
             if shas.count(ref.sha256) > 1:
                 raise ValueError(f"loras: {ref.name!r} is the same file as another LoRA in this recipe; give it once")
         return recipe.replace(loras=tuple(resolved))
+
+    # -- A1111 / Civitai hashes -------------------------------------------------------------------
+
+    def autov3_hashes(self, loras: tuple[LoraRef, ...]) -> dict[str, str]:
+        """sha256 -> the AutoV3 short hash A1111 writes in "Lora hashes", for the resolved LoRAs whose file
+        (found by name) still has that sha256; a LoRA whose file is gone or changed gets none."""
+        found = {}
+        for ref in loras:
+            try:
+                path = self.find(ref.name).path
+                if ref.sha256 and self.hashes.sha256(path) == ref.sha256:
+                    found[ref.sha256] = short_autov3(self.hashes.autov3(path))
+            except (ValueError, OSError):
+                continue
+        return found
+
+    def pin_short_hashes(self, recipe: Recipe, short: tuple[tuple[str, str], ...]) -> tuple[Recipe, set[str]]:
+        """An A1111 recipe's LoRAs pinned to the local files whose AutoV3 (or, from older writers, sha256)
+        starts with the infotext's short hash: (recipe with local names and full sha256, names pinned).
+        The file of the same name is tried first; the rest of the folder is hashed once (cached)."""
+        wanted = {name: digest.lower() for name, digest in short if len(digest) >= 10}
+        pinned, loras = set(), []
+        for ref in recipe.loras:
+            match = self._by_short_hash(ref.name, wanted[ref.name]) if ref.name in wanted and not ref.sha256 else None
+            if match is None:
+                loras.append(ref)
+                continue
+            local, sha = match
+            loras.append(LoraRef(name=local, sha256=sha, weight=ref.weight))
+            pinned.add(ref.name)
+        return (recipe.replace(loras=tuple(loras)) if pinned else recipe), pinned
+
+    def _by_short_hash(self, name: str, digest: str) -> tuple[str, str] | None:
+        entries = [e for e in self.available() if "format" in e]
+        entries.sort(key=lambda e: e["name"] != name)  # the file of the same name first
+        for entry in entries:
+            path = Path(entry["path"])
+            if self.hashes.autov3(path).startswith(digest) or self.hashes.sha256(path).startswith(digest):
+                return entry["name"], self.hashes.sha256(path)
+        return None
 
     # -- applying --------------------------------------------------------------------------------
 

@@ -13,9 +13,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.recipe import loads_limited_json
+
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses headers above 100 MB
+# A .safetensors JSON header is read whole before parsing: a checkpoint's is ~0.3 MB, a LoRA's with kohya
+# training metadata a few MB; safetensors itself accepts up to 100 MB.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 HASH_CHUNK = 8 * 1024 * 1024
+AUTOV2_SHORT, AUTOV3_SHORT = 10, 12  # hex digits A1111 writes for a checkpoint / a LoRA
 
 # Models folder layouts: kind -> sub-folder names (A1111 first, ComfyUI second). Matched case-insensitively.
 MODEL_KINDS = {
@@ -71,12 +76,16 @@ def read_safetensors_header(path: Path) -> dict:
         if len(raw_len) < 8:
             raise ValueError(f"{path}: not a valid .safetensors file (only {size} bytes)")
         (header_len,) = struct.unpack("<Q", raw_len)
-        if kind != "safetensors" or header_len > min(MAX_HEADER_BYTES, size - 8):
+        if kind != "safetensors" or header_len > size - 8:
             raise ValueError(f"{path}: not a valid .safetensors file (unrecognised or corrupt header)")
+        if header_len > MAX_HEADER_BYTES:
+            raise ValueError(
+                f"{path}: its .safetensors header is {header_len} bytes, over the limit of {MAX_HEADER_BYTES}"
+            )
         try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{path}: corrupt .safetensors header (not valid JSON)") from None
+            header = loads_limited_json(f.read(header_len), what="header", max_chars=MAX_HEADER_BYTES)
+        except ValueError as error:
+            raise ValueError(f"{path}: corrupt .safetensors {error}") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: corrupt .safetensors header (not a JSON object)")
     data_end = 0
@@ -116,7 +125,7 @@ class HashCache:
                     data = json.loads(self.file.read_text())
                     if isinstance(data, dict):
                         self._entries = data
-                except (OSError, ValueError):
+                except (OSError, ValueError, RecursionError):
                     pass  # a damaged cache is only a lost speed-up
         return self._entries
 
@@ -130,15 +139,34 @@ class HashCache:
         os.replace(tmp, self.file)
 
     def sha256(self, path: Path) -> str:
+        """The whole file's sha256 (the Recipe's hash; its first 10 hex are A1111's AutoV2 "Model hash")."""
+        return self._cached(path, "sha256", sha256_of_file)
+
+    def autov3(self, path: Path) -> str:
+        """sha256 of a .safetensors file's tensor data (A1111/Civitai "AutoV3"; they show its first 12 hex)."""
+        return self._cached(path, "autov3", autov3_of_file)
+
+    def cached(self, path: Path, field: str) -> str | None:
+        """A hash already known for this version of the file, without hashing anything."""
         path = Path(path).resolve()
         st = path.stat()
-        key = str(path)
-        entries = self._load()
-        entry = entries.get(key)
+        entry = self._load().get(str(path))
         if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-            return entry["sha256"]
-        digest = sha256_of_file(path)
-        entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            return entry.get(field)
+        return None
+
+    def _cached(self, path: Path, field: str, compute) -> str:
+        path = Path(path).resolve()
+        known = self.cached(path, field)
+        if known is not None:
+            return known
+        st = path.stat()
+        digest = compute(path)
+        entries = self._load()
+        entry = entries.get(str(path))
+        if not (entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns):
+            entry = entries[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        entry[field] = digest
         self._save()
         return digest
 
@@ -149,6 +177,29 @@ def sha256_of_file(path: Path) -> str:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def autov3_of_file(path: Path) -> str:
+    """A1111's `addnet_hash_safetensors`: sha256 of the bytes after the 8-byte length and the JSON header,
+    so editing a file's metadata does not change it. Civitai calls it AutoV3 and shows the first 12 hex."""
+    path = Path(path)
+    if sniff_format(path) != "safetensors":
+        raise ValueError(f"{path}: AutoV3 hashes are defined for .safetensors files only")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + header_len)
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def short_autov3(digest: str) -> str:
+    return digest[:AUTOV3_SHORT]
+
+
+def short_autov2(sha256: str) -> str:
+    return sha256[:AUTOV2_SHORT]
 
 
 def folder_weight_files(folder: Path, variant: str | None = None) -> list[Path]:

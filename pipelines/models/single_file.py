@@ -9,17 +9,34 @@ Original key layout (what A1111, ComfyUI and Civitai use):
 
 Loading passes `config=` a local diffusers folder, so diffusers never reaches for the hub: the
 folder with the same stem beside the file when there is one (tiny/base.safetensors +
-tiny/base/), otherwise the shipped SDXL 1.0 skeleton of the file's kind.
+tiny/base/), otherwise one made from the file's own shapes (checkpoint_shapes.py: SDXL 1.0,
+SSD-1B, Vega, inpainting, ...) with the shipped SDXL 1.0 skeleton's scheduler and tokenizers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from pipelines.models.checkpoint_shapes import (
+    HINTS_KEY,
+    ShapeMismatch,
+    hints_for_folder,
+    infer_bigg_config,
+    infer_clip_l_config,
+    infer_unet_config,
+    infer_vae_config,
+    unet_variant,
+)
 from pipelines.models.model_files import read_safetensors_header
 
 SKELETONS = Path(__file__).resolve().parent / "model_configs"
+# Config folders made from files' shapes: content-addressed, so any process may share them.
+INFERRED_CONFIGS = Path(tempfile.gettempdir()) / "atelier-inferred-configs"
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP_L = "conditioner.embedders.0.transformer."
 BIGG_BASE, BIGG_REFINER = "conditioner.embedders.1.model.", "conditioner.embedders.0.model."
@@ -205,8 +222,13 @@ def write_single_file(folder: Path, dest: Path) -> Path:
     if dest.suffix != ".safetensors":
         raise ValueError(f"{dest}: a single-file checkpoint must be written as .safetensors")
     state = {k: v.contiguous() for k, v in folder_to_original(folder).items()}
+    configs = {
+        c: json.loads((Path(folder) / c / "config.json").read_text())
+        for c in ("unet", "vae", "text_encoder", "text_encoder_2")
+        if (Path(folder) / c / "config.json").exists()
+    }
     tmp = dest.with_name(dest.name + ".partial")
-    save_file(state, str(tmp), metadata={"format": "pt"})
+    save_file(state, str(tmp), metadata={"format": "pt", HINTS_KEY: hints_for_folder(configs)})
     tmp.replace(dest)
     return dest
 
@@ -237,12 +259,65 @@ def detect_kind(path: Path, header: dict | None = None) -> str:
     return kind
 
 
-def config_for(path: Path, kind: str) -> Path:
-    """The config folder for a single file: a diffusers folder of the same stem beside it, else the skeleton."""
+def config_for(path: Path, kind: str, header: dict | None = None) -> Path:
+    """The config folder for a single file: a diffusers folder of the same stem beside it, else one
+    made from the file's shapes (ValueError naming what does not fit when diffusers cannot build it)."""
     sidecar = Path(path).with_suffix("")
     if (sidecar / "model_index.json").is_file():
         return sidecar
-    return SKELETONS / f"sdxl_{kind}"
+    header = read_safetensors_header(path) if header is None else header
+    return _config_folder(inferred_configs(path, header, kind), kind)
+
+
+def inferred_configs(path: Path, header: dict, kind: str) -> dict[str, dict]:
+    """Component configs (unet, vae, text encoders) read from the file's shapes."""
+
+    def skeleton(component: str) -> dict:
+        return json.loads((SKELETONS / f"sdxl_{kind}" / component / "config.json").read_text())
+
+    try:
+        te2 = infer_bigg_config(header, kind, skeleton("text_encoder_2"))
+        configs = {"text_encoder_2": te2, "vae": infer_vae_config(header, skeleton("vae"))}
+        configs["unet"] = infer_unet_config(header, kind, te2["projection_dim"])
+        if kind == "base":
+            configs["text_encoder"] = infer_clip_l_config(header, skeleton("text_encoder"))
+    except ShapeMismatch as error:
+        raise ValueError(f"{path}: an SDXL-like {kind} checkpoint that Atelier cannot build: {error}") from None
+    except (TypeError, KeyError, IndexError, ValueError):  # a tell-tale weight is missing or malformed
+        raise ValueError(
+            f"{path}: incomplete SDXL {kind} checkpoint (weights its architecture needs are missing)"
+        ) from None
+    return configs
+
+
+def _config_folder(configs: dict[str, dict], kind: str) -> Path:
+    """A diffusers config folder: the inferred component configs, the rest linked from the skeleton."""
+    skeleton = SKELETONS / f"sdxl_{kind}"
+    digest = hashlib.sha256(json.dumps([kind, configs], sort_keys=True).encode()).hexdigest()[:20]
+    folder = INFERRED_CONFIGS / f"sdxl_{kind}_{digest}"
+    if (folder / "model_index.json").exists():
+        return folder
+    INFERRED_CONFIGS.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=INFERRED_CONFIGS, prefix=".partial-"))
+    for child in skeleton.iterdir():
+        if child.name in configs:
+            (tmp / child.name).mkdir()
+            (tmp / child.name / "config.json").write_text(json.dumps(configs[child.name], indent=2, sort_keys=True))
+        else:
+            (tmp / child.name).symlink_to(child.resolve())
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process made the same folder meanwhile: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def describe_single_file(path: Path, header: dict | None = None) -> tuple[str, str]:
+    """(kind, variant) of an SDXL-family single file, e.g. ("base", "SSD-1B"); ValueError in words."""
+    header = read_safetensors_header(path) if header is None else header
+    kind = detect_kind(path, header)
+    configs = inferred_configs(path, header, kind)
+    return kind, unet_variant(configs["unet"], header)
 
 
 def _shape(header: dict, key: str) -> list[int] | None:
@@ -306,8 +381,12 @@ def _translate(path: Path, config: Path, kind: str, error: Exception) -> ValueEr
         reason = "weight shapes differ from the architecture"
     else:
         reason = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+    try:
+        shaped = f" (its UNet is shaped like {describe_single_file(path)[1]})"
+    except ValueError:
+        shaped = ""
     return ValueError(
-        f"{path}: could not be loaded as an SDXL {kind} checkpoint with the config in {config} ({reason})"
+        f"{path}: could not be loaded as an SDXL {kind} checkpoint{shaped} with the config in {config} ({reason})"
     )
 
 
@@ -318,7 +397,7 @@ def inspect_single_file(path: Path, config: Path | None = None) -> tuple[str, Pa
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: this is a .safetensors file with another suffix; rename it to end in .safetensors")
     kind = detect_kind(path, header)
-    config = Path(config) if config is not None else config_for(path, kind)
+    config = Path(config) if config is not None else config_for(path, kind, header)
     check_against_config(path, header, config, kind)
     return kind, config
 
@@ -330,6 +409,12 @@ def load_single_file(path: Path, pipeline_class, *, dtype=None, config: Path | N
     Returns (pipe, kind, config folder).
     """
     kind, config = inspect_single_file(path, config)
+    unet = json.loads((config / "unet" / "config.json").read_text())
+    if unet.get("in_channels", 4) != 4 and "Inpaint" not in pipeline_class.__name__:
+        raise ValueError(
+            f"{path}: an inpainting checkpoint ({unet['in_channels']} UNet input channels); Atelier draws and "
+            "refines with 4-channel SDXL checkpoints, so it cannot be used as a base or refiner"
+        )
     try:
         pipe = pipeline_class.from_single_file(
             str(path), config=str(config), local_files_only=True, dtype=dtype, add_watermarker=False, **components

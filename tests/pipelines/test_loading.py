@@ -9,6 +9,7 @@ import weakref
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from pipelines.models.loading import ModelCache, pick_device, pick_dtype
 from pipelines.models.model_files import HashCache, folder_digest
@@ -188,14 +189,14 @@ def test_bad_files_are_refused_in_words(cache, tiny_files, tmp_path):
     truncated.write_bytes((files / "base.safetensors").read_bytes()[:100_000])
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 1000)
-    lone = tmp_path / "lone.safetensors"  # tiny weights, no config beside: the real SDXL skeleton
-    shutil.copyfile(files / "base.safetensors", lone)
+    odd = tmp_path / "odd.safetensors"  # tiny weights with a middle block diffusers cannot build
+    save_file({k: v for k, v in load_file(files / "base.safetensors").items() if ".middle_block.1." not in k}, str(odd))
     cases = {
         pickled: "pickle checkpoint",
         renamed: "pickle checkpoint",
         truncated: "truncated",
         garbage: "not a valid .safetensors",
-        lone: "does not match the SDXL base config",
+        odd: "odd.safetensors: an SDXL-like base checkpoint that Atelier cannot build: the middle block has 2",
         tmp_path / "gone.safetensors": "not found",
         tmp_path: "not a diffusers model",
     }
@@ -203,8 +204,20 @@ def test_bad_files_are_refused_in_words(cache, tiny_files, tmp_path):
         with pytest.raises(ValueError, match=message):
             cache.load_base(str(path))
     base = cache.load_base("tiny")
-    with pytest.raises(ValueError, match="does not match the SDXL base config"):
-        cache.load_refiner(str(lone), base)
+    with pytest.raises(ValueError, match="cannot build"):
+        cache.load_refiner(str(odd), base)
+
+
+def test_a_lone_single_file_loads_from_its_own_shapes(cache, tiny_files, tmp_path):
+    """No config folder beside it: the architecture comes from the file (the tiny model's, not SDXL 1.0's)."""
+    folder, files = tiny_files
+    lone = tmp_path / "lone.safetensors"
+    shutil.copyfile(files / "base.safetensors", lone)
+    loaded = cache.load_base(str(lone))
+    assert loaded.source == "single_file" and list(loaded.pipe.unet.config.block_out_channels) == [32, 64]
+    reference = load_file(folder / "base" / "unet" / "diffusion_pytorch_model.safetensors")
+    state = loaded.pipe.unet.state_dict()
+    assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in reference)
 
 
 def test_folder_with_pickle_weights_is_refused(cache, tiny_files, tmp_path):

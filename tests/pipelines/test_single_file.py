@@ -116,14 +116,25 @@ def test_shared_components_are_used_as_given(tiny):
     assert refiner.text_encoder_2 is base.text_encoder_2 and refiner.vae is base.vae
 
 
-def test_without_a_sidecar_the_shipped_skeleton_is_the_config(tiny, tmp_path):
+def test_without_a_sidecar_the_config_comes_from_the_file(tiny, tmp_path):
+    """The tiny model's file alone (no folder beside it) loads from its shapes and draws as its folder."""
     lone = tmp_path / "lone.safetensors"
     shutil.copyfile(tiny / "base.safetensors", lone)
-    assert config_for(lone, "base") == SKELETONS / "sdxl_base"
-    assert config_for(tiny / "refiner.safetensors", "refiner") == tiny / "refiner"
-    # The tiny weights do not fit the real SDXL architecture: said before diffusers runs.
-    with pytest.raises(ValueError, match=r"lone.safetensors: does not match the SDXL base config .*UNet width is 32"):
-        inspect_single_file(lone)
+    config = config_for(lone, "base")
+    assert config != SKELETONS / "sdxl_base" and config_for(tiny / "refiner.safetensors", "refiner") == tiny / "refiner"
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        inferred = json.loads((config / component / "config.json").read_text())
+        made = json.loads((tiny / "base" / component / "config.json").read_text())
+        keys = {"block_out_channels", "norm_num_groups", "hidden_size", "num_attention_heads", "num_hidden_layers"}
+        keys |= {"attention_head_dim", "cross_attention_dim", "addition_time_embed_dim", "latent_channels"}
+        assert {k: inferred[k] for k in keys & made.keys()} == {k: made[k] for k in keys & made.keys()}, component
+    base_cls, _ = _pipes()
+    folder = base_cls.from_pretrained(tiny / "base", add_watermarker=False)
+    pipe, kind, used = load_single_file(lone, base_cls)
+    assert (kind, used) == ("base", config)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert _same_weights(getattr(pipe, name), getattr(folder, name)), name
+    assert torch.equal(_latents(pipe, height=64, width=64), _latents(folder, height=64, width=64))
 
 
 def test_mismatched_checkpoint_and_config(tiny):
