@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $ATELIER_DATABASE_URL, else gallery.db in the home)",
     )
     common.add_argument(
+        "--files",
+        metavar="DIR",
+        help="the gallery's image files, e.g. on storage every machine mounts (default: $ATELIER_FILES_DIR, "
+        "else files/ in the home)",
+    )
+    common.add_argument(
         "--no-backup",
         action="store_true",
         help="upgrade a PostgreSQL gallery's schema without a pg_dump first (SQLite is always copied)",
@@ -73,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)  # a usage error exits 2 here, with argparse's message
     # The storage layer reads these (storage.db / storage.migrate): set for the command, they reach all of it.
-    overrides = {"ATELIER_DATABASE_URL": args.database, "ATELIER_NO_BACKUP": "1" if args.no_backup else None}
+    overrides = {
+        "ATELIER_DATABASE_URL": args.database,
+        "ATELIER_FILES_DIR": str(Path(args.files).expanduser().resolve()) if args.files else None,
+        "ATELIER_NO_BACKUP": "1" if args.no_backup else None,
+    }
     with _environment({name: value for name, value in overrides.items() if value}):
         return run_command(args)
 

@@ -20,6 +20,20 @@ from pathlib import Path
 
 from PIL import Image
 
+FILES_DIR_ENV = "ATELIER_FILES_DIR"  # the files on shared storage every machine mounts (`--files DIR`)
+
+
+def files_root(home: Path) -> Path:
+    """Where the gallery's content-addressed files live: $ATELIER_FILES_DIR, else <home>/files."""
+    chosen = os.environ.get(FILES_DIR_ENV, "").strip()
+    return Path(chosen).expanduser() if chosen else Path(home) / "files"
+
+
+def files_are_shared() -> bool:
+    """True when the files live where other machines may be writing too ($ATELIER_FILES_DIR)."""
+    return bool(os.environ.get(FILES_DIR_ENV, "").strip())
+
+
 ROLES = ("image", "thumbnail", "latent", "source", "control", "map")
 THUMBNAIL_SIDE = 256
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

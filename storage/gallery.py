@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,23 @@ from pipelines.recipe import Recipe
 from storage import journal, migrate, safety, search
 from storage.db import Database
 from storage.db import database_url as resolve_database_url
-from storage.files import FileStore, GalleryWriteError, check_png, check_safetensors, make_thumbnail, sha256_hex
+from storage.files import (
+    FileStore,
+    GalleryWriteError,
+    check_png,
+    check_safetensors,
+    files_are_shared,
+    files_root,
+    make_thumbnail,
+    sha256_hex,
+)
 from storage.homelock import HomeLock
 from storage.models import KINDS, FileRow, GenerationFileRow, GenerationLoraRow, GenerationRow, GenerationTagRow
 from storage.safety import GalleryRefusedError
 from storage.save_rows import normalise_inputs, row_from_recipe
-from storage.sweep import SweepReport, sweep
+from storage.sweep import SHARED_FILES_GRACE, SweepReport, sweep
 
 __all__ = ["KINDS", "Gallery", "Generation", "Page", "NotFoundError", "GalleryWriteError", "GalleryRefusedError"]
-FILES_DIR = "files"
 
 
 class NotFoundError(ValueError):
@@ -66,7 +74,7 @@ class Gallery:
     def __init__(self, home: Path, db: Database, lock: HomeLock, sweep_report: SweepReport | None) -> None:
         self.home = home
         self.db = db
-        self.files = FileStore(home / FILES_DIR)
+        self.files = FileStore(files_root(home))
         self._lock = lock
         self.sweep_report = sweep_report  # None when another process had the gallery open
         self._text_search = {"sqlite": "fts5", "postgresql": "postgresql"}.get(db.engine.dialect.name, "like")
@@ -88,7 +96,7 @@ class Gallery:
         db = None
         try:
             safety.check_database_file(url)
-            store = FileStore(home / FILES_DIR)
+            store = FileStore(files_root(home))
             guard = exclusive and not adopt_existing_files
             if guard and safety.is_empty_sqlite_file(url):  # before the file is made
                 safety.refuse_empty_database_over_files(url, store, home)
@@ -98,7 +106,7 @@ class Gallery:
                 if guard and migrate.current_revision(db) is None:
                     safety.refuse_empty_database_over_files(url, store, home)
                 migrate.upgrade(db, backup_dir=home / "backups")
-                report = sweep(db, store)
+                report = sweep(db, store, grace=SHARED_FILES_GRACE if files_are_shared() else timedelta(0))
                 lock.share()
             elif migrate.current_revision(db) != migrate.head_revision():
                 raise migrate.MigrationError(

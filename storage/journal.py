@@ -39,9 +39,9 @@ def forget(session, ids: Iterable[int]) -> None:
         session.execute(delete(FileJournalRow).where(FileJournalRow.id.in_(ids[start : start + CHUNK])))
 
 
-def entries(session) -> list[tuple[int, str, str]]:
-    """(id, sha256, relative path) of every entry."""
-    return [
-        tuple(row)
-        for row in session.execute(select(FileJournalRow.id, FileJournalRow.sha256, FileJournalRow.relative_path))
-    ]
+def entries(session, before: datetime | None = None) -> list[tuple[int, str, str]]:
+    """(id, sha256, relative path) of every entry (made before `before`, when given)."""
+    query = select(FileJournalRow.id, FileJournalRow.sha256, FileJournalRow.relative_path)
+    if before is not None:
+        query = query.where(FileJournalRow.created_at < before)
+    return [tuple(row) for row in session.execute(query)]

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from storage import migrate
 from storage.db import Database, database_url
-from storage.files import FileStore, fsync_dir
+from storage.files import FileStore, files_root, fsync_dir
 from storage.homelock import HomeLock
 from storage.models import FileRow, GenerationRow
 from storage.safety import (
@@ -31,7 +31,6 @@ from storage.safety import (
     sqlite_path,
 )
 
-FILES_DIR = "files"
 TABLES = ("generations", "files", "generation_files", "generation_loras", "generation_tags", "file_journal")
 MAX_SKIPS = 64  # read errors tolerated per table before the rest of it is given up
 
@@ -56,7 +55,7 @@ def check_gallery(home: Path, url: str | None = None) -> GalleryCheck:
     """Report on the database and the files of `home`; writes nothing."""
     home = Path(home).expanduser()
     url = database_url(home, url)
-    scan = FileStore(home / FILES_DIR).scan()
+    scan = FileStore(files_root(home)).scan()
     problems = list(_file_problems(url, len(scan.files)))
     rows: dict[str, tuple[str, int]] | None = None
     generations = None
@@ -75,7 +74,7 @@ def check_gallery(home: Path, url: str | None = None) -> GalleryCheck:
     on_disk = {FileStore.sha_from_name(folder, name) for folder, name in scan.files}
     missing = 0
     if rows is not None:
-        root = home / FILES_DIR
+        root = files_root(home)
         missing = sum(1 for rel, size in rows.values() if not _has_size(root / rel, size))
     return GalleryCheck(
         database=display(url),
@@ -155,7 +154,7 @@ def repair_database(home: Path, url: str | None = None) -> RepairResult:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         copy = _copy_aside(path, stamp)
         fresh = path.with_name(f".{path.name}.repair-{stamp}.tmp")
-        result = _recover_into(path, fresh, home / FILES_DIR)
+        result = _recover_into(path, fresh, files_root(home))
         for suffix in ("-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         os.replace(fresh, path)
@@ -178,7 +177,7 @@ def _copy_aside(path: Path, stamp: str) -> Path:
     return copy
 
 
-def _recover_into(damaged: Path, fresh: Path, files_root: Path) -> tuple[dict, dict, int]:
+def _recover_into(damaged: Path, fresh: Path, root: Path) -> tuple[dict, dict, int]:
     db = Database(f"sqlite:///{fresh}")
     try:
         migrate.upgrade(db)
@@ -194,7 +193,7 @@ def _recover_into(damaged: Path, fresh: Path, files_root: Path) -> tuple[dict, d
         recovered, errors = {}, {}
         for table in TABLES:
             recovered[table], errors[table] = _copy_table(source, target, table)
-        dropped = _mend_references(target, files_root)
+        dropped = _mend_references(target, root)
         target.execute("INSERT INTO generations_fts(generations_fts) VALUES ('rebuild')")
         target.execute("COMMIT")
         target.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -10,14 +10,18 @@ must not cost the gallery), and it never follows a symbolic link: links are repo
 Generations whose files are missing (or of the wrong size) are flagged `files_missing`, and the flag
 is cleared on those whose files are all back. Nothing here raises for a missing file.
 
-Run only while no other process has the gallery open (Gallery.open holds an exclusive lock then).
+Run only while no other process has the gallery open (Gallery.open holds an exclusive lock then). On
+shared storage (--files) other machines may be saving right now, which the home's lock cannot see: there
+the sweep leaves temp files and journal entries younger than `grace` for a later sweep.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
@@ -27,6 +31,7 @@ from storage.files import FINAL_NAME, FOLDER_NAME, FileStore, temp_name_parts
 from storage.models import FileRow, GenerationFileRow, GenerationRow
 
 CHUNK = 500
+SHARED_FILES_GRACE = timedelta(hours=1)  # longer than any save takes to write its files
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,12 @@ class SweepReport:
     skipped_links: tuple[str, ...] = ()  # symbolic links inside files/: never followed, never removed
 
 
-def sweep(db: Database, files: FileStore) -> SweepReport:
+def sweep(db: Database, files: FileStore, *, grace: timedelta = timedelta(0)) -> SweepReport:
     scan = files.scan()
     with db.writing() as session:
         known = dict(session.execute(select(FileRow.sha256, FileRow.relative_path)).all())
-        removed_temp, restored = _temp_files(files, scan.temps, known)
-        removed = _journalled(session, files, known)
+        removed_temp, restored = _temp_files(files, _older_than(scan.temps, grace), known)
+        removed = _journalled(session, files, known, datetime.now(UTC) - grace)
         _drop_unused_file_rows(session, known)
         missing, flags = _flag_missing(session, files, known)
     unreferenced = sum(
@@ -78,9 +83,23 @@ def _temp_files(files: FileStore, temps, known: dict[str, str]) -> tuple[int, in
     return removed, restored
 
 
-def _journalled(session, files: FileStore, known: dict[str, str]) -> int:
+def _older_than(temps, grace: timedelta) -> list:
+    if not grace:
+        return list(temps)
+    cutoff = time.time() - grace.total_seconds()
+    return [(folder, name) for folder, name in temps if _mtime(folder / name) < cutoff]
+
+
+def _mtime(path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return float("inf")
+
+
+def _journalled(session, files: FileStore, known: dict[str, str], before: datetime) -> int:
     removed = 0
-    found = journal.entries(session)
+    found = journal.entries(session, before=before)
     for _id, sha, relative in found:
         if sha not in known and _remove_gallery_file(files, relative):
             removed += 1
