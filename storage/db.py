@@ -7,13 +7,14 @@ busy timeout instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 DATABASE_URL_ENV = "ATELIER_DATABASE_URL"
@@ -74,8 +75,35 @@ def _sqlite_on_begin(connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+class GalleryUnavailableError(OSError):
+    """The database server cannot be reached (down, restarting, network): nothing was read or written."""
+
+
+def _server_unreachable(exc: DBAPIError) -> bool:
+    """A lost or refused connection to a database server (SQLSTATE class 08, an admin shutdown 57P0x, or
+    no SQLSTATE at all, as when connecting fails) — not a query's own error."""
+    state = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or state is None or state.startswith(("08", "57P"))
+
+
+@contextmanager
+def _words_for_outages(url: str) -> Iterator[None]:
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        if not _server_unreachable(exc):
+            raise
+        raise GalleryUnavailableError(
+            f"the gallery database {make_url(url).render_as_string(hide_password=True)} cannot be reached "
+            f"({str(exc.orig).strip().splitlines()[0] if exc.orig else exc}); nothing was saved or changed — "
+            "check that the database server is running, then try again"
+        ) from None
+
+
 class Database:
-    """One engine and two session factories: plain reads, and writes that begin IMMEDIATE."""
+    """One engine and two session factories: plain reads, and writes that begin IMMEDIATE. On a database
+    server (not SQLite), losing the connection is a GalleryUnavailableError in words; the pool checks
+    connections before use, so the first request after the server is back works."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -92,14 +120,17 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        with self._read() as session, session.begin():
+        with self._outages(), self._read() as session, session.begin():
             yield session
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """A write transaction: commits on success, rolls back on any exception."""
-        with self._write() as session, session.begin():
+        with self._outages(), self._write() as session, session.begin():
             yield session
+
+    def _outages(self):
+        return contextlib.nullcontext() if self.is_sqlite else _words_for_outages(self.url)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -27,19 +27,27 @@ def database():
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A scratch PostgreSQL database: ATELIER_TEST_POSTGRES_URL, else a server started for this session."""
+def postgres_server():
+    """A PostgreSQL server started for this session (None when ATELIER_TEST_POSTGRES_URL names one)."""
     import importlib.util
     import os
 
     if os.environ.get("ATELIER_TEST_POSTGRES_URL"):
-        yield os.environ["ATELIER_TEST_POSTGRES_URL"]
+        yield None
         return
     bin_dir = postgres_bin_dir()
     if bin_dir is None or importlib.util.find_spec("psycopg") is None:
         pytest.skip("PostgreSQL is not installed (scripts/install.sh --test installs it and psycopg)")
-    with running_postgres(bin_dir) as url:
-        yield url
+    with running_postgres(bin_dir) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server):
+    """A scratch PostgreSQL database: ATELIER_TEST_POSTGRES_URL, else the session's own server."""
+    import os
+
+    return postgres_server.url if postgres_server is not None else os.environ["ATELIER_TEST_POSTGRES_URL"]
 
 
 @pytest.fixture()

@@ -34,27 +34,49 @@ def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command]
 
 
+class PostgresServer:
+    """One server in its own folder: `initdb` once, then start and stop as a test needs."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.folder = Path(tempfile.mkdtemp(prefix="atelier-pg-"))
+        self.data, self.socket_dir = self.folder / "data", self.folder / "socket"
+        self.socket_dir.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, user="postgres")
+            shutil.chown(self.socket_dir, user="postgres")
+        self._run("initdb", "-D", self.data, "-U", "atelier", "--auth=trust", "-E", "UTF8", "--locale=C")
+        self.url = f"postgresql+psycopg://atelier@/gallery?host={self.socket_dir}"
+
+    def _run(self, tool: str, *args) -> None:
+        command = _as_server_user([str(self.bin_dir / tool), *(str(a) for a in args)])
+        subprocess.run(command, check=True, capture_output=True)
+
+    def start(self) -> None:
+        options = f"-c listen_addresses='' -c unix_socket_directories={self.socket_dir} -c fsync=off"
+        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", self.folder / "server.log", "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def running_postgres(bin_dir: Path) -> Iterator[str]:
-    """Start a server in a fresh folder; yield its SQLAlchemy URL (database `gallery`); stop and remove it."""
-    folder = Path(tempfile.mkdtemp(prefix="atelier-pg-"))
-    data, socket_dir = folder / "data", folder / "socket"
-    socket_dir.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(folder, user="postgres")
-        shutil.chown(socket_dir, user="postgres")
-    run = lambda *args: subprocess.run(_as_server_user([str(a) for a in args]), check=True, capture_output=True)  # noqa: E731
+def running_postgres(bin_dir: Path) -> Iterator[PostgresServer]:
+    """Start a server in a fresh folder with a database `gallery` (its SQLAlchemy URL: `.url`); stop and
+    remove it afterwards."""
+    server = PostgresServer(bin_dir)
     try:
-        run(bin_dir / "initdb", "-D", data, "-U", "atelier", "--auth=trust", "-E", "UTF8", "--locale=C")
-        options = f"-c listen_addresses='' -c unix_socket_directories={socket_dir} -c fsync=off"
-        run(bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", folder / "server.log", "-w", "start")
+        server.start()
         try:
-            run(bin_dir / "createdb", "-h", socket_dir, "-U", "atelier", "gallery")
-            yield f"postgresql+psycopg://atelier@/gallery?host={socket_dir}"
+            server._run("createdb", "-h", server.socket_dir, "-U", "atelier", "gallery")
+            yield server
         finally:
-            run(bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+            server.stop("immediate")
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        server.remove()
 
 
 def empty_postgres(url: str) -> str:

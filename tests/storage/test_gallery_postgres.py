@@ -157,3 +157,22 @@ def test_the_cli_takes_the_database_and_no_backup_options(old_schema_url, home, 
     listed = subprocess.run([*command, "--no-backup"], capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
     assert "old fox" in listed.stdout
+
+
+def test_a_server_restart_is_an_error_in_words_then_work_resumes(postgres_server, home, recipe):
+    from storage.db import GalleryUnavailableError
+
+    if postgres_server is None:
+        pytest.skip("needs the tests' own PostgreSQL server (ATELIER_TEST_POSTGRES_URL names another one)")
+    with Gallery.open(home, database_url=empty_postgres(postgres_server.url)) as gallery:
+        before = gallery.save(recipe(prompt="before the outage"), "txt2img", make_png(1))
+        postgres_server.stop()
+        try:
+            with pytest.raises(GalleryUnavailableError, match=r"cannot be reached .* nothing was saved or changed"):
+                gallery.list()
+            with pytest.raises(GalleryUnavailableError, match="check that the database server is running"):
+                gallery.save(recipe(prompt="during the outage"), "txt2img", make_png(2))
+        finally:
+            postgres_server.start()
+        after = gallery.save(recipe(prompt="after the outage"), "txt2img", make_png(3))
+        assert [g.id for g in gallery.list().items] == [after.id, before.id]  # nothing half-saved meanwhile
