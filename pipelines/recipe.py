@@ -31,6 +31,11 @@ MODES = ("txt2img", "img2img")
 INPAINT_AREAS = ("whole", "masked")  # inpaint the whole image, or only the mask's box (plus padding) at full size
 MAX_MASK_BLUR = 64
 MAX_INPAINT_PADDING = 1024
+# What the masked area starts from (A1111's "Masked content"): "original" the source re-noised to the strength;
+# "noise" fresh seeded latent noise instead of the source there (A1111's "latent noise"), for new content.
+MASKED_CONTENTS = ("original", "noise")
+MAX_EXPAND = 1024  # outpaint: px added per side
+NO_EXPAND = (0, 0, 0, 0)
 # "draft": the base stopped at `switch`, its noisy latent kept; "final": the finished image
 # (refined when `refine` is set, otherwise the base ran to the end).
 STAGES = ("draft", "final")
@@ -40,6 +45,16 @@ MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_STEPS = 500
 MAX_DRAFTS = 16  # drafts per request; documented in the README
 MAX_SEED = 2**63 - 1
+
+# Limits on what one request can make the server do, met by every front end here (README "Limits").
+MAX_PROMPT_CHARS = 4000  # prompt, negative, template: bounds tokens (each at least one non-space character)
+MAX_PROMPT_CHUNKS = 12  # 77-token chunks one prompt may encode to; the engine counts them with its tokenizer
+MAX_LORAS = 16
+MAX_CONTROLNETS = 4
+MAX_IMAGE_PIXELS = 4096 * 4096  # decoded size of any image read (upload, source, mask, control, import)
+MAX_REQUEST_PIXELS = 16 * 1024 * 1024  # width × height × drafts of one request
+MAX_RECIPE_JSON_CHARS = 256 * 1024
+MAX_JSON_DEPTH = 16  # a recipe nests 6 deep, a safetensors header 4
 
 
 def _fail(name: str, allowed: str, got: Any) -> None:
@@ -248,6 +263,10 @@ class Recipe:
     mask_blur: int = 0
     inpaint_area: str = "whole"
     inpaint_padding: int = 32
+    masked_content: str = "original"  # MASKED_CONTENTS; "noise" needs a mask or an expand
+    # Outpaint (img2img only): px added (left, top, right, bottom) around the source, inpainted with a mask made
+    # for them; width/height are the whole canvas, the source fitted to (width - left - right, height - top - bottom).
+    expand: tuple[int, int, int, int] = NO_EXPAND
     loras: tuple[LoraRef, ...] = ()
     controlnets: tuple[ControlUnit, ...] = ()
     watermark: bool = True  # requested; whether it was applied is recorded in watermark_applied
@@ -265,8 +284,10 @@ class Recipe:
         for name in ("prompt", "negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 _fail(name, "a string", getattr(self, name))
+            check_prompt_length(name, getattr(self, name))
         if self.prompt_template is not None and (not isinstance(self.prompt_template, str) or not self.prompt_template):
             _fail("prompt_template", "a non-empty string or null", self.prompt_template)
+        check_prompt_length("prompt_template", self.prompt_template or "")
         if self.prompt_syntax not in PROMPT_SYNTAXES:
             _fail("prompt_syntax", f"one of {', '.join(PROMPT_SYNTAXES)}", self.prompt_syntax)
         if self.mode not in MODES:
@@ -305,10 +326,12 @@ class Recipe:
         elif self.strength is not None or self.source_image_sha256 is not None:
             _fail("strength", "unset unless mode is img2img", self.strength)
         self._check_inpaint()
-        if not all(isinstance(x, LoraRef) for x in self.loras):
-            _fail("loras", "a tuple of LoraRef", self.loras)
-        if not all(isinstance(x, ControlUnit) for x in self.controlnets):
-            _fail("controlnets", "a tuple of ControlUnit", self.controlnets)
+        for name, kind, most in (("loras", LoraRef, MAX_LORAS), ("controlnets", ControlUnit, MAX_CONTROLNETS)):
+            value = getattr(self, name)
+            if not all(isinstance(x, kind) for x in value):
+                _fail(name, f"a tuple of {kind.__name__}", value)
+            if len(value) > most:
+                raise ValueError(f"{name}: {len(value)} is over the limit of {most} per request; use fewer")
         for name in ("watermark",):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, "true or false", getattr(self, name))
@@ -323,6 +346,31 @@ class Recipe:
         if self.inpaint_area not in INPAINT_AREAS:
             _fail("inpaint_area", f"one of {', '.join(INPAINT_AREAS)}", self.inpaint_area)
         _check_int("inpaint_padding", self.inpaint_padding, 0, MAX_INPAINT_PADDING)
+        if self.masked_content not in MASKED_CONTENTS:
+            _fail("masked_content", f"one of {', '.join(MASKED_CONTENTS)}", self.masked_content)
+        check_expand(self.expand)
+        if self.mode != "img2img":
+            if self.masked_content != "original":
+                _fail(
+                    "masked_content",
+                    "'original' unless mode is img2img (inpainting repaints a source image)",
+                    self.masked_content,
+                )
+            if self.expand != NO_EXPAND:
+                _fail("expand", "(0, 0, 0, 0) unless mode is img2img (outpainting extends a source image)", self.expand)
+        left, top, right, bottom = self.expand
+        inner = (self.width - left - right, self.height - top - bottom)
+        if min(inner) < MIN_SIDE:
+            _fail(
+                "expand",
+                f"a border that leaves the source at least {MIN_SIDE} px per side of the {self.width}×{self.height} canvas",
+                self.expand,
+            )
+
+    @property
+    def inpaints(self) -> bool:
+        """True when the engine inpaints: a mask is recorded, or the canvas is expanded (outpaint)."""
+        return self.mask_sha256 is not None or self.expand != NO_EXPAND
 
     def _check_variation(self) -> None:
         if self.variation_seed is not None:
@@ -362,11 +410,7 @@ class Recipe:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Recipe:
-        try:
-            data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"recipe: not valid JSON ({exc})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(loads_limited_json(text, what="recipe", max_chars=MAX_RECIPE_JSON_CHARS))
 
     @classmethod
     def from_dict(cls, data: Any) -> Recipe:
@@ -374,6 +418,50 @@ class Recipe:
             raise ValueError(f"recipe: must be a JSON object (got {type(data).__name__})")
         data = _upgrade(dict(data))
         return _build(cls, data, "")
+
+
+def check_expand(value: Any) -> None:
+    """An outpaint expansion: (left, top, right, bottom), each a multiple of 8 from 0 to MAX_EXPAND px."""
+    allowed = f"(left, top, right, bottom): four multiples of 8 from 0 to {MAX_EXPAND} px"
+    if not (isinstance(value, tuple) and len(value) == 4):
+        _fail("expand", allowed, value)
+    for side in value:
+        if isinstance(side, bool) or not isinstance(side, int) or not 0 <= side <= MAX_EXPAND or side % 8:
+            _fail("expand", allowed, value)
+
+
+def check_prompt_length(name: str, text: str) -> None:
+    """A prompt within MAX_PROMPT_CHARS; the message names the limit, never repeats the text."""
+    if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"{name}: {len(text)} characters is over the limit of {MAX_PROMPT_CHARS} characters per prompt; shorten it"
+        )
+
+
+def loads_limited_json(text: str | bytes, *, what: str, max_chars: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads of untrusted text: its size checked before parsing, its nesting after (a ValueError
+    naming `what` and the limit, never a RecursionError)."""
+    if not isinstance(text, (str, bytes, bytearray)):
+        raise ValueError(f"{what}: must be JSON text (got {type(text).__name__})")
+    if len(text) > max_chars:
+        raise ValueError(f"{what}: {len(text)} characters of JSON is over the limit of {max_chars}")
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        data = None  # nested past the interpreter's limit: refused below like any deep value
+        depth = max_depth + 1
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: not valid JSON ({exc})") from None
+    else:
+        depth, level = 0, [data]
+        while level and depth <= max_depth:  # breadth-first, so a deep value cannot exhaust the stack
+            depth += 1
+            level = [
+                v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)
+            ]
+    if depth > max_depth:
+        raise ValueError(f"{what}: JSON nested deeper than the limit of {max_depth} levels")
+    return data
 
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:

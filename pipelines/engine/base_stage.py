@@ -78,7 +78,7 @@ def plan(
     img2img = recipe.mode == "img2img" and recipe.strength < 1.0
     size = {"width": recipe.width, "height": recipe.height}
     denoising_end = {"denoising_end": end if end < 1.0 else None}
-    if recipe.mask_sha256 is not None:
+    if recipe.inpaints:  # a mask, or an expanded canvas (outpaint)
         return _inpaint(recipe, base, inputs, derive, end, notes)
     source = fit_to_bucket(inputs.source, recipe.width, recipe.height) if img2img else None
     if not recipe.controlnets:

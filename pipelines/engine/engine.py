@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,11 +23,11 @@ from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
-from pipelines.engine import base_stage, inpaint
+from pipelines.engine import base_stage, inpaint, masked_content
 from pipelines.engine.img2img import encode_source
 from pipelines.engine.inputs import EditInputs
 from pipelines.engine.kept_latent import KeptLatent
-from pipelines.engine.previews import CleanEstimateTap, decode_latents
+from pipelines.engine.previews import PREVIEW_FULL, CleanEstimateTap, DraftPreviews, decode_latents
 from pipelines.engine.prompt_encoding import PromptEncoder
 from pipelines.engine.schedulers import make_scheduler
 from pipelines.engine.vae_tiling import tiling_for
@@ -51,7 +53,9 @@ class StepInfo:
 class Draft:
     recipe: Recipe  # stage "draft", its own seed, and the batch it was made in
     latent: KeptLatent
-    preview: Image.Image  # decoded from the model's clean-image estimate; watermarked if asked
+    # The model's clean-image estimate, decoded cheaply when the draft is noisy (Engine.full_draft_image
+    # decodes it fully), fully when the base ran to the end; watermarked if asked.
+    preview: Image.Image
     # img2img at strength 0: the preview is the fitted source itself (no UNet call, not watermarked).
     source_unchanged: bool = False
     notes: tuple[str, ...] = ()  # how the engine adjusted the recipe to run it (see handoff.py), for the user
@@ -72,6 +76,17 @@ OnStep = Callable[[StepInfo], None] | None
 ShouldCancel = Callable[[], bool] | None
 
 
+def _holding_device(mode: Callable[..., Any]) -> Callable[..., Any]:
+    """Run an Engine mode holding its device lock (see Engine.full_draft_image)."""
+
+    @functools.wraps(mode)
+    def run(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        with self.device_lock:
+            return mode(self, *args, **kwargs)
+
+    return run
+
+
 class Engine:
     def __init__(self, models: ModelCache, prompts: PromptEncoder | None = None, *, app_version: str = "") -> None:
         self.models = models
@@ -80,9 +95,13 @@ class Engine:
         self.loras = LoraLibrary(models.home, models.hashes)
         self.controlnets = ControlNetLibrary(models.home, models.hashes)
         self._base_pipe: Callable[[], Any] = lambda: None
+        self.previews = DraftPreviews(models.home, models.device, models.dtype)
+        # Held by every mode: a decode asked for from another thread (opening a draft) waits for the device.
+        self.device_lock = threading.RLock()
 
     # -- public modes ------------------------------------------------------------------------------
 
+    @_holding_device
     def draft(
         self,
         recipe: Recipe,
@@ -115,6 +134,7 @@ class Engine:
             for s in seeds
         ]
 
+    @_holding_device
     def refine(
         self,
         draft: Draft,
@@ -129,7 +149,7 @@ class Engine:
         if recipe.refine is None:
             raise ValueError("refine: this recipe has no refine stage (it was made to run the base to the end)")
         area = None
-        if recipe.mask_sha256 is not None and not recipe.keeps_source:
+        if recipe.inpaints and not recipe.keeps_source:
             inputs = base_stage.check_inputs(recipe, inputs)
             area = inpaint.prepare(recipe, inputs.source, inputs.mask)
         if recipe.keeps_source:  # img2img at strength 0 before the switch: nothing to denoise
@@ -167,6 +187,7 @@ class Engine:
         finished = self._finish(recipe.replace(stage="final"), image, latents[0])
         return dataclasses.replace(finished, notes=draft.notes)
 
+    @_holding_device
     def render(
         self,
         recipe: Recipe,
@@ -248,7 +269,7 @@ class Engine:
                 callback_on_step_end=self._step_callback("base", tap, on_step, should_cancel, stage.stop_after),
                 **template.micro.resolved(template.height, template.width),
                 **prompt_kwargs.as_kwargs(),
-                **stage.kwargs,
+                **masked_content.base_kwargs(pipe, stage, generators),  # stage.kwargs; "noise": image latents
                 **variation_kwargs(pipe, template, generators),  # {}, or the varied noise (drawn from generators)
             ).images
             # A noisy latent shows noise: preview the model's own estimate of the finished image.
@@ -257,16 +278,39 @@ class Engine:
                 raise RuntimeError(
                     f"the base ran no step for this recipe (steps {template.steps}, switch {template.switch})"
                 )
-            previews = decode_latents(pipe, shown)
+            if stage.denoising_end < 1.0:  # not the finished image: a cheap look now, the full decode on demand
+                previews, preview_kind = self.previews.images(pipe, shown)
+            else:
+                previews, preview_kind = decode_latents(pipe, shown), PREVIEW_FULL
             if stage.inpaint is not None:  # outside the (blurred) mask: the source's pixels
                 previews = [stage.inpaint.composite(p) for p in previews]
         drafts = []
-        for seed, latent, preview in zip(seeds, latents, previews):
+        for seed, latent, estimate, preview in zip(seeds, latents, shown, previews):
             recipe = template.replace(seed=seed)
             preview, applied = self._watermark(recipe, preview)
-            kept = KeptLatent(latent.detach().to("cpu"), stage.denoising_end)
+            estimate = estimate.detach().to("cpu") if preview_kind != PREVIEW_FULL else None
+            kept = KeptLatent(latent.detach().to("cpu"), stage.denoising_end, estimate, preview_kind)
             drafts.append(Draft(recipe.replace(watermark_applied=applied), kept, preview, notes=stage.notes))
         return drafts
+
+    def full_draft_image(self, draft: Draft, *, inputs: EditInputs | None = None) -> Image.Image:
+        """The full VAE decode of a draft's clean estimate (its preview is a cheap one), watermarked as the
+        recipe says; `inputs`: an inpainting draft's source and mask. A draft without a kept estimate
+        already shows the full decode: its preview."""
+        estimate = draft.latent.clean_estimate
+        if estimate is None:
+            return draft.preview
+        recipe, area = draft.recipe, None
+        if recipe.inpaints:
+            inputs = base_stage.check_inputs(recipe, inputs)
+            area = inpaint.prepare(recipe, inputs.source, inputs.mask)
+        with self.device_lock:
+            base = self._load_base(recipe.model)
+            with tiling_for(base.pipe.vae, recipe.width, recipe.height), self._memory_guard("decoding a draft"):
+                image = decode_latents(base.pipe, estimate[None].to(self.models.device))[0]
+        if area is not None:  # outside the (blurred) mask: the source's pixels
+            image = area.composite(image)
+        return self._watermark(recipe, image)[0]
 
     def _finish(self, recipe: Recipe, image: Image.Image, latent: torch.Tensor) -> FinishedImage:
         image, applied = self._watermark(recipe, image)
@@ -354,21 +398,31 @@ def _finished_from_draft(draft: Draft) -> FinishedImage:
     )
 
 
+# Derived pipelines without extra modules, per source pipeline (weakly: dropping a model drops them): from_pipe
+# costs ~7 ms, a few per cent of a small draft + refine. Every call state of a diffusers pipeline is set afresh
+# by its __call__; the scheduler (stateful) is new on every _derive.
+_DERIVED: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
 def _derive(pipeline_class: Any, source: Any, scheduler_name: str, **modules: Any) -> Any:
     """A pipeline of `pipeline_class` sharing every module of `source`, with a fresh scheduler."""
+    scheduler = make_scheduler(scheduler_name, source.scheduler.config)
+    if not modules and pipeline_class in _DERIVED.get(source, {}):
+        pipe = _DERIVED[source][pipeline_class]
+        pipe.scheduler = scheduler
+        return pipe
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # from_pipe warns about its (no-op) dtype cast on every call
     try:
         # dtype must be given: from_pipe otherwise casts the shared modules to float32.
-        return pipeline_class.from_pipe(
-            source,
-            scheduler=make_scheduler(scheduler_name, source.scheduler.config),
-            dtype=source.dtype,
-            add_watermarker=False,
-            **modules,
+        pipe = pipeline_class.from_pipe(
+            source, scheduler=scheduler, dtype=source.dtype, add_watermarker=False, **modules
         )
     finally:
         diffusers_logging.set_verbosity(verbosity)
+    if not modules:
+        _DERIVED.setdefault(source, {})[pipeline_class] = pipe
+    return pipe
 
 
 def _model_key(ref: ModelRef) -> str:

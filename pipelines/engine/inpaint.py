@@ -11,6 +11,9 @@ does), so outside the blurred mask the result is the source's pixels exactly.
 multiples of 8, inside the image) is inpainted, scaled to the recipe's working size, then scaled back
 and pasted in place — small areas get the model's full resolution.
 
+Outpainting (`Recipe.expand`) is inpainting on a larger canvas with a mask made for its border: outpaint.py.
+Masked content "noise" (the masked area starts from fresh noise, not the source): masked_content.py.
+
 Pillow only (no torch): the engine passes the images this prepares to the pipeline.
 """
 
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
 
-from pipelines.recipe import Recipe
+from pipelines.engine import outpaint
+from pipelines.recipe import NO_EXPAND, Recipe
 from pipelines.sizes import fit_to_bucket
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom
@@ -61,15 +65,20 @@ class InpaintArea:
 
 
 def check_mask(recipe: Recipe, mask: object) -> None:
-    """Early, before any model work: a mask exactly when the recipe records one."""
+    """Early, before any model work: a mask exactly when the recipe records one; settings that need one."""
     if recipe.mask_sha256 is not None and mask is None:
         raise ValueError("mask: the recipe records a mask (mask_sha256) but no mask image was given")
     if mask is not None and recipe.mask_sha256 is None:
         raise ValueError("mask: given, but the recipe records none (set mask_sha256; mode must be img2img)")
     if mask is not None and not isinstance(mask, Image.Image):
         raise ValueError(f"mask: must be a PIL image (got {type(mask).__name__})")
-    if mask is not None and recipe.controlnets:
-        raise ValueError("mask: inpainting with ControlNet units is not supported yet")
+    if recipe.inpaints and recipe.controlnets:
+        raise ValueError("mask: inpainting and outpainting with ControlNet units are not supported yet")
+    if recipe.masked_content == "noise" and not recipe.inpaints:
+        raise ValueError(
+            "masked_content: 'noise' repaints the masked area from fresh noise; give a mask (or an expand), "
+            "or use 'original'"
+        )
 
 
 def _round_out(box: Box, size: tuple[int, int], padding: int) -> Box:
@@ -81,15 +90,29 @@ def _round_out(box: Box, size: tuple[int, int], padding: int) -> Box:
     return left, top, right, bottom
 
 
-def prepare(recipe: Recipe, source: Image.Image, mask: Image.Image) -> InpaintArea:
-    """The fitted source, the fitted and blurred mask, and the area to inpaint, for `recipe`."""
-    size = (recipe.width, recipe.height)
-    fitted = fit_to_bucket(source, *size)
+def _fitted_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
     if mask.mode in ("RGBA", "LA"):  # a painted layer: where it is opaque and white
         mask = Image.composite(mask.convert("L"), Image.new("L", mask.size, 0), mask.getchannel("A"))
-    fitted_mask = fit_to_bucket(mask, *size).convert("L")
+    return fit_to_bucket(mask, *size).convert("L")
+
+
+def prepare(recipe: Recipe, source: Image.Image, mask: Image.Image | None) -> InpaintArea:
+    """The fitted source, the fitted and blurred mask, and the area to inpaint, for `recipe`. Outpainting
+    (`recipe.expand`): the source fitted inside the canvas, the border filled and masked (outpaint.py)."""
+    size = (recipe.width, recipe.height)
+    left, top, right, bottom = outpaint.source_box(recipe)
+    inner = (right - left, bottom - top)
+    fitted = fit_to_bucket(source, *inner)
+    fitted_mask = _fitted_mask(mask, inner) if mask is not None else None
+    if recipe.expand != NO_EXPAND:
+        fitted = outpaint.extend_canvas(fitted, recipe.expand)
+        fitted_mask = outpaint.border_mask(size, recipe.expand, fitted_mask)
+    if fitted_mask is None:
+        raise ValueError("mask: the recipe inpaints but no mask image was given")
     if recipe.mask_blur:
         fitted_mask = fitted_mask.filter(ImageFilter.GaussianBlur(recipe.mask_blur))
+    if recipe.expand != NO_EXPAND:
+        fitted_mask = outpaint.whiten_border(fitted_mask, recipe.expand)
     box = None
     if recipe.inpaint_area == "masked":
         bbox = fitted_mask.getbbox()  # where the blurred mask is above 0

@@ -21,6 +21,7 @@ included) through the second encoder, truncated to 77 tokens, as InvokeAI does.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections import OrderedDict
@@ -33,6 +34,9 @@ from compel import Compel, ReturnedEmbeddingsType
 from compel.prompt_parser import PromptParser
 
 from pipelines.prompt_syntax import to_compel
+from pipelines.recipe import MAX_PROMPT_CHUNKS
+
+CHUNK_TOKENS = 75  # a CLIP chunk is 77 tokens: start, 75 of text, end
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,44 @@ def _lora_state(module: torch.nn.Module) -> tuple:
     return tuple(state)
 
 
-def _check_parses(text: str, field: str) -> None:
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> Any:
+    """compel's parse (pyparsing: ~60 ms a prompt), once per text; the result is only read."""
+    return PromptParser().parse_conjunction(text)
+
+
+def _check_parses(text: str, field: str) -> Any:
     try:
-        PromptParser().parse_conjunction(text)
+        return _parse(text)
     except Exception as exc:  # pyparsing and compel raise various exception types
-        raise ValueError(f"{field}: compel cannot parse {text!r} ({exc})") from None
+        shown = text if len(text) <= 200 else f"{text[:200]}…"
+        raise ValueError(f"{field}: compel cannot parse {shown!r} ({exc})") from None
+
+
+def _fragment_texts(node: Any) -> list[str]:
+    """The plain text of a parsed compel prompt (fragments of flattened prompts, blends, swaps)."""
+    if isinstance(getattr(node, "text", None), str):
+        return [node.text]
+    return [
+        t
+        for attr in ("children", "prompts", "original", "edited")
+        for c in getattr(node, attr, ()) or ()
+        for t in _fragment_texts(c)
+    ]
+
+
+def _check_chunks(tokenizer: Any, conjunction: Any, field: str) -> None:
+    """At most MAX_PROMPT_CHUNKS 77-token chunks to encode (each `.and()` part, e.g. an A1111 BREAK, starts a
+    chunk): the cross-attention cost of every UNet step grows with them. Before any model work."""
+    chunks = 0
+    for prompt in conjunction.prompts:
+        tokens = len(tokenizer.tokenize(" ".join(_fragment_texts(prompt))))
+        chunks += max(1, -(-tokens // CHUNK_TOKENS))
+    if chunks > MAX_PROMPT_CHUNKS:
+        raise ValueError(
+            f"{field}: encodes to {chunks} chunks of 77 tokens, over the limit of {MAX_PROMPT_CHUNKS} "
+            f"({MAX_PROMPT_CHUNKS * CHUNK_TOKENS} tokens, fewer with BREAKs); shorten it"
+        )
 
 
 def _pad_tokens(
@@ -157,10 +194,11 @@ class PromptEncoder:
             if not isinstance(text, str):
                 raise ValueError(f"{field}: must be a string (got {type(text).__name__})")
         positive_text, negative_text = to_compel(prompt, syntax), to_compel(negative, syntax)
-        _check_parses(positive_text, "prompt")
-        _check_parses(negative_text, "negative_prompt")
+        parsed = _check_parses(positive_text, "prompt"), _check_parses(negative_text, "negative_prompt")
         if getattr(pipe, "text_encoder_2", None) is None:
             raise ValueError("this pipeline has no text_encoder_2: not an SDXL pipeline")
+        for conjunction, field in zip(parsed, ("prompt", "negative_prompt")):
+            _check_chunks(pipe.tokenizer_2, conjunction, field)
         if kind == "base" and getattr(pipe, "text_encoder", None) is None:
             raise ValueError("encode_base needs a pipeline with both text encoders; use encode_refiner")
         zero_negative = not negative.strip() and bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from PIL import Image
 
-import pipelines.engine.engine as engine_module
 from pipelines.engine.engine import Draft
 from pipelines.engine.kept_latent import KeptLatent
 from pipelines.engine.previews import decode_latents
@@ -110,8 +110,9 @@ def test_refine_makes_no_base_unet_call_and_no_vae_encode(engine, tiny_recipe, d
     assert calls["decode"] == 2
 
 
-def test_preview_is_the_models_clean_estimate_at_its_last_step(engine, tiny_recipe, direct, count_calls, monkeypatch):
-    """Reference: Euler's own pred_original_sample at the base's last step, decoded."""
+def test_preview_is_the_models_clean_estimate_at_its_last_step(engine, tiny_recipe, direct, count_calls):
+    """Reference: Euler's own pred_original_sample at the base's last step, decoded cheaply (half size) for the
+    preview and fully on demand."""
     _, _, ref_base, _ = direct
     recipe = tiny_recipe(seed=9)
     seen = {}
@@ -137,18 +138,24 @@ def test_preview_is_the_models_clean_estimate_at_its_last_step(engine, tiny_reci
         return_dict=True,
         generator=torch.Generator("cpu").manual_seed(recipe.seed),
     )
-    decoded = []
-    monkeypatch.setattr(
-        engine_module, "decode_latents", lambda pipe, latents: decoded.append(latents) or decode_latents(pipe, latents)
-    )
-    with count_calls(unet=ref_base.unet) as calls:
+    with count_calls(unet=ref_base.unet, decode=ref_base.vae.decoder) as calls:
         draft = engine.draft(recipe.replace(watermark=False), 1)[0]
     assert calls["unet"] == 8  # the base's own steps: the preview costs no UNet call
-    assert len(decoded) == 1
-    torch.testing.assert_close(decoded[0], seen["x0"], atol=1e-5, rtol=0)
-    assert (decoded[0][0] - draft.latent.tensor).abs().mean() > 1e-2  # not the noisy latent itself
+    assert calls["decode"] == 1  # the cheap preview: one decode at half the size
+    kept = draft.latent.clean_estimate
+    torch.testing.assert_close(kept[None], seen["x0"], atol=1e-5, rtol=0)
+    assert (kept - draft.latent.tensor).abs().mean() > 1e-2  # not the noisy latent itself
+    assert draft.latent.preview == "vae-half-size"
+    small = torch.nn.functional.interpolate(seen["x0"], size=(4, 4), mode="area")
+    cheap = decode_latents(reference, small)[0].resize((64, 64), Image.Resampling.BICUBIC)
+    assert np.abs(pixels(draft.preview).astype(int) - pixels(cheap).astype(int)).max() <= 1
+    # On demand (open, download, img2img): the full decode of the same estimate.
+    with count_calls(unet=ref_base.unet, decode=ref_base.vae.decoder) as calls:
+        full = engine.full_draft_image(draft)
+    assert (calls["unet"], calls["decode"]) == (0, 1)
     expected = decode_latents(reference, seen["x0"])[0]
-    assert np.abs(pixels(draft.preview).astype(int) - pixels(expected).astype(int)).max() <= 1
+    assert np.abs(pixels(full).astype(int) - pixels(expected).astype(int)).max() <= 1
+    assert np.abs(pixels(full).astype(int) - pixels(draft.preview).astype(int)).max() > 1  # the cheap one differs
 
 
 def test_refine_with_the_base_model_itself(engine, tiny_recipe, direct, count_calls):

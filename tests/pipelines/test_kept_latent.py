@@ -74,4 +74,5 @@ def test_damaged_or_foreign_files_are_refused_with_a_message(data, message):
 def test_the_recipe_travels_in_the_header():
     data = KeptLatent(latent(), 0.5).to_bytes('{"seed":7}')
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    assert header["__metadata__"] == {"format": FORMAT, "denoising_end": "0.5", "recipe": '{"seed":7}'}
+    metadata = {"format": FORMAT, "denoising_end": "0.5", "recipe": '{"seed":7}', "preview": "full"}
+    assert header["__metadata__"] == metadata

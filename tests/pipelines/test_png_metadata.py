@@ -21,6 +21,7 @@ from pipelines.recipe import LoraRef, MicroConditioning, ModelRef, Recipe, Refin
 SHA_BASE = "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6ffb3a91d3b1e"
 SHA_REFINER = "7440042bbdc8a24813002c09b6b69b64dc90fded4472613437b7f55f9b7d9c5f"
 SHA_LORA = "1a2b3c4d5e6f" + "0" * 52
+AUTOV3_LORA = "9f8e7d6c5b4a"  # what the caller reads from the LoRA file (A1111's hash)
 
 
 def make_recipe(**changes) -> Recipe:
@@ -90,7 +91,7 @@ def test_watermark_survives_metadata():
 
 def test_a1111_text_written_by_atelier_parses_back_to_the_same_values():
     recipe = make_recipe(mode="img2img", strength=0.35, source_image_sha256="ab" * 32)
-    fields = parse_a1111_parameters(a1111_parameters(recipe))
+    fields = parse_a1111_parameters(a1111_parameters(recipe, {SHA_LORA: AUTOV3_LORA}))
     assert fields == {
         "Prompt": recipe.prompt + " <lora:fluffy_style:0.7>",
         "Negative prompt": "lowres, blurry",
@@ -104,11 +105,11 @@ def test_a1111_text_written_by_atelier_parses_back_to_the_same_values():
         "Denoising strength": "0.35",
         "Refiner": f"sd_xl_refiner_1.0 [{SHA_REFINER[:10]}]",
         "Refiner switch at": "0.8",
-        "Lora hashes": f"fluffy_style: {SHA_LORA[:12]}",  # quoted in the text: it holds a colon
+        "Lora hashes": f"fluffy_style: {AUTOV3_LORA}",  # quoted in the text: it holds a colon
         "Prompt syntax": "compel",
         "Version": "Atelier 0.1.0",
     }
-    back = recipe_from_a1111(a1111_parameters(recipe))
+    back = recipe_from_a1111(a1111_parameters(recipe, {SHA_LORA: AUTOV3_LORA}))
     same = (
         "prompt",
         "negative_prompt",
@@ -131,8 +132,9 @@ def test_a1111_text_written_by_atelier_parses_back_to_the_same_values():
     assert back.unmapped == (
         f"Model hash: {SHA_BASE[:10]}",
         f"Refiner hash: {SHA_REFINER[:10]}",
-        f"Lora hashes: fluffy_style: {SHA_LORA[:12]}",
+        f"Lora hashes: fluffy_style: {AUTOV3_LORA}",
     )
+    assert back.lora_hashes == (("fluffy_style", AUTOV3_LORA),)
 
 
 @pytest.mark.parametrize(
@@ -142,6 +144,7 @@ def test_a1111_text_written_by_atelier_parses_back_to_the_same_values():
         (dict(refine=RefineSettings(model=None)), "Refiner"),
         (dict(switch=1.0), "Refiner"),
         (dict(loras=()), "Lora hashes"),
+        (dict(), "Lora hashes"),  # no AutoV3 known for the LoRA: no whole-file hash in its place
         (dict(model=ModelRef("stabilityai/stable-diffusion-xl-base-1.0")), "Model hash"),
     ],
 )

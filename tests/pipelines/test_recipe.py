@@ -42,60 +42,84 @@ NOT_INTS = ("1", None, True, 1.0, 1.5)
 
 
 def bound_cases():
-    """(name, make(value) → object, accepted values, refused values): the limits themselves are accepted,
-    the first values outside refused."""
+    """(name, make(value) → object, accepted values, refused values, what the message says is allowed): the
+    limits themselves are accepted, the first values outside refused."""
     recipe = lambda start: lambda field: lambda v: start.replace(**{field: v})  # noqa: E731
     lora = lambda field: lambda v: LoraRef(**{"name": "style", field: v})  # noqa: E731
     unit = lambda field: lambda v: ControlUnit(model=ModelRef(name="cn"), **{field: v})  # noqa: E731
     micro = lambda field: lambda v: MicroConditioning(**{field: v})  # noqa: E731
-    yield "seed", recipe(BASE)("seed"), (0, MAX_SEED), (-1, MAX_SEED + 1, *NOT_INTS)
-    yield "steps", recipe(BASE)("steps"), (1, MAX_STEPS), (0, MAX_STEPS + 1, *NOT_INTS)
-    yield "guidance", recipe(BASE)("guidance"), (0.0, 50.0, 0, 50), (below(0.0), above(50.0), *NOT_NUMBERS)
+    yield "seed", recipe(BASE)("seed"), (0, MAX_SEED), (-1, MAX_SEED + 1, *NOT_INTS), f"an integer from 0 to {MAX_SEED}"
+    yield "steps", recipe(BASE)("steps"), (1, MAX_STEPS), (0, MAX_STEPS + 1, *NOT_INTS), "an integer from 1 to 500"
+    guidance = (below(0.0), above(50.0), *NOT_NUMBERS)
+    yield "guidance", recipe(BASE)("guidance"), (0.0, 50.0, 0, 50), guidance, "a number in [0.0, 50.0]"
     for side in ("width", "height"):
-        yield side, recipe(BASE)(side), (64, 72, MAX_SIDE), (56, 63, 65, MAX_SIDE + 8, 1000.0, *NOT_INTS)
-    yield "switch", recipe(BASE)("switch"), (above(0.0), 0.5, 1.0), (0.0, above(1.0), -0.1, *NOT_NUMBERS)
-    yield "strength", recipe(IMG2IMG)("strength"), (0.0, 1.0), (below(0.0), above(1.0), *NOT_NUMBERS)
-    yield "mask_blur", recipe(INPAINT)("mask_blur"), (0, MAX_MASK_BLUR), (-1, MAX_MASK_BLUR + 1, *NOT_INTS)
+        refused = (56, 63, MAX_SIDE + 8, 1000.0, *NOT_INTS)
+        yield side, recipe(BASE)(side), (64, 72, MAX_SIDE), refused, f"an integer from 64 to {MAX_SIDE}"
+        yield f"{side} (multiple of 8)", recipe(BASE)(side), (64, 72), (65, 100, 4095), "a multiple of 8"
+    switch = (0.0, above(1.0), -0.1, *NOT_NUMBERS)
+    yield "switch", recipe(BASE)("switch"), (above(0.0), 0.5, 1.0), switch, "a number in (0.0, 1.0]"
+    strength = (below(0.0), above(1.0), *NOT_NUMBERS)
+    yield "strength", recipe(IMG2IMG)("strength"), (0.0, 1.0), strength, "a number in [0.0, 1.0]"
+    blur = (-1, MAX_MASK_BLUR + 1, *NOT_INTS)
+    yield "mask_blur", recipe(INPAINT)("mask_blur"), (0, MAX_MASK_BLUR), blur, f"an integer from 0 to {MAX_MASK_BLUR}"
     padding = recipe(INPAINT)("inpaint_padding")
-    yield "inpaint_padding", padding, (0, MAX_INPAINT_PADDING), (-1, MAX_INPAINT_PADDING + 1, *NOT_INTS)
+    refused = (-1, MAX_INPAINT_PADDING + 1, *NOT_INTS)
+    yield "inpaint_padding", padding, (0, MAX_INPAINT_PADDING), refused, f"an integer from 0 to {MAX_INPAINT_PADDING}"
     varied = BASE.replace(variation_seed=7)
-    yield "variation_strength", recipe(varied)("variation_strength"), (0.0, 1.0), (below(0.0), above(1.0), "x")
-    yield "variation_seed", recipe(BASE)("variation_seed"), (None, 0, MAX_SEED), (-1, MAX_SEED + 1, 1.0, "1")
-    yield "loras.weight", lora("weight"), (-10.0, 10.0, 0.0, 0), (below(-10.0), above(10.0), *NOT_NUMBERS)
-    yield "loras.name", lora("name"), ("a", "x y"), ("", "   ", None, 1)
-    yield "controlnets.scale", unit("scale"), (0.0, 4.0), (below(0.0), above(4.0), *NOT_NUMBERS)
-    yield "controlnets.start", unit("start"), (0.0, below(1.0)), (below(0.0), 1.0, *NOT_NUMBERS)
+    variation = recipe(varied)("variation_strength")
+    yield "variation_strength", variation, (0.0, 1.0), (below(0.0), above(1.0), "x"), "a number in [0.0, 1.0]"
+    seeds_ = (None, 0, MAX_SEED)
+    refused = (-1, MAX_SEED + 1, 1.0, "1")
+    yield "variation_seed", recipe(BASE)("variation_seed"), seeds_, refused, f"an integer from 0 to {MAX_SEED}"
+    refused = (below(-10.0), above(10.0), *NOT_NUMBERS)
+    yield "loras.weight", lora("weight"), (-10.0, 10.0, 0.0, 0), refused, "a number in [-10.0, 10.0]"
+    yield "loras.name", lora("name"), ("a", "x y"), ("", "   ", None, 1), "a non-empty string"
+    yield "controlnets.scale", unit("scale"), (0.0, 4.0), (below(0.0), above(4.0), *NOT_NUMBERS), "[0.0, 4.0]"
+    yield "controlnets.start", unit("start"), (0.0, below(1.0)), (below(0.0), *NOT_NUMBERS), "a number in [0.0, 1.0]"
+    yield "controlnets.start (before end)", unit("start"), (0.0,), (1.0,), "smaller than controlnets.end"
     end = lambda v: ControlUnit(model=ModelRef(name="cn"), start=0.5, end=v)  # noqa: E731
-    yield "controlnets.end", end, (above(0.5), 1.0), (0.5, below(0.5), above(1.0), *NOT_NUMBERS)
-    yield "micro.aesthetic_score", micro("aesthetic_score"), (0.0, 10.0), (below(0.0), above(10.0), *NOT_NUMBERS)
+    yield "controlnets.end", end, (above(0.5), 1.0), (above(1.0), *NOT_NUMBERS), "a number in [0.0, 1.0]"
+    yield "controlnets.start (after start)", end, (1.0,), (0.5, below(0.5)), "smaller than controlnets.end"
+    scores = (below(0.0), above(10.0), *NOT_NUMBERS)
+    yield "micro.aesthetic_score", micro("aesthetic_score"), (0.0, 10.0), scores, "a number in [0.0, 10.0]"
     negative = micro("negative_aesthetic_score")
-    yield "micro.negative_aesthetic_score", negative, (0.0, 10.0), (below(0.0), above(10.0), *NOT_NUMBERS)
+    yield "micro.negative_aesthetic_score", negative, (0.0, 10.0), scores, "a number in [0.0, 10.0]"
     sizes = ((1, 1), (MAX_SIDE * 4, 7), None)
     for name in ("original_size", "target_size", "negative_original_size", "negative_target_size"):
         refused = ((0, 1), (1, MAX_SIDE * 4 + 1), (1,), [1, 1], (1.0, 1), (True, 1), "1x1")
-        yield f"micro.{name}", micro(name), sizes, refused
+        yield f"micro.{name}", micro(name), sizes, refused, "a (height, width) pair"
     for name in ("crops_coords_top_left", "negative_crops_coords_top_left"):
         refused = ((-1, 0), (0, MAX_SIDE * 4 + 1), (0,), [0, 0], (0.0, 0), (False, 0), None)
-        yield f"micro.{name}", micro(name), ((0, 0), (MAX_SIDE * 4, 0)), refused
+        yield f"micro.{name}", micro(name), ((0, 0), (MAX_SIDE * 4, 0)), refused, f"integers from 0 to {MAX_SIDE * 4}"
     refine = lambda v: RefineSettings(strength=v)  # noqa: E731
-    yield "refine.strength", refine, (above(0.0), 1.0), (0.0, above(1.0), *NOT_NUMBERS)
+    yield "refine.strength", refine, (above(0.0), 1.0), (0.0, above(1.0), *NOT_NUMBERS), "a number in (0.0, 1.0]"
     seeds = recipe(BASE)("batch_seeds")
     full = tuple(range(1, MAX_DRAFTS + 1))
-    yield "batch_seeds", seeds, ((), (1,), full), ((2,), (*full, MAX_DRAFTS + 1), [1], (1, -1), (1, 1.0))
+    yield (
+        "batch_seeds",
+        seeds,
+        ((), (1,), full),
+        ((*full, MAX_DRAFTS + 1), [1]),
+        f"a tuple of at most {MAX_DRAFTS} seeds",
+    )
+    yield "batch_seeds (seeds)", seeds, (full,), ((1, -1), (1, 1.0)), f"an integer from 0 to {MAX_SEED}"
+    yield "batch_seeds (has seed)", seeds, ((1,),), ((2,), (3, 4)), "a batch that contains seed 1"
 
 
 CASES = list(bound_cases())
 
 
-@pytest.mark.parametrize(("name", "make", "accepted", "refused"), CASES, ids=[c[0] for c in CASES])
-def test_every_bound_accepts_its_limits_and_refuses_the_next_value(name, make, accepted, refused):
+@pytest.mark.parametrize(("name", "make", "accepted", "refused", "allowed"), CASES, ids=[c[0] for c in CASES])
+def test_every_bound_accepts_its_limits_and_refuses_the_next_value(name, make, accepted, refused, allowed):
     for value in accepted:
         make(value)  # the limit itself is allowed
-    field = name.rsplit(".", 1)[-1]
+    field = name.split(" ")[0]
     for value in refused:
-        with pytest.raises(ValueError, match=field) as caught:
+        with pytest.raises(ValueError) as caught:
             make(value)
-        assert "must be" in str(caught.value) or "unset" in str(caught.value), (name, value)
+        message = str(caught.value)
+        assert message.startswith(f"{field}: must be ") and allowed in message, (name, value, message)
+        assert message.endswith(")") and "(got " in message, (name, value, message)  # the value that was wrong
 
 
 @pytest.mark.parametrize(
@@ -283,3 +307,59 @@ def test_json_round_trip_is_exact_and_canonical(recipe):
     assert again.to_json() == text
     assert text == json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"))
     assert Recipe.from_dict(recipe.to_dict()) == recipe  # to_dict() tuples are accepted as well
+
+
+@pytest.mark.parametrize("field", ["image_sha256", "map_sha256"])
+def test_control_unit_hashes_are_checked_and_named(field):
+    ControlUnit(model=ModelRef(name="cn"), **{field: SHA})
+    with pytest.raises(ValueError, match=rf"^controlnets\.{field}: must be a lowercase hex sha256 \(64 characters\)"):
+        ControlUnit(model=ModelRef(name="cn"), **{field: SHA.upper()})
+
+
+@pytest.mark.parametrize(
+    ("micro", "expected"),
+    [
+        (
+            MicroConditioning(),
+            {"original_size": (96, 64), "crops_coords_top_left": (0, 0), "target_size": (96, 64)},
+        ),
+        (
+            MicroConditioning(original_size=(2048, 1024), crops_coords_top_left=(8, 16), target_size=(512, 512)),
+            {"original_size": (2048, 1024), "crops_coords_top_left": (8, 16), "target_size": (512, 512)},
+        ),
+        (  # any negative value makes diffusers use them all: the missing sizes are filled from the positive ones
+            MicroConditioning(original_size=(300, 200), negative_crops_coords_top_left=(4, 4)),
+            {
+                "original_size": (300, 200),
+                "crops_coords_top_left": (0, 0),
+                "target_size": (96, 64),
+                "negative_original_size": (300, 200),
+                "negative_target_size": (96, 64),
+                "negative_crops_coords_top_left": (4, 4),
+            },
+        ),
+        (
+            MicroConditioning(negative_original_size=(512, 512)),
+            {
+                "original_size": (96, 64),
+                "crops_coords_top_left": (0, 0),
+                "target_size": (96, 64),
+                "negative_original_size": (512, 512),
+                "negative_target_size": (96, 64),
+            },
+        ),
+        (
+            MicroConditioning(negative_target_size=(128, 128)),
+            {
+                "original_size": (96, 64),
+                "crops_coords_top_left": (0, 0),
+                "target_size": (96, 64),
+                "negative_original_size": (96, 64),
+                "negative_target_size": (128, 128),
+            },
+        ),
+    ],
+)
+def test_micro_conditioning_resolves_every_size_for_diffusers(micro, expected):
+    expected = {"negative_crops_coords_top_left": (0, 0), **expected}
+    assert micro.resolved(96, 64) == expected
