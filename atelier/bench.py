@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-import pipelines.engine.engine as engine_module
 from pipelines.engine.engine import Engine
 from pipelines.models.loading import ModelCache
 from pipelines.recipe import ModelRef, Recipe, RefineSettings
@@ -179,23 +178,23 @@ def engine_figures(
     figures["raw_s_median"] = statistics.median(raw_times)
     figures["app_over_raw"] = figures["app_s_median"] / figures["raw_s_median"]
 
-    # Preview cost: decoding the clean estimate, against the UNet time of the same draft.
+    # Preview cost: the draft's cheap preview of the clean estimate, against the UNet time of the same draft.
     decode_seconds = []
-    real_decode = engine_module.decode_latents
+    real_previews = engine.previews.images
 
-    def timed_decode(pipe, latents):
+    def timed_previews(pipe, latents):
         start = time.perf_counter()
         try:
-            return real_decode(pipe, latents)
+            return real_previews(pipe, latents)
         finally:
             decode_seconds.append(time.perf_counter() - start)
 
-    engine_module.decode_latents = timed_decode
+    engine.previews.images = timed_previews
     try:
         with _metered({"unet": base.pipe.unet}) as meter:
             engine.draft(recipe, 1)
     finally:
-        engine_module.decode_latents = real_decode
+        del engine.previews.images  # the method again
     figures["preview_cost_ratio"] = sum(decode_seconds) / meter.seconds["unet"]
 
     # What batching buys: N drafts as one batch against N single drafts.
@@ -213,14 +212,82 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+# -- memory of the largest upload (README "Limits") -----------------------------------------------------
+
+# Run in a fresh interpreter, so the figure is this path's own: the largest upload the limits allow
+# (MAX_IMAGE_PIXELS of noise, which PNG cannot shrink) through what img2img does with it before the engine
+# (size from the header, request, decode, hash, fit to the recipe's size, as the engine's first step).
+# VmHWM (Linux), not ru_maxrss: a child's ru_maxrss starts at its parent's peak at fork.
+_UPLOAD_SCRIPT = """
+import json, resource, sys
+from atelier.edit_inputs import image_size, with_inputs
+from atelier.requests import GenerationRequest, ModelChoice, build_recipe
+from pipelines.sizes import fit_to_bucket
+def peak_kb():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+baseline = peak_kb()
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+request = GenerationRequest(prompt="bench", source_size=image_size(data), strength=0.5)
+recipe, inputs = with_inputs(build_recipe(request, ModelChoice("tiny", "tiny")), source=data)
+fitted = fit_to_bucket(inputs.images.source, recipe.width, recipe.height)
+peak = peak_kb()
+print(json.dumps({"baseline_kb": baseline, "peak_kb": peak}))
+"""
+
+
+def max_upload_peak_rss_mb() -> dict[str, float]:
+    """Peak resident memory (MiB) of a fresh process taking the largest allowed img2img upload, with the
+    process's resident memory before the upload (`baseline`: the imports) and the upload's size, for scale."""
+    import json
+    import math
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.recipe import MAX_IMAGE_PIXELS
+
+    side = math.isqrt(MAX_IMAGE_PIXELS)
+    with tempfile.TemporaryDirectory(prefix="atelier-bench-upload-") as tmp:
+        upload = Path(tmp) / "largest.png"
+        pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(upload, compress_level=1)
+        script = [sys.executable, "-c", _UPLOAD_SCRIPT, str(upload)]
+        found = json.loads(subprocess.run(script, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+        size_mb = upload.stat().st_size / 2**20
+    return {
+        "max_upload_peak_rss_mb": round(found["peak_kb"] / 1024, 1),
+        "max_upload_baseline_rss_mb": round(found["baseline_kb"] / 1024, 1),
+        "max_upload_file_mb": round(size_mb, 1),
+        "max_upload_side": side,
+    }
+
+
+def _postprocess_figures(home: Path) -> dict[str, Any]:
+    """Watermark + PNG + hash per 1024² image, the PNG level table, device_busy_fraction (atelier/bench_postprocess.py)."""
+    from atelier.bench_postprocess import device_busy_figures, postprocess_figures
+
+    return {**postprocess_figures(), "device_busy": device_busy_figures(home)}
+
+
 def run_all(
     home: Path | None = None, *, gallery_rows: int = 100_000, ui: bool = True, **engine_kwargs: Any
 ) -> dict[str, Any]:
+    from atelier.bench_sdxl import preview_flops
     from storage.bench import gallery_figures
 
     with tempfile.TemporaryDirectory(prefix="atelier-bench-") as tmp:
         figures = {"engine": engine_figures(home or Path(tmp) / "home", **engine_kwargs)}
+        figures["engine"].update(preview_flops())  # full-size SDXL's, counted on the meta device
         figures["gallery"] = gallery_figures(Path(tmp) / "gallery", rows=gallery_rows)
+        figures["postprocess"] = _postprocess_figures(Path(tmp) / "device-busy")
+    figures["limits"] = max_upload_peak_rss_mb()
     if ui:
         from atelier.ui_bench import ui_figures  # it starts `atelier serve` in a subprocess
 

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--files",
+        dest="files_dir",  # not "files": detect-watermark's positional FILEs are args.files
         metavar="DIR",
         help="the gallery's image files, e.g. on storage every machine mounts (default: $ATELIER_FILES_DIR, "
         "else files/ in the home)",
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     # The storage layer reads these (storage.db / storage.migrate): set for the command, they reach all of it.
     overrides = {
         "ATELIER_DATABASE_URL": args.database,
-        "ATELIER_FILES_DIR": str(Path(args.files).expanduser().resolve()) if args.files else None,
+        "ATELIER_FILES_DIR": str(Path(args.files_dir).expanduser().resolve()) if args.files_dir else None,
         "ATELIER_NO_BACKUP": "1" if args.no_backup else None,
     }
     with _environment({name: value for name, value in overrides.items() if value}):

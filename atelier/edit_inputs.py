@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from pipelines.engine.inputs import EditInputs
-from pipelines.recipe import ControlUnit, ModelRef, Recipe
+from pipelines.recipe import MAX_IMAGE_PIXELS, ControlUnit, ModelRef, Recipe
 from pipelines.sizes import fit_to_bucket
 
 
@@ -43,20 +43,36 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def open_image(data: bytes, what: str) -> Image.Image:
+def _opened(data: bytes, what: str) -> Image.Image:
+    """The image with only its header read; refused above MAX_IMAGE_PIXELS before any pixel is decoded
+    (a small file can decode to gigabytes: a decompression bomb)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.copy()
-    except (UnidentifiedImageError, OSError) as error:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{what}: not an image Pillow can read ({error})") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{what}: {width}×{height} pixels is over the limit of {MAX_IMAGE_PIXELS} pixels per image; make it smaller"
+        )
+    return image
+
+
+def open_image(data: bytes, what: str) -> Image.Image:
+    image = _opened(data, what)
+    try:
+        image.load()  # decoded once, in place: no second copy of the pixels
+    except (OSError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{what}: not an image Pillow can read ({error})") from None
+    return image
 
 
 def image_size(data: bytes, what: str = "source image") -> tuple[int, int]:
-    """(width, height) of an image as the engine sees it (EXIF orientation applied, as fit_to_bucket does)."""
-    from PIL import ImageOps
-
-    return ImageOps.exif_transpose(open_image(data, what)).size
+    """(width, height) of an image as the engine sees it (EXIF orientation applied, as fit_to_bucket does),
+    from its header: nothing is decoded."""
+    image = _opened(data, what)
+    width, height = image.size
+    return (height, width) if image.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)  # rotated 90°
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -84,7 +100,8 @@ def with_inputs(
     mask: bytes | None = None,
 ) -> tuple[Recipe, InputFiles]:
     """The recipe with its input hashes recorded, and the images for the engine and the gallery.
-    `mask`: inpainting (white = repaint), stored as given under the role "mask"."""
+    `mask`: inpainting (white = repaint), stored as given under the role "mask". Outpainting (recipe.expand)
+    needs no mask: the engine makes one for the border; the source is stored as given, not extended."""
     files: dict[str, bytes] = {}
     source_image = mask_image = None
     if source is not None:
@@ -97,6 +114,10 @@ def with_inputs(
         mask_image = open_image(mask, "mask")
         files["mask"] = mask
         recipe = recipe.replace(mask_sha256=sha256_hex(mask))
+    if recipe.inpaints and source is None:
+        raise ValueError("expand: outpainting needs a source image")
+    if recipe.masked_content != "original" and not recipe.inpaints:
+        raise ValueError("masked_content: 'noise' needs a mask or an expand (there is no masked area to fill)")
     units, maps = [], []
     for i, request in enumerate(controls):
         params, control_map = control_map_of(request, i, recipe.width, recipe.height, annotators_dir)

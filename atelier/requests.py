@@ -21,13 +21,18 @@ from atelier.sweeps import Sweep, parse_sweep, swept_recipes
 from pipelines.prompt_syntax import detect_syntax, merge_prompt_loras, prompt_warnings
 from pipelines.recipe import (
     MAX_DRAFTS,
+    MAX_REQUEST_PIXELS,
     MAX_SEED,
+    MAX_SIDE,
+    NO_EXPAND,
     PROMPT_SYNTAXES,
     LoraRef,
     MicroConditioning,
     ModelRef,
     Recipe,
     RefineSettings,
+    check_expand,
+    check_prompt_length,
     refine_any_recipe,
 )
 from pipelines.sizes import own_size
@@ -96,10 +101,18 @@ class GenerationRequest:
     source_size: tuple[int, int] | None = None
     strength: float | None = None
     refine_only: bool = False  # the refiner alone on the source, at refine_strength
+    # img2img only. What a masked area starts from ("original" or "noise", Recipe.masked_content; "noise" needs
+    # a mask or an expand), and an outpaint border (left, top, right, bottom px, multiples of 8): the Recipe's
+    # size is then the canvas, the size above (or the source's own) plus the border.
+    masked_content: str = "original"
+    expand: tuple[int, int, int, int] = NO_EXPAND
     # Drafts only: every combination of a dynamic prompt (else random draws, seeded by each draft's seed),
     # and a parameter sweep "PARAMETER=V1,V2,…" (one draft per value; `count` is not used).
     combinatorial: bool = False
     sweep: str = ""
+
+    def __post_init__(self) -> None:
+        check_request_limits(self)  # on construction: before any front end parses the prompt or loads a model
 
 
 def default_prompt_syntax() -> str:
@@ -155,6 +168,26 @@ def request_size(request: GenerationRequest) -> tuple[int, int]:
     return DEFAULT_WIDTH, DEFAULT_HEIGHT
 
 
+def check_request_limits(request: GenerationRequest) -> None:
+    """What a request may ask of the server (pipelines/recipe.py's MAX_* limits), checked before its prompt
+    is parsed at all: a 1 MB prompt is refused here in microseconds."""
+    for name, text in (("prompt", request.prompt), ("negative_prompt", request.negative)):
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"{name}: must be text (got {type(text).__name__})")
+        check_prompt_length(name, text or "")
+
+
+def check_plan_pixels(recipes: list[Recipe] | tuple[Recipe, ...], count: int = 1) -> None:
+    """Width × height × drafts of one request within MAX_REQUEST_PIXELS (`count` copies of one recipe, or
+    one of each)."""
+    total = count * sum(r.width * r.height for r in recipes)
+    if total > MAX_REQUEST_PIXELS:
+        raise ValueError(
+            f"drafts × size: {total} pixels in one request is over the limit of {MAX_REQUEST_PIXELS} "
+            "(e.g. 16 drafts at 1024×1024); make fewer drafts or smaller ones"
+        )
+
+
 def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
     """The validated Recipe of a request (ValueError naming the field and what is allowed)."""
     if not isinstance(request.prompt, str) or not request.prompt.strip():
@@ -183,14 +216,30 @@ def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
     if request.strength is None and not request.refine_only:
         if request.source_size is not None:
             raise ValueError("strength: an img2img needs a denoise strength from 0 to 1")
+        if request.masked_content != "original" or tuple(request.expand) != NO_EXPAND:
+            raise ValueError("masked_content, expand: inpainting and outpainting need img2img (a source image)")
         return recipe
     if request.source_size is None:
         raise ValueError("image: img2img needs a source image")
     if request.refine_only:
         if recipe.refine is None:
             raise ValueError("refine-only: needs a refine stage (a refiner, or 'base')")
-        return refine_any_recipe(recipe, recipe.refine)
-    return recipe.replace(mode="img2img", strength=float(request.strength))
+        return _outpainted(refine_any_recipe(recipe, recipe.refine), request)
+    return _outpainted(recipe.replace(mode="img2img", strength=float(request.strength)), request)
+
+
+def _outpainted(recipe: Recipe, request: GenerationRequest) -> Recipe:
+    """The img2img recipe with the request's masked content and expansion; its size becomes the canvas."""
+    expand = tuple(request.expand) if isinstance(request.expand, (list, tuple)) else request.expand
+    check_expand(expand)
+    left, top, right, bottom = expand
+    width, height = recipe.width + left + right, recipe.height + top + bottom
+    if max(width, height) > MAX_SIDE:
+        raise ValueError(
+            f"expand: the canvas would be {width}×{height} (the source's {recipe.width}×{recipe.height} plus "
+            f"{expand}); each side must be at most {MAX_SIDE} px"
+        )
+    return recipe.replace(masked_content=request.masked_content, expand=expand, width=width, height=height)
 
 
 @dataclass(frozen=True)
@@ -218,6 +267,7 @@ def plan_drafts(request: GenerationRequest, models: ModelChoice, *, wildcards: P
     if not is_dynamic(request.prompt):
         recipe = build_recipe(request, models)
         if sweep is None:
+            check_plan_pixels([recipe], request.count)
             return DraftPlan(recipe=recipe, count=request.count)
     else:  # a sweep's cells share the prompt drawn with the request's seed
         count = 1 if sweep is not None else request.count
@@ -227,9 +277,11 @@ def plan_drafts(request: GenerationRequest, models: ModelChoice, *, wildcards: P
         prompts = resolve_prompts(request.prompt, seeds, combinatorial=request.combinatorial, wildcards=wildcards)
         each = tuple(_resolved(request, models, prompt, seed) for prompt, seed in zip(prompts, seeds))
         if sweep is None:
+            check_plan_pixels(each)
             return DraftPlan(recipe=each[0], count=len(each), each=each, labels=tuple(prompts))
         recipe = each[0]
     cells = tuple(swept_recipes(recipe, sweep))
+    check_plan_pixels(cells)
     return DraftPlan(recipe=cells[0], count=len(cells), each=cells, labels=sweep.labels, sweep=sweep)
 
 
@@ -237,6 +289,17 @@ def _resolved(request: GenerationRequest, models: ModelChoice, prompt: str, seed
     """The draft recipe of one prompt a template gave, made alone, recording the template."""
     recipe = build_recipe(dataclasses.replace(request, prompt=prompt, seed=seed), models)
     return recipe.replace(stage="draft", prompt_template=request.prompt)
+
+
+def build_one_recipe(request: GenerationRequest, models: ModelChoice, *, wildcards: Path | None = None) -> Recipe:
+    """The Recipe of a one-image request (img2img, inpaint, ControlNet): a dynamic prompt (`{a|b}`,
+    `__wildcard__` files in `wildcards`) drawn with the request's seed, the template recorded, as a draft's."""
+    if not is_dynamic(request.prompt):
+        return build_recipe(request, models)
+    seed = random_seed() if request.seed is None else request.seed
+    prompt = resolve_prompts(request.prompt, [seed], wildcards=wildcards)[0]
+    recipe = build_recipe(dataclasses.replace(request, prompt=prompt, seed=seed), models)
+    return recipe.replace(prompt_template=request.prompt)
 
 
 def varied_recipes(parent: Recipe, *, strength: float, count: int, variation_seed: int | None = None) -> list[Recipe]:
@@ -256,4 +319,5 @@ def varied_recipes(parent: Recipe, *, strength: float, count: int, variation_see
     recipes = [draft.replace(variation_seed=first, variation_strength=strength)]  # validates seed and strength
     if first + count - 1 > MAX_SEED:
         raise ValueError(f"variation_seed: must leave room for {count} consecutive seeds (got {first})")
+    check_plan_pixels(recipes, count)  # each variation the parent's size
     return recipes + [recipes[0].replace(variation_seed=first + i) for i in range(1, count)]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from atelier import __version__
+from atelier.cluster.errors import WorkerLost
 from atelier.edit_inputs import (  # noqa: F401 (image_size, open_image: for the front ends)
     ControlRequest,
     InputFiles,
@@ -31,6 +32,19 @@ from atelier.edit_inputs import (  # noqa: F401 (image_size, open_image: for the
     with_inputs,
 )
 from atelier.requests import ModelChoice, varied_recipes
+from atelier.studio_gallery import GalleryViews
+from atelier.studio_models import ModelLists
+from atelier.studio_saving import (  # Saved: for the front ends
+    Saved,
+    SavePool,
+    commit_draft,
+    commit_final,
+    encode_draft,
+    encode_finished,
+    results,
+    saved_from,
+    wait_all,
+)
 from atelier.studio_values import GalleryFilters, RefineChoice, StepPreview  # noqa: F401 (for the front ends)
 from atelier.sweep_grid import write_sweep_grid  # noqa: F401 (for the front ends)
 from pipelines.errors import GenerationCancelled, OutOfMemory
@@ -43,26 +57,8 @@ if TYPE_CHECKING:
 
 # What a front end catches: errors a user can cause or act on (their message is for the user), and a
 # job stopped by Interrupt.
-USER_ERRORS = (ValueError, OutOfMemory, NotFoundError, FileNotFoundError)
+USER_ERRORS = (ValueError, OutOfMemory, NotFoundError, FileNotFoundError, WorkerLost)
 Cancelled = GenerationCancelled
-
-
-@dataclass(frozen=True, kw_only=True)
-class Saved:
-    """A generation as the studio hands it back: its gallery id, files and recipe."""
-
-    id: int
-    recipe: Recipe
-    image: Path
-    latent: Path | None = None
-    reused: bool = False  # an existing entry made from the same request (nothing new was stored)
-    notes: tuple[str, ...] = ()  # how the engine adjusted the request to run it, in words for the user
-
-    def as_json(self) -> dict[str, Any]:
-        data = {"id": self.id, "seed": self.recipe.seed, "image": str(self.image)}
-        if self.latent is not None:
-            data["latent"] = str(self.latent)
-        return data
 
 
 @dataclass(frozen=True)
@@ -74,7 +70,7 @@ class Lineage:
 OnStep = Callable[[StepPreview], None]
 
 
-class Studio:
+class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: atelier/studio_*.py
     def __init__(
         self,
         home: Path,
@@ -84,16 +80,24 @@ class Studio:
         cpu_offload: bool = False,
         vae_tiling: bool = False,
         database_url: str | None = None,
+        save_workers: int | None = None,
+        on_loading: Callable[[str], None] | None = None,
+        engine: Any = None,
     ) -> None:
         self.home = Path(home)
         self._device_options = dict(device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling)
-        self._engine = None
+        self._engine = engine  # None: made here on first use; atelier.cluster's RemoteEngine runs jobs on GPU workers
         self.gallery = Gallery.open(self.home, database_url)
+        # PNG encodes and gallery commits, off the device's path (atelier/studio_saving.py); 0: inline
+        self._saves = SavePool() if save_workers is None else SavePool(workers=save_workers)
+        self._on_loading = on_loading  # told what a cold start is loading (the CLI prints it on stderr)
 
     @property
     def engine(self):
         """The engine, made on first use: gallery-only work (listing, search, export) never imports torch."""
         if self._engine is None:
+            if self._on_loading is not None:
+                self._on_loading("torch, diffusers and the engine; the models load on first use")
             from pipelines.engine.engine import Engine
             from pipelines.models.loading import ModelCache
 
@@ -104,7 +108,14 @@ class Studio:
     def models(self):
         return self.engine.models
 
+    @property
+    def device_slots(self) -> int:
+        """Jobs the engine runs at once: 1 in this process, one per GPU worker on a cluster (never makes the
+        engine)."""
+        return getattr(self._engine, "slots", 1)
+
     def close(self) -> None:
+        self._saves.close()  # every save submitted is finished before the gallery closes
         self.gallery.close()
 
     def __enter__(self) -> Studio:
@@ -128,6 +139,10 @@ class Studio:
 
     def load_models(self, choice: ModelChoice) -> None:
         """Load the chosen base (and refiner) now, so the first job does not wait for it."""
+        if self._on_loading is not None:
+            self._on_loading(
+                f"the base model {choice.base!r}" + (f" and refiner {choice.refiner!r}" if choice.refiner else "")
+            )
         base = self.models.load_base(choice.base)
         if choice.refiner:
             self.models.load_refiner(choice.refiner, base)
@@ -145,9 +160,10 @@ class Studio:
         should_cancel: Callable[[], bool] | None = None,
     ) -> list[Saved]:
         inputs = inputs or InputFiles()
+        self._check_loras([recipe])
         drafts = self.engine.draft(recipe, count, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         batch_id = uuid.uuid4().hex if len(drafts) > 1 and drafts[0].recipe.batch_seeds else None
-        return [self._save_draft(d, batch_id=batch_id, parent_id=parent_id, inputs=inputs) for d in drafts]
+        return self._save_drafts(drafts, batch_id=batch_id, parent_id=parent_id, inputs=inputs)
 
     def vary(
         self,
@@ -177,14 +193,22 @@ class Studio:
         on_step: OnStep | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> list[Saved]:
-        """Each recipe drafted alone (a dynamic prompt's drafts, a sweep's cells, variations), stored once all
-        are made, as one gallery batch (shown together; no batch_seeds, so each re-runs alone)."""
+        """Each recipe drafted alone (a dynamic prompt's drafts, a sweep's cells, variations), as one gallery batch
+        (shown together; no batch_seeds, so each re-runs alone). Each draft is saved on the save pool while
+        the device makes the next; if a later one fails or is cancelled, those already made stay saved."""
         if not 1 <= len(recipes) <= MAX_DRAFTS:
             raise ValueError(f"drafts: must be from 1 to {MAX_DRAFTS} (got {len(recipes)})")
         inputs, callbacks = inputs or InputFiles(), _callbacks(on_step, should_cancel)
-        drafts = [self.engine.draft(r, 1, inputs=inputs.images, **callbacks)[0] for r in recipes]
-        batch_id = uuid.uuid4().hex if len(drafts) > 1 else None
-        return [self._save_draft(d, batch_id=batch_id, parent_id=parent_id, inputs=inputs) for d in drafts]
+        self._check_loras(recipes)
+        batch_id = uuid.uuid4().hex if len(recipes) > 1 else None
+        saves = []
+        try:
+            for recipe in recipes:  # draft i is encoded and committed while the device makes draft i + 1
+                draft = self.engine.draft(recipe, 1, inputs=inputs.images, **callbacks)[0]
+                saves += self._commit_drafts([self._encode_draft(draft)], batch_id, parent_id, inputs, wait=False)
+        finally:
+            wait_all(saves)  # settled before the caller sees the result, or the error
+        return results(saves)
 
     def edit(
         self,
@@ -197,6 +221,7 @@ class Studio:
     ) -> Saved:
         """One img2img or ControlNet image made to the end (refined when the recipe says so); `parent_id`:
         the gallery image it was made from."""
+        self._check_loras([recipe])
         result = self.engine.render(recipe, inputs=inputs.images, **_callbacks(on_step, should_cancel))
         if _is_draft(result):
             return self._save_draft(result, parent_id=parent_id, inputs=inputs)
@@ -218,7 +243,7 @@ class Studio:
             draft = dataclasses.replace(draft, recipe=settings.applied_to(draft.recipe))
         earlier = self._refined_before(draft_id, draft.recipe)
         if earlier is not None:
-            return dataclasses.replace(_saved(earlier), reused=True)
+            return dataclasses.replace(saved_from(earlier), reused=True)
         # The refiner needs only the latent, but the refined entry must reference its draft's source and
         # control files too: they are what a re-run of it needs, even after the draft is deleted.
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
@@ -246,6 +271,7 @@ class Studio:
         on_step: OnStep | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> Saved:
+        self.gallery.get(draft_id).recipe.replace(steps=steps)  # a bad steps value fails before torch loads
         draft = self.load_draft(draft_id)
         inputs = stored_inputs(draft.recipe, self.gallery.read_file)
         finished = self.engine.rerender(draft, steps, inputs=inputs.images, **_callbacks(on_step, should_cancel))
@@ -285,7 +311,7 @@ class Studio:
     ) -> Saved:
         """Hires fix: the image enlarged (by `scale`, or to `width`×`height`; ×2 by default) with `upscaler`, then
         img2img at `strength` for `steps` (the image's own) through base → refiner; see atelier/upscale.py."""
-        from atelier.upscale import UpscaleRequest, pixel_upscaler, prepare_upscale
+        from atelier.upscale import UpscaleRequest, open_upright, pixel_upscaler, prepare_upscale, upscale_recipe
 
         wanted = UpscaleRequest(  # bad values fail here, before the gallery or a model is touched
             scale=scale, width=width, height=height, strength=strength, steps=steps, upscaler=upscaler
@@ -293,6 +319,10 @@ class Studio:
         parent = self.gallery.get(generation_id)
         enlarge = pixel_upscaler(upscaler, self.home, lambda: str(self.models.device))  # a missing model fails here
         image = self.gallery.read_file(parent.image_sha256)
+        # A draft: its full decode, not its cheap preview (of the same size), once the values are known good.
+        upscale_recipe(parent.recipe, wanted, *wanted.size_for(*open_upright(image, "the gallery image").size))
+        full = self._full_draft_file(parent)
+        image = full.read_bytes() if full else image
         recipe, inputs, note = prepare_upscale(parent.recipe, image, wanted, enlarge)
         saved = self.edit(recipe, inputs, parent_id=generation_id, on_step=on_step, should_cancel=should_cancel)
         return dataclasses.replace(saved, notes=(note, *saved.notes))
@@ -301,11 +331,13 @@ class Studio:
         """An Atelier or A1111/InvokeAI PNG becomes a gallery entry with its (closest) recipe; bytes unchanged."""
         data = Path(path).read_bytes()
         read = read_png(data)
+        if read.lora_hashes:  # A1111's short LoRA hashes: the local files they name (by AutoV3)
+            read = read.with_pinned_loras(*self._lora_library().pin_short_hashes(read.recipe, read.lora_hashes))
         dropped = tuple(f"not kept: {item}" for item in read.unmapped)
         earlier = self.gallery.imported_image(hashlib.sha256(data).hexdigest())
         if earlier is not None:  # the same file again: the entry made the first time
-            return dataclasses.replace(_saved(earlier), reused=True, notes=dropped)
-        return dataclasses.replace(_saved(self.gallery.save(read.recipe, "imported", data)), notes=dropped)
+            return dataclasses.replace(saved_from(earlier), reused=True, notes=dropped)
+        return saved_from(self.gallery.save(read.recipe, "imported", data), dropped)
 
     # -- edit inputs ---------------------------------------------------------------------------------
 
@@ -330,7 +362,9 @@ class Studio:
         pixels (a browser's copy is a re-encode, with another sha256 and without its metadata), else `data`."""
         if not parent_id:
             return data
-        original = self.gallery.read_file(self.gallery.get(parent_id).image_sha256)
+        parent = self.gallery.get(parent_id)
+        full = self._full_draft_file(parent)  # a draft is sent as its full decode
+        original = full.read_bytes() if full else self.gallery.read_file(parent.image_sha256)
         same = (
             open_image(original, "gallery image").convert("RGB").tobytes()
             == open_image(data, "source image").convert("RGB").tobytes()
@@ -339,38 +373,8 @@ class Studio:
 
     # -- the gallery ---------------------------------------------------------------------------------
 
-    def get(self, generation_id: int) -> Generation:
-        return self.gallery.get(generation_id)
-
-    def search(
-        self,
-        query: str | None = None,
-        filters: GalleryFilters = GalleryFilters(),
-        *,
-        limit: int = 50,
-        after: str | None = None,
-    ) -> Page:
-        return self.gallery.search(query, limit=limit, after=after, **filters.as_search_arguments())
-
     def lineage(self, generation_id: int) -> Lineage:
         return Lineage(ancestors=self.gallery.ancestors(generation_id), children=self.gallery.children(generation_id))
-
-    def set_favourite(self, generation_id: int, favourite: bool) -> Generation:
-        return self.gallery.set_favourite(generation_id, favourite)
-
-    def delete(self, generation_id: int) -> tuple[str, ...]:
-        return self.gallery.delete(generation_id)
-
-    def set_tags(self, generation_id: int, tags: list[str]) -> Generation:
-        return self.gallery.set_tags(generation_id, tags)
-
-    def stored_file(self, sha256: str) -> Path:
-        """Where the gallery keeps a file it stores by sha256 (a source or control image)."""
-        return self.gallery.file_path(sha256)
-
-    def read_file(self, sha256: str) -> bytes:
-        """A stored file's bytes, checked against its sha256 (a damaged file is an error, never exported)."""
-        return self.gallery.read_file(sha256)
 
     def download_path(self, generation_id: int) -> Path:
         """The generation's PNG under a name that says what it is (`atelier-<id>-<seed>.png`): a link in
@@ -380,94 +384,94 @@ class Studio:
         folder = self.downloads_folder()
         folder.mkdir(parents=True, exist_ok=True)
         link = folder / f"atelier-{generation.id}-{generation.recipe.seed}.png"
-        if not (link.is_symlink() and link.resolve() == generation.image_path.resolve()):
+        target = self._full_draft_file(generation) or generation.image_path  # a cheap draft preview: the full decode
+        if not (link.is_symlink() and link.resolve() == target.resolve()):
             temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}")
-            temporary.symlink_to(generation.image_path.resolve())
+            temporary.symlink_to(target.resolve())
             temporary.replace(link)  # atomic: another page asking at the same time sees a whole link
         return link
 
     def downloads_folder(self) -> Path:
         return self.home / "downloads"
 
+    def _full_draft_file(self, generation: Generation) -> Path | None:
+        """A draft whose gallery image is a cheap preview (see pipelines/engine/previews.py): the full VAE decode
+        of its kept clean estimate, as a PNG with its recipe, made on first demand and kept by the preview's
+        sha256. None for every other entry (its gallery file is the full image), or if it cannot be decoded
+        here (the model is gone): the preview is shown then."""
+        latent = generation.latent_path
+        if generation.kind != "draft" or latent is None or generation.files_missing or not latent.exists():
+            return None
+        path = self.downloads_folder() / "full-drafts" / f"{generation.image_sha256}.png"
+        if path.exists():
+            return path
+        draft = self.load_draft(generation.id)
+        if draft.latent.clean_estimate is None:
+            return None
+        inputs = stored_inputs(draft.recipe, self.gallery.read_file) if draft.recipe.inpaints else InputFiles()
+        try:
+            image = self.engine.full_draft_image(draft, inputs=inputs.images)
+        except (ValueError, OutOfMemory, FileNotFoundError):
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        temporary.write_bytes(encode_png(image, draft.recipe, self._lora_autov3(draft.recipe)))
+        temporary.replace(path)
+        return path
+
     def files_folder(self) -> Path:
         """The folder of the gallery's own files: the only one a web front end may serve."""
         return self.gallery.files.root
 
-    # -- model lists ---------------------------------------------------------------------------------
-
-    def loras(self) -> list[dict[str, Any]]:
-        """Every LoRA file in the models folder: name, and format or why it is unusable (read afresh)."""
-        return self.engine.loras.available()
-
-    def lora_folder(self) -> Path | None:
-        return self.engine.loras.folder()
-
-    def controlnets(self) -> list[dict[str, Any]]:
-        return self.engine.controlnets.available()
-
-    def controlnet_folder(self) -> Path | None:
-        return self.engine.controlnets.folder()
-
-    def annotators_folder(self) -> Path | None:
-        folder = self.controlnet_folder()
-        return folder.parent / "annotators" if folder is not None else None
-
-    def preprocessors(self) -> list[dict[str, Any]]:
-        """Every preprocessor: name, whether it can run here, and what to download where if not."""
-        from pipelines.models.preprocessors import available
-
-        return available(self.annotators_folder())
-
     # -- gallery ↔ engine ----------------------------------------------------------------------------
 
     def load_draft(self, draft_id: int) -> Draft:
-        from pipelines.engine.engine import Draft
-        from pipelines.engine.kept_latent import KeptLatent
-
-        generation = self.gallery.get(draft_id)
+        generation = self.gallery.get(draft_id)  # a wrong id fails here, before torch is imported
         if generation.kind != "draft":
             raise ValueError(
                 f"refine: generation {draft_id} is a {generation.kind!r}, not a draft; refine takes a draft id"
             )
         if generation.latent_path is None or generation.files_missing or not generation.latent_path.exists():
             raise ValueError(f"refine: draft {draft_id} has lost its kept latent file; re-run it to make it again")
+        from pipelines.engine.engine import Draft
+        from pipelines.engine.kept_latent import KeptLatent
+
         latent = KeptLatent.from_bytes(generation.latent_path.read_bytes(), name=f"latent of draft {draft_id}")
         with Image.open(generation.image_path) as preview:
             preview.load()
         return Draft(generation.recipe, latent, preview)
 
-    def _save_draft(
-        self,
-        draft: Draft,
-        *,
-        batch_id: str | None = None,
-        parent_id: int | None = None,
-        inputs: InputFiles | None = None,
-    ) -> Saved:
-        generation = self.gallery.save(
-            draft.recipe,
-            "draft",
-            encode_png(draft.preview, draft.recipe),
-            parent_id=parent_id,
-            batch_id=batch_id,
-            latent=draft.latent.to_bytes(draft.recipe.to_json()),
-            inputs=inputs.files if inputs else None,
-        )
-        return dataclasses.replace(_saved(generation), notes=draft.notes)
+    def _encode_draft(self, draft: Draft):
+        return self._saves.encode(lambda autov3=self._lora_autov3(draft.recipe): encode_draft(draft, autov3))
+
+    def _commit_drafts(self, encoded: list, batch_id=None, parent_id=None, inputs=None, *, wait: bool = True):
+        """Commit encoded drafts in order: their Saved (wait: the front ends get ids and paths), or the futures."""
+        files = inputs.files if inputs else None
+        commits = [
+            self._saves.commit(
+                e, lambda enc: commit_draft(self.gallery, enc, batch_id=batch_id, parent_id=parent_id, inputs=files)
+            )
+            for e in encoded
+        ]
+        return results(commits) if wait else commits
+
+    def _save_drafts(self, drafts: list[Draft], *, batch_id=None, parent_id=None, inputs=None) -> list[Saved]:
+        return self._commit_drafts([self._encode_draft(d) for d in drafts], batch_id, parent_id, inputs)
+
+    def _save_draft(self, draft: Draft, *, parent_id=None, inputs=None) -> Saved:
+        return self._save_drafts([draft], parent_id=parent_id, inputs=inputs)[0]
 
     def _save_final(
         self, finished: FinishedImage, kind: str, *, parent_id: int | None, inputs: InputFiles | None = None
     ) -> Saved:
-        png = encode_png(finished.image, finished.recipe)
         files = inputs.files if inputs else None
-        try:
-            generation = self.gallery.save(finished.recipe, kind, png, parent_id=parent_id, inputs=files)
-        except NotFoundError:
-            if parent_id is None:
-                raise
-            # The parent was deleted while this image was being made: keep the image, without lineage.
-            generation = self.gallery.save(finished.recipe, kind, png, inputs=files)
-        return dataclasses.replace(_saved(generation), notes=finished.notes)
+        encoded = self._saves.encode(
+            lambda autov3=self._lora_autov3(finished.recipe): encode_finished(finished, autov3)
+        )
+        save = self._saves.commit(
+            encoded, lambda e: commit_final(self.gallery, e, kind, parent_id=parent_id, inputs=files)
+        )
+        return save.result()
 
 
 def _callbacks(on_step: OnStep | None, should_cancel: Callable[[], bool] | None) -> dict[str, Any]:
@@ -493,7 +497,3 @@ def _kind(recipe: Recipe) -> str:
     if recipe.mode == "img2img":
         return "img2img"
     return "controlnet" if recipe.controlnets else "txt2img"
-
-
-def _saved(generation: Generation) -> Saved:
-    return Saved(id=generation.id, recipe=generation.recipe, image=generation.image_path, latent=generation.latent_path)

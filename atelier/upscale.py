@@ -118,6 +118,9 @@ def upscale_recipe(parent: Recipe, request: UpscaleRequest, width: int, height: 
         width=width,
         height=height,
         source_image_sha256=None,
+        mask_sha256=None,  # the enlarged image is repainted whole: no inpaint mask, no outpaint border
+        masked_content="original",
+        expand=(0, 0, 0, 0),
         batch_seeds=(),
         variation_seed=None,
         variation_strength=0.0,

@@ -175,7 +175,10 @@ def decode_cursor(cursor: Any) -> int:
 
 def is_fts_error(message: str) -> bool:
     lowered = message.lower()
-    return "fts5" in lowered or "no such column" in lowered or "unterminated string" in lowered
+    return any(
+        words in lowered
+        for words in ("fts5", "no such column", "unterminated string", "unknown special query", "malformed match")
+    )
 
 
 def normalise_tags(tags: Iterable[str]) -> tuple[str, ...]:

@@ -18,10 +18,38 @@ def register(subparsers) -> None:
     bench.add_argument("--gallery-rows", type=int, default=100_000)
     bench.add_argument("--no-ui", action="store_true", help="skip the web UI figures (they start a server)")
     bench.add_argument("--json", action="store_true")
+    full = bench.add_argument_group("full size (atelier/bench_full_size.py)")
+    full.add_argument("--full-size", action="store_true", help="SDXL 1.0's architecture, random weights, at 1024²")
+    full.add_argument("--tiny", action="store_true", help="with --full-size: the same run on the tiny model at 64²")
+    full.add_argument("--compile", action="store_true", help="with --full-size: also torch.compile the UNets")
+    full.add_argument("--compile-backend", default="inductor", help="with --compile (default: inductor)")
+    full.add_argument("--output", help="with --full-size: also write the figures (JSON) here, after each phase")
+    cluster = bench.add_argument_group("GPU workers (atelier/cluster/bench.py; pip install '.[cluster]')")
+    cluster.add_argument(
+        "--cluster",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="draft throughput on Ray Serve workers, 1 then 2 replicas (a local Ray cluster, or ADDRESS)",
+    )
+    cluster.add_argument("--workers", help="with --cluster: replica counts to compare (default: 1,2)")
+    cluster.add_argument("--jobs", type=int, default=8, help="with --cluster: drafts sent at once (default: 8)")
     bench.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.cluster:
+        from atelier.cluster.bench import run_from_args as run_cluster
+
+        print(json.dumps(run_cluster(args), indent=None if args.json else 2))
+        return 0
+    if args.full_size:
+        from atelier.bench_full_size import run_from_args
+
+        print(json.dumps(run_from_args(args), indent=None if args.json else 2))
+        return 0
+    if args.tiny or args.compile or args.output:
+        raise ValueError("bench: --tiny, --compile and --output go with --full-size")
     from atelier.bench import run_all
     from atelier.model_choice import choose_models
 

@@ -59,12 +59,14 @@ def open_studio(args: argparse.Namespace):
     """The Studio for `args.home`, with the device options when the command has them."""
     from atelier.studio import Studio
 
+    name = f"atelier {getattr(args, 'command', '') or ''}".rstrip()
     return Studio(
         args.home,
         device=getattr(args, "device", None),
         dtype=getattr(args, "dtype", None),
         cpu_offload=getattr(args, "cpu_offload", False),
         vae_tiling=getattr(args, "vae_tiling", False),
+        on_loading=lambda what: print(f"{name}: loading {what}…", file=sys.stderr, flush=True),
     )
 
 

@@ -21,7 +21,7 @@ from atelier.commands.request_options import (
     edit_inputs_from_args,
     request_from_args,
 )
-from pipelines.recipe import Recipe
+from pipelines.recipe import MAX_STEPS, Recipe
 
 
 def register(subparsers) -> None:
@@ -88,9 +88,10 @@ def draft_plan(args: argparse.Namespace):
 
 def run_draft(args: argparse.Namespace) -> int:
     from atelier.requests import recipe_warnings
-    from atelier.studio import write_sweep_grid
 
     plan = draft_plan(args)  # every value validated before the studio opens or a model loads
+    from atelier.studio import write_sweep_grid  # (the gallery's and SQLAlchemy's import: after validation)
+
     tell("draft", [w for recipe in plan.each or (plan.recipe,) for w in recipe_warnings(recipe)])
     grid = None
     with open_studio(args) as studio:
@@ -111,8 +112,11 @@ def run_draft(args: argparse.Namespace) -> int:
 
 
 def run_refine(args: argparse.Namespace) -> int:
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:  # before the gallery opens (--steps 0 too)
+        raise ValueError(f"steps: must be an integer from 1 to {MAX_STEPS} (got {args.steps})")
     with open_studio(args) as studio:
-        saved = studio.rerender(args.draft_id, args.steps) if args.steps else studio.refine(args.draft_id)
+        rerender = args.steps is not None
+        saved = studio.rerender(args.draft_id, args.steps) if rerender else studio.refine(args.draft_id)
     tell("refine", saved.notes)
     return emit(args, {"id": saved.id, "image": str(saved.image)}, f"refined {saved.id}  {saved.image}")
 

@@ -38,7 +38,7 @@ from atelier.requests import (
     GenerationRequest,
 )
 from atelier.sweeps import MAX_CELLS, PARAMETERS
-from pipelines.recipe import MAX_DRAFTS, SCHEDULERS, LoraRef, MicroConditioning, Recipe
+from pipelines.recipe import MAX_DRAFTS, NO_EXPAND, SCHEDULERS, LoraRef, MicroConditioning, Recipe
 
 if TYPE_CHECKING:  # the CLI starts light: the image and model modules load when a command runs
     from atelier.edit_inputs import InputFiles
@@ -215,14 +215,31 @@ def add_inpaint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inpaint-padding", type=int, default=32, metavar="PX", help="masked area: pixels around the mask (default 32)"
     )
+    parser.add_argument(
+        "--masked-content",
+        default="original",
+        metavar="original|noise",
+        help="what the masked area starts from: the source re-noised (original), or fresh noise for new content",
+    )
+    parser.add_argument(
+        "--expand",
+        type=_expand,
+        default=NO_EXPAND,
+        metavar="L,T,R,B",
+        help="outpaint: add L,T,R,B px (multiples of 8) around the source and paint them; no --mask needed",
+    )
 
 
 def inpaint_from_args(args: argparse.Namespace, recipe: Recipe, studio) -> tuple[Recipe, bytes | None]:
     """The recipe with the inpaint settings (checked by Recipe, before any image is read), and the mask's bytes."""
     settings = {"mask_blur": args.mask_blur, "inpaint_area": args.inpaint_area, "inpaint_padding": args.inpaint_padding}
     if args.mask is None:
+        if recipe.expand != NO_EXPAND:  # outpaint: its own mask
+            return recipe.replace(**settings), None
         if settings != {"mask_blur": 0, "inpaint_area": "whole", "inpaint_padding": 32}:
-            raise ValueError("--mask: --mask-blur, --inpaint-area and --inpaint-padding need a --mask")
+            raise ValueError("--mask: --mask-blur, --inpaint-area and --inpaint-padding need a --mask or --expand")
+        if recipe.masked_content != "original":
+            raise ValueError("--masked-content: 'noise' needs a --mask or --expand (there is no masked area)")
         return recipe, None
     recipe = recipe.replace(**settings)
     data, _ = read_image_arg(args.mask, studio)
@@ -261,6 +278,16 @@ def _pair(text: str) -> tuple[int, int]:
         return int(a), int(b)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two integers like 1024x1024 (got {text!r})") from None
+
+
+def _expand(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+        if len(values) != 4:
+            raise ValueError
+        return values
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected four integers L,T,R,B like 64,0,64,0 (got {text!r})") from None
 
 
 def parse_lora(text: str) -> LoraRef:
@@ -308,6 +335,8 @@ def request_from_args(args: argparse.Namespace, *, source_size: tuple[int, int] 
         source_size=source_size,
         strength=getattr(args, "strength", None),
         refine_only=getattr(args, "refine_only", False),
+        masked_content=getattr(args, "masked_content", "original"),  # img2img only
+        expand=getattr(args, "expand", NO_EXPAND),
         combinatorial=getattr(args, "combinatorial", False),  # draft only
         sweep=getattr(args, "sweep", ""),
     )
@@ -328,7 +357,7 @@ def read_image_arg(value: str, studio) -> tuple[bytes, int | None]:
         return path.read_bytes(), None
     if value.isdigit():
         generation = studio.get(int(value))
-        return generation.image_path.read_bytes(), generation.id
+        return studio.download_path(generation.id).read_bytes(), generation.id  # a draft: its full decode
     raise ValueError(f"image {value!r}: no such file, and not a gallery id")
 
 

@@ -83,7 +83,7 @@ def test_fts_query_forms(gallery, filled):
     assert _ids(gallery.search("creme brulee", limit=100)) == _expected(filled, lambda g: has(g, "crème"))
 
 
-@pytest.mark.parametrize("query", ['"unterminated', "fox AND", "colour: red", "(fox"])
+@pytest.mark.parametrize("query", ['"unterminated', "fox AND", "colour: red", "(fox", "*", "* fox"])
 def test_bad_fts_syntax_is_a_value_error(gallery, filled, query):
     with pytest.raises(ValueError, match="not a valid full-text query"):
         gallery.search(query)
