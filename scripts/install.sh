@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install Atelier into ./.venv on a fresh machine (Python 3.11, offline from any model hub).
 #   bash scripts/install.sh          the app
-#   bash scripts/install.sh --test   the app, the test tools, and Debian's Chromium for the browser tests
+#   bash scripts/install.sh --test   the app, the test tools (and the cluster extra), and Debian's Chromium for the browser tests
+#   .venv/bin/pip install -c constraints.txt -e '.[cluster]'   GPU workers on a Ray cluster (atelier serve --cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,8 @@ fi
 # must match it exactly (other pairs fail to import: "operator torchvision::nms does not exist").
 .venv/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 extras=""
-[ "$with_tests" = 1 ] && extras="[test]"
+# The tests include the cluster ones (a real local Ray cluster): --test installs the cluster extra too.
+[ "$with_tests" = 1 ] && extras="[test,cluster]"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".${extras}"
 
 # The browser tests drive Debian's Chromium; the gallery's PostgreSQL tests start Debian's PostgreSQL.
