@@ -119,3 +119,28 @@ def test_bad_inpaint_requests_fail_before_any_model_work(
     with count_calls(unet=unet) as calls, pytest.raises(ValueError, match=message):
         engine.render(inpaint(**changes), inputs=EditInputs(**(inputs or {"source": SOURCE, "mask": square_mask()})))
     assert calls["unet"] == 0
+
+
+def test_the_result_equals_diffusers_inpaint_pipeline_called_directly(engine, inpaint, diffusers_reference):
+    """Whole-picture inpainting without a refiner is StableDiffusionXLInpaintPipeline (made from the same
+    components) given the fitted source, the mask and the seed: the same final latent."""
+    import torch
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    recipe = inpaint()
+    finished = engine.render(recipe, inputs=EditInputs(source=SOURCE, mask=square_mask()))
+    reference = StableDiffusionXLInpaintPipeline(**diffusers_reference.base.pipe.components, add_watermarker=False)
+    expected = reference(
+        prompt=recipe.prompt,
+        negative_prompt=recipe.negative_prompt,
+        image=fit_to_bucket(SOURCE, 64, 64),
+        mask_image=square_mask(),
+        strength=recipe.strength,
+        num_inference_steps=recipe.steps,
+        guidance_scale=recipe.guidance,
+        generator=torch.Generator("cpu").manual_seed(recipe.seed),
+        width=64,
+        height=64,
+        output_type="latent",
+    ).images[0]
+    torch.testing.assert_close(finished.latent, expected, atol=1e-5, rtol=0)
