@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -13,14 +14,15 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from atelier.requests import ModelChoice  # noqa: E402
 from atelier.studio import Studio  # noqa: E402
-from webui import controlnet_tab, draft_tab, gallery_tab, img2img_tab, security  # noqa: E402
+from webui import controlnet_tab, draft_tab, fair_queue, gallery_tab, img2img_tab, security  # noqa: E402
 from webui.bindings import Defaults, default_size, lora_lists  # noqa: E402
 from webui.context import Context  # noqa: E402
-from webui.jobs import GPU, GpuJobs  # noqa: E402
+from webui.jobs import GPU, GpuJobs, words_for_every_error  # noqa: E402
 
 DEMO_BANNER = "demo model with random weights — set --model to an SDXL checkpoint"
 QUEUE_SIZE = 16  # jobs waiting at most; one more is told the queue is full
 QUEUE_SIZE_ENV = "ATELIER_QUEUE_SIZE"
+UPLOADS_KEPT_S = 6 * 3600  # uploads older than this are deleted (checked every hour; all at each start)
 CSS = """
 #demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px; padding: 4px 12px; }
 #draft-status, #img2img-status, #cn-status, #gallery-status { font-size: 1.05em; min-height: 1.6em; }
@@ -52,6 +54,14 @@ def set_environment(home: Path) -> None:
     os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(cache / "examples"))
 
 
+def clear_stale_uploads(home: Path) -> None:
+    """Uploads left by an earlier run (a killed server never cleans up) are deleted: only in our own
+    folder under the home, never a GRADIO_TEMP_DIR the user named. Call it holding the home (its lock)."""
+    uploads = Path(home).expanduser().resolve() / "ui-cache" / "uploads"
+    if os.environ.get("GRADIO_TEMP_DIR") == str(uploads) and uploads.is_dir():
+        shutil.rmtree(uploads, ignore_errors=True)
+
+
 def queue_size_default() -> int:
     """$ATELIER_QUEUE_SIZE if set (a whole number of at least 1), else QUEUE_SIZE."""
     text = os.environ.get(QUEUE_SIZE_ENV, "").strip()
@@ -67,14 +77,16 @@ def make_context(studio: Studio, choice: ModelChoice) -> Context:
     loras, unusable = lora_lists(studio.loras())
     return Context(
         studio=studio,
-        jobs=GpuJobs(),
+        jobs=GpuJobs(slots=studio.device_slots),  # 1, or one per GPU worker (--cluster)
         choice=choice,
         defaults=Defaults(models=choice, width=width, height=height, loras=loras, unusable_loras=unusable),
     )
 
 
-def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
-    with gr.Blocks(title="Atelier", analytics_enabled=False) as demo:
+def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | None = None) -> gr.Blocks:
+    """The app; `queue_size` device jobs may wait, `per_client` of them from one address (default half)."""
+    limits = fair_queue.QueueLimits.default_for(queue_size, per_client)
+    with gr.Blocks(title="Atelier", analytics_enabled=False, delete_cache=(3600, UPLOADS_KEPT_S)) as demo:
         if ctx.choice.demo:
             gr.Markdown(f"⚠ {DEMO_BANNER}", elem_id="demo-banner")
         with gr.Tabs() as tabs:
@@ -98,6 +110,9 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                 send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private"
             )
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    fair_queue.install(demo, limits)
+    words_for_every_error(demo)
+    ctx.queue_limits = limits
     ctx.jobs.count_waiting(lambda: _waiting_for_the_device(demo))
     return demo
 
@@ -116,6 +131,8 @@ def warm_up(ctx: Context) -> threading.Thread:
             ctx.studio.load_models(ctx.choice)
         except Exception as exc:  # the first job reports it properly
             print(f"atelier serve: loading the models failed: {exc}", flush=True)
+        finally:
+            security.no_downloads_from_here()  # the chosen models are in; web requests download nothing
 
     thread = threading.Thread(target=ctx.jobs.run_now, args=(load,), name="atelier-warm-up", daemon=True)
     thread.start()
@@ -134,9 +151,15 @@ def launch(
     host: str = "127.0.0.1",
     port: int = 7860,
     auth: tuple[str, str] | None = None,
+    allowed_hosts: tuple[str, ...] = (),
     block: bool = True,
 ):
+    """Serve `demo`; only the loopback names on `port`, `allowed_hosts` and a specific `host` are answered."""
     security.check_listen(host, auth)
+    extra = (*allowed_hosts, *security.listen_names(host))
+    uploads = security.UploadQuota(folder=Path(demo.GRADIO_CACHE))
+    settings = security.GuardSettings(policy=security.HostPolicy(port=port, extra=extra), uploads=uploads)
+    queue_message = Middleware(security.QueueFullMessage, max_size=ctx.queue_limits.gpu_waiting)
     files = ctx.studio.files_folder().resolve()
     downloads = ctx.studio.downloads_folder().resolve()  # links to gallery files, under readable names
     for folder in (files, downloads):
@@ -156,12 +179,7 @@ def launch(
         footer_links=[],
         show_error=False,
         quiet=True,
-        app_kwargs={
-            "middleware": [
-                Middleware(security.SameOriginOnly),
-                Middleware(security.QueueFullMessage, max_size=demo._queue.max_size),
-            ]
-        },
+        _app=security.guarded_app(settings, middleware=[queue_message]),  # the guard outside Gradio's CORS
         theme=theme(),
         css=CSS,
         js=KEYS_JS,

@@ -328,9 +328,10 @@ def request_from_values(
     source_size: tuple[int, int] | None = None,
     size: tuple[int, int] | None = None,
     strength: float | None = None,
+    **img2img: Any,
 ) -> GenerationRequest:
     """The request the controls describe (img2img: the source's size, the size chosen for it, the
-    strength); field errors name the field."""
+    strength, and GenerationRequest's masked_content / expand in `img2img`); field errors name the field."""
     loras = tuple(
         LoraRef(name=(values[n] or "").strip(), weight=float(values[w]))
         for n, w in zip(c.lora_names, c.lora_weights)
@@ -368,6 +369,7 @@ def request_from_values(
         watermark=bool(values[c.watermark]),
         source_size=source_size,
         strength=strength,
+        **img2img,
     )
 
 
@@ -375,6 +377,12 @@ def recipe_from_values(c: GenerationControls, values: dict, d: Defaults) -> tupl
     """The Recipe and draft count the controls describe; ValueError (naming the field) if invalid."""
     request = request_from_values(c, values)
     return requests.build_recipe(request, d.models), request.count
+
+
+def one_recipe_from_values(c: GenerationControls, values: dict, d: Defaults, *, wildcards: Path) -> Recipe:
+    """The Recipe of a one-image tab (ControlNet): a dynamic prompt (`{a|b}`, `__wildcard__` from `wildcards`)
+    drawn with the seed, its template recorded; ValueError (naming the field) if invalid."""
+    return requests.build_one_recipe(request_from_values(c, values), d.models, wildcards=wildcards)
 
 
 def plan_from_values(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -18,6 +19,28 @@ class Context:
     jobs: GpuJobs
     choice: ModelChoice
     defaults: Defaults
+    queue_limits: Any = None  # fair_queue.QueueLimits, set by build_app
+
+    def check_offered(self, generation_id: int) -> None:
+        """A gallery entry is re-run, refined, varied or upscaled from the web only with the models this
+        server offers (its base and refiner, the ControlNets of the list): an imported recipe naming a path
+        or another hub id is refused here, on the server, before anything is loaded."""
+        recipe = self.studio.get(generation_id).recipe
+        served = {self.choice.base, self.choice.refiner}
+        named = [("model", recipe.model.name)]
+        if recipe.refine is not None and recipe.refine.model is not None:
+            named.append(("refiner", recipe.refine.model.name))
+        if recipe.controlnets:
+            offered = set(self.studio.controlnet_choices())
+            named += [("ControlNet", unit.model.name) for unit in recipe.controlnets if unit.model.name not in offered]
+        for what, name in named:
+            if what == "ControlNet" or name not in served:
+                raise ValueError(
+                    f"#{generation_id} was made with the {what} {name!r}, which this server does not offer; "
+                    f"it serves {self.choice.base}"
+                    + (f" + {self.choice.refiner}" if self.choice.refiner else "")
+                    + ". Start `atelier serve --model …` with that model to use this entry here."
+                )
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -61,4 +84,6 @@ def gpu_event(ctx: Context, trigger, handler, *, inputs: set, outputs: set, stat
     ordered = [status, *sorted(outputs - {status}, key=lambda c: c._id)]
     trigger(
         reserve, inputs=None, outputs={ticket, status}, queue=False, show_progress="hidden", api_visibility="private"
-    ).then(run, inputs=inputs | {ticket}, outputs=ordered, concurrency_id=GPU, concurrency_limit=1, **options)
+    ).then(
+        run, inputs=inputs | {ticket}, outputs=ordered, concurrency_id=GPU, concurrency_limit=ctx.jobs.slots, **options
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from atelier import requests as atelier_requests
 from atelier.studio import ControlRequest
 from webui import bindings
 from webui.context import Context, gpu_event, interrupt_handler, session_of
@@ -39,13 +40,20 @@ def _preprocessors(ctx: Context) -> list[str]:
 
 
 def _models(ctx: Context) -> list[str]:
-    return [row["name"] for row in ctx.studio.controlnets()]
+    """The ControlNets on offer (models folder, then hub ids already cached): the only names a request may use."""
+    return ctx.studio.controlnet_choices()
 
 
 def _requests(
-    units: list[Unit], values: dict, *, need_model: bool = True, folder: str = "models/ControlNet"
+    units: list[Unit],
+    values: dict,
+    *,
+    need_model: bool = True,
+    folder: str = "models/ControlNet",
+    offered: list[str] | None = None,
 ) -> list[ControlRequest]:
-    """The units with a control image; `need_model` False for previewing maps (no model is needed)."""
+    """The units with a control image; `need_model` False for previewing maps (no model is needed).
+    `offered`: the names a request may use (checked here, on the server: the dropdown alone is no guard)."""
     requests = []
     for i, unit in enumerate(units):
         path = values[unit.image]
@@ -53,6 +61,11 @@ def _requests(
             continue
         if need_model and not values[unit.model]:
             raise ValueError(f"ControlNet unit {i + 1}: choose a ControlNet model (put them in {folder})")
+        if need_model and offered is not None and values[unit.model] not in offered:
+            raise ValueError(
+                f"ControlNet unit {i + 1}: choose a ControlNet from the list (models in {folder} or already "
+                "downloaded); names, paths and hub ids not in the list are refused"
+            )
         requests.append(
             ControlRequest(
                 model=values[unit.model] or "",
@@ -99,7 +112,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
                             models,
                             value=models[0] if models else None,
                             label="ControlNet model",
-                            allow_custom_value=True,
+                            allow_custom_value=False,
                             elem_id=f"cn-model-{i}",
                         )
                     with gr.Row():
@@ -129,29 +142,38 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
 
     unit_inputs = set().union(*(u.inputs() for u in units))
 
+    def recipe_of(values: dict):  # a dynamic prompt ({a|b}, __wildcard__) drawn with the seed, as a draft's
+        wildcards = atelier_requests.wildcards_folder(ctx.studio.home)
+        return bindings.one_recipe_from_values(controls, values, ctx.defaults, wildcards=wildcards)
+
     def prepared(values: dict):
-        recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)
+        recipe = recipe_of(values)
         folder = ctx.studio.controlnet_folder() or ctx.studio.home.resolve() / "models" / "ControlNet"
-        return ctx.studio.prepare_inputs(recipe, controls=_requests(units, values, folder=str(folder)))
+        chosen = _requests(units, values, folder=str(folder), offered=_models(ctx))
+        return ctx.studio.prepare_inputs(recipe, controls=chosen)
 
     @guarded
     def show_maps(values: dict):
-        recipe, _ = bindings.recipe_from_values(controls, values, ctx.defaults)  # the size the maps are made at
+        recipe = recipe_of(values)  # the size the maps are made at
         maps = iter(ctx.studio.control_maps(_requests(units, values, need_model=False), recipe.width, recipe.height))
         return {u.preview: (next(maps) if values[u.image] else None) for u in units}
 
     @keeps_outputs(status)
     def make(values: dict, request: gr.Request, ticket: str | None):
         recipe, inputs = prepared(values)
-        yield {status: f"ControlNet with {len(recipe.controlnets)} unit(s)…"}
+        drawn = f" ({recipe.prompt})" if recipe.prompt_template else ""
+        yield {status: f"ControlNet with {len(recipe.controlnets)} unit(s){drawn}…"}
 
         def work(on_step, should_cancel):
             return ctx.studio.edit(recipe, inputs, on_step=on_step, should_cancel=should_cancel)
 
         events = ctx.jobs.stream(session_of(request), work, ticket)
-        yield from one_image_updates(
+        for update in one_image_updates(
             events, status=status, result=result, doing="ControlNet", download_path=ctx.studio.download_path
-        )
+        ):
+            if isinstance(update.get(result), str):  # the saved image: say which prompt a template gave
+                update[status] += drawn
+            yield update
 
     def refresh_models():
         names = _models(ctx)

@@ -8,7 +8,7 @@ import gradio as gr
 
 from atelier import requests
 from atelier.studio import GalleryFilters, RefineChoice, Saved, write_sweep_grid
-from webui import bindings
+from webui import bindings, upscale_controls
 from webui.context import Context, gpu_event, interrupt_handler, session_of
 from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, one_image_updates, progress_text
 
@@ -108,6 +108,9 @@ def render(ctx: Context) -> DraftTab:
             with gr.Row():
                 vary_subtle = gr.Button("Vary (subtle)", size="sm", elem_id="vary-subtle")
                 vary_strong = gr.Button("Vary (strong)", size="sm", elem_id="vary-strong")
+            upscale = upscale_controls.render(
+                ctx, elem_prefix="draft-", width=ctx.defaults.width, height=ctx.defaults.height
+            )
             with gr.Row():
                 reuse_seed = gr.Button("♻ Reuse seed", size="sm", elem_id="reuse-seed")
                 send_to_img2img = gr.Button("Send to img2img", size="sm", elem_id="draft-to-img2img")
@@ -129,6 +132,7 @@ def render(ctx: Context) -> DraftTab:
     _wire_drafting(ctx, controls, out, draft_button, {"sweep": sweep, "combinatorial": combinatorial})
     _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
     _wire_varying(ctx, controls, out, vary_subtle, vary_strong)
+    _wire_upscaling(ctx, out, upscale)
     restore = _wire_picking(ctx, controls, out, reuse_seed)
     refresh_loras = _wire_lora_refresh(ctx, controls)
     remember = _wire_remembered_settings(controls, draft_button)
@@ -217,6 +221,7 @@ def _wire_finishing(
 ) -> None:
     def finish(values: dict, request: gr.Request, ticket: str | None, steps: int | None):
         draft_id = picked_id(values[out.selected])
+        ctx.check_offered(draft_id)
         yield {out.before: str(ctx.studio.download_path(draft_id))}
         settings = RefineChoice(
             aesthetic_score=float(values[controls.aesthetic]),
@@ -300,6 +305,7 @@ def _wire_varying(
         @keeps_outputs(out.status)
         def vary(values: dict, request: gr.Request, ticket: str | None):
             draft_id, count = picked_id(values[out.selected]), int(values[controls.count] or 1)
+            ctx.check_offered(draft_id)
             doing = f"Varying draft #{draft_id} ({count}, strength {strength})"
 
             def work(on_step, should_cancel):
@@ -330,6 +336,48 @@ def _wire_varying(
             outputs={out.drafts, out.draft_ids},
             status=out.status,
             api_name=name,
+        )
+
+
+def _wire_upscaling(ctx: Context, out: _Outputs, upscale: upscale_controls.UpscaleControls) -> None:
+    """Upscale (hires fix) the image on show (the refined or re-rendered one, else the picked draft): the
+    result shows as "after", beside its source on the compare slider, and becomes the image on show."""
+
+    def handler(how: str):
+        @keeps_outputs(out.status)
+        def run(values: dict, request: gr.Request, ticket: str | None):
+            chosen = upscale_controls.upscale_options(upscale, values, how)
+            source_id = int(values[out.shown]) if values[out.shown] else picked_id(values[out.selected])
+            ctx.check_offered(source_id)
+            what = upscale_controls.describe(chosen)
+            doing = f"Upscaling #{source_id} ({what})"
+            yield {out.status: f"{doing}…", out.before: str(ctx.studio.download_path(source_id))}
+
+            def work(on_step, should_cancel):
+                return ctx.studio.upscale(source_id, **chosen, on_step=on_step, should_cancel=should_cancel)
+
+            events = ctx.jobs.stream(session_of(request), work, ticket)
+            download = ctx.studio.download_path
+            for update in one_image_updates(
+                events, status=out.status, result=out.after, doing=doing, download_path=download, result_id=out.shown
+            ):
+                if out.shown in update:
+                    update[out.status] = f"Upscaled #{source_id} → **#{update[out.shown]}** ({what})."
+                    update[out.compare] = (str(download(source_id)), update[out.after])
+                yield update
+
+        return run
+
+    for how, button in upscale.buttons().items():
+        api_name = "draft_upscale_size" if how == upscale_controls.TO_SIZE else f"draft_upscale_{how.replace('.', '_')}"
+        gpu_event(
+            ctx,
+            button.click,
+            handler(how),
+            inputs={out.selected, out.shown} | upscale.inputs(),
+            outputs={out.before, out.after, out.shown, out.compare},
+            status=out.status,
+            api_name=api_name,
         )
 
 

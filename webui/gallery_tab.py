@@ -1,12 +1,12 @@
-"""Gallery: search generations, inspect Recipe and lineage; re-run, refine, upscale, reload, favourite, delete.
+"""Gallery: search generations, inspect Recipe and lineage; re-run, refine, upscale, vary, reload, favourite, delete.
 
 Three groups of components (filters, the page grid, the detail pane), each a dataclass; handlers take
-their inputs as a named set (a {component: value} dict), never a positional list.
+their inputs as a named set (a {component: value} dict), never a positional list. The detail pane's
+actions are wired in webui/gallery_actions.py.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, fields
 from typing import Any
@@ -14,10 +14,11 @@ from typing import Any
 import gradio as gr
 
 from atelier.studio import KINDS, GalleryFilters, Generation
-from webui import bindings
-from webui.context import Context, gpu_event, session_of
+from webui import bindings, upscale_controls
+from webui.context import Context
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT, compare_slider
-from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, progress_text
+from webui.gallery_actions import current, star, wire_actions
+from webui.jobs import guarded
 
 PAGE_SIZE = 24
 QUIET = dict(api_visibility="private")
@@ -70,6 +71,8 @@ class DetailControls:
     status: gr.Markdown
     compare_with: gr.Textbox  # another generation's id, to see side by side on the slider
     compare: gr.ImageSlider  # this | the other (after a re-run: the original | the re-run)
+    vary_subtle: gr.Button  # usable for an image with a kept latent (a draft)
+    vary_strong: gr.Button
 
 
 @dataclass
@@ -77,7 +80,7 @@ class EditTabs:
     """Where Load into Draft puts what a recipe holds besides the Draft controls."""
 
     tabs: gr.Tabs
-    img2img: Any  # img2img_tab.Img2ImgTab: source, parent, size, strength
+    img2img: Any  # img2img_tab.Img2ImgTab: source, parent, size, strength, inpaint
     control_units: list  # controlnet_tab.Unit: image, preprocessor, model, scale, start, end
 
     def outputs(self) -> set:
@@ -86,7 +89,8 @@ class EditTabs:
             for u in self.control_units
             for name in ("image", "preprocessor", "model", "scale", "start", "end")
         }
-        return {self.tabs, self.img2img.source, self.img2img.parent, self.img2img.strength, *units}
+        inpaint = self.img2img.inpaint.inputs() - {self.img2img.inpaint.editor}  # the editor follows the source
+        return {self.tabs, self.img2img.source, self.img2img.parent, self.img2img.strength, *inpaint, *units}
 
 
 @dataclass
@@ -153,7 +157,7 @@ def _render_page() -> PageControls:
     return PageControls(grid=grid, ids=gr.State([]), cursors=gr.State([None]), label=label, newer=newer, older=older)
 
 
-def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
+def _render_detail(ctx: Context) -> tuple[DetailControls, dict]:
     detail_id = gr.Number(None, label="Selected", precision=0, interactive=False, elem_id="detail-id")
     image = gr.Image(label="Image", height=IMAGE_HEIGHT, elem_id="detail-image", **PNG_OUT)
     lineage = gr.Markdown("", elem_id="detail-lineage")
@@ -166,9 +170,13 @@ def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
             "favourite": gr.Button("☆ Favourite", elem_id="favourite-button"),
             "delete": gr.Button("Delete", variant="stop", elem_id="delete-button"),
         }
-    with gr.Row():  # hires fix: Lanczos, then img2img at 0.35 through base → refiner (Studio.upscale)
-        buttons["upscale_1_5"] = gr.Button("Upscale ×1.5", size="sm", elem_id="upscale-1-5-button")
-        buttons["upscale_2"] = gr.Button("Upscale ×2", size="sm", elem_id="upscale-2-button")
+    with gr.Row():  # new drafts of a draft: its noise slerped towards variation seeds (Studio.vary)
+        buttons["vary_subtle"] = gr.Button("Vary (subtle)", size="sm", interactive=False, elem_id="gallery-vary-subtle")
+        buttons["vary_strong"] = gr.Button("Vary (strong)", size="sm", interactive=False, elem_id="gallery-vary-strong")
+    # hires fix: a pixel upscale, then img2img through base → refiner (Studio.upscale)
+    buttons["upscale"] = upscale_controls.render(
+        ctx, elem_prefix="", width=ctx.defaults.width, height=ctx.defaults.height
+    )
     with gr.Row(visible=False) as confirm_row:
         gr.Markdown("Delete this generation and its files? Its children stay.")
         buttons["confirm"] = gr.Button("Yes, delete", variant="stop", elem_id="confirm-delete")
@@ -189,6 +197,8 @@ def _render_detail() -> tuple[DetailControls, dict[str, gr.Button]]:
         status=status,
         compare_with=compare_with,
         compare=compare,
+        vary_subtle=buttons["vary_subtle"],
+        vary_strong=buttons["vary_strong"],
     )
     return detail, buttons
 
@@ -206,7 +216,7 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
                 elem_id="png-drop",
             )
         with gr.Column(scale=2):
-            detail, buttons = _render_detail()
+            detail, buttons = _render_detail(ctx)
     pages = _PageHandlers(ctx, filters, page)
     for trigger in (search.click, filters.query.submit, refresh.click, tab.select):
         trigger(pages.first, inputs=_components(filters), outputs=pages.outputs, **QUIET)
@@ -217,7 +227,7 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
     detail.compare_with.submit(
         shown.compare, inputs={detail.id, detail.compare_with}, outputs={detail.compare, detail.status}, **QUIET
     )
-    _wire_actions(ctx, shown, buttons, pages, controls, edit, dropped)
+    wire_actions(ctx, shown, buttons, pages, controls, edit, dropped)
     return GalleryTab(
         detail_id=detail.id, load_into_draft=buttons["load"], send_to_img2img=buttons["img2img"], refresh=refresh
     )
@@ -276,21 +286,24 @@ class _DetailHandlers:
     def show(self, generation_id: int) -> dict:
         d = self.detail
         g = self.ctx.studio.get(generation_id)
+        varies = g.latent_path is not None  # a draft (its noisy latent kept): Vary makes new drafts of it
         return {
             d.id: g.id,
             d.image: str(self.ctx.studio.download_path(g.id)),
             d.lineage: lineage_text(self.ctx, g),
             d.recipe: json.dumps(g.recipe.to_dict(), indent=2),  # the Recipe's order: model, prompt, seed first
-            d.favourite: _star(g.favourite),
+            d.favourite: star(g.favourite),
             d.confirm_row: gr.update(visible=False),
             d.status: "",
             d.compare: None,
+            d.vary_subtle: gr.update(interactive=varies),
+            d.vary_strong: gr.update(interactive=varies),
         }
 
     @guarded
     def compare(self, values: dict) -> dict:
         """This generation and another, side by side on the slider."""
-        this = _current(values[self.detail.id])
+        this = current(values[self.detail.id])
         other = str(values[self.detail.compare_with] or "").strip().lstrip("#")
         if not other.isdigit():
             raise ValueError(f"Compare with: type another generation's number, like 12 (got {other!r})")
@@ -315,155 +328,6 @@ class _DetailHandlers:
             d.recipe: "",
             d.confirm_row: gr.update(visible=False),
             d.status: message,
+            d.vary_subtle: gr.update(interactive=False),
+            d.vary_strong: gr.update(interactive=False),
         }
-
-
-def _current(generation_id) -> int:
-    if generation_id is None:
-        raise ValueError("Select a generation in the grid first.")
-    return int(generation_id)
-
-
-def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
-    """What Load into Draft sets besides the Draft controls: an img2img's source and strength (then the
-    Img2Img tab opens), or the ControlNet units' images and settings (then the ControlNet tab opens)."""
-    if recipe.mode == "img2img" and recipe.source_image_sha256:
-        # A low strength is recorded as the refiner alone (strength 0, switch 1.0): its strength is the refiner's.
-        refiner_alone = recipe.strength == 0 and recipe.switch == 1.0 and recipe.refine is not None
-        strength = recipe.refine.strength if refiner_alone else recipe.strength
-        return {
-            edit.img2img.source: str(ctx.studio.stored_file(recipe.source_image_sha256)),
-            edit.img2img.parent: None,
-            edit.img2img.strength: strength,
-            edit.tabs: gr.Tabs(selected="img2img"),
-        }
-    if recipe.controlnets:
-        update: dict = {edit.tabs: gr.Tabs(selected="controlnet")}
-        for unit, box in zip(recipe.controlnets, edit.control_units):
-            image = unit.image_sha256 or unit.map_sha256
-            update.update(
-                {
-                    box.image: str(ctx.studio.stored_file(image)),
-                    box.preprocessor: unit.preprocessor,
-                    box.model: unit.model.name,
-                    box.scale: unit.scale,
-                    box.start: unit.start,
-                    box.end: unit.end,
-                }
-            )
-        return update
-    return {edit.tabs: gr.Tabs(selected="draft")}
-
-
-def _wire_actions(
-    ctx: Context,
-    shown: _DetailHandlers,
-    buttons: dict,
-    pages: _PageHandlers,
-    controls: bindings.GenerationControls,
-    edit: EditTabs,
-    dropped: gr.File,
-) -> None:
-    detail = shown.detail
-
-    @guarded
-    def toggle_favourite(values: dict):
-        g = ctx.studio.get(_current(values[detail.id]))
-        g = ctx.studio.set_favourite(g.id, not g.favourite)
-        return {
-            **pages.current(values),  # the grid's ★ and the favourites filter follow at once
-            detail.favourite: _star(g.favourite),
-            detail.status: "Added to favourites." if g.favourite else "Removed from favourites.",
-        }
-
-    @guarded
-    def ask_delete(generation_id):
-        _current(generation_id)
-        return gr.update(visible=True)
-
-    @guarded
-    def do_delete(values: dict):
-        gid = _current(values[detail.id])
-        ctx.studio.delete(gid)
-        return {**pages.current(values), **shown.cleared(f"Deleted #{gid}.")}
-
-    @guarded
-    def load_draft(generation_id):
-        recipe = ctx.studio.get(_current(generation_id)).recipe
-        return {**bindings.values_from_recipe(controls, recipe), **loaded_edits(ctx, edit, recipe)}
-
-    @guarded
-    def import_png(path):
-        if not path:
-            return {}
-        saved = ctx.studio.import_png(path)
-        how = "Already in the gallery" if saved.reused else "Imported"
-        gr.Info(f"{how} as #{saved.id}; its Recipe is loaded into Draft.")
-        if saved.notes:
-            gr.Warning("  \n".join(saved.notes), title="What the Recipe could not hold")
-        return {**shown.show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
-
-    buttons["favourite"].click(
-        toggle_favourite,
-        inputs=pages.inputs | {detail.id},
-        outputs=pages.outputs | {detail.favourite, detail.status},
-        **QUIET,
-    )
-    buttons["delete"].click(ask_delete, inputs=detail.id, outputs=detail.confirm_row, **QUIET)
-    buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
-    buttons["confirm"].click(
-        do_delete, inputs=pages.inputs | {detail.id}, outputs=pages.outputs | shown.outputs, **QUIET
-    )
-    buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | edit.outputs(), **QUIET)
-    dropped.upload(import_png, inputs=dropped, outputs=shown.outputs | controls.inputs() | {dropped}, **QUIET)
-    for button, action, api_name, options in (
-        ("rerun", "rerun", "rerun", {}),
-        ("refine", "refine", "gallery_refine", {}),
-        ("upscale_1_5", "upscale", "upscale_1_5", {"scale": 1.5}),
-        ("upscale_2", "upscale", "upscale_2", {"scale": 2.0}),
-    ):
-        gpu_event(
-            ctx,
-            buttons[button].click,
-            _job(ctx, shown, pages, action, **options),
-            inputs=pages.inputs | {detail.id},
-            outputs=shown.outputs | pages.outputs,
-            status=detail.status,
-            api_name=api_name,
-        )
-
-
-_ACTIONS = {"rerun": ("Re-running", "Re-ran"), "refine": ("Refining", "Refined"), "upscale": ("Upscaling", "Upscaled")}
-
-
-def _job(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers, action: str, **options):
-    """A GPU handler that re-runs, refines or upscales (`options`: the Studio method's) the generation on
-    show, then shows the new one (in the detail pane, on the compare slider beside the original, and in the grid)."""
-    doing, done = _ACTIONS[action]
-    status = shown.detail.status
-
-    @keeps_outputs(status)
-    def run(values: dict, request: gr.Request, ticket: str | None):
-        gid = _current(values[shown.detail.id])
-        yield {status: f"{doing} #{gid}…"}
-        method = functools.partial(getattr(ctx.studio, action), gid, **options)
-        work = lambda on_step, should_cancel: method(on_step=on_step, should_cancel=should_cancel)  # noqa: E731
-        for event in ctx.jobs.stream(session_of(request), work, ticket):
-            if isinstance(event, Step):
-                yield {status: progress_text(event.info, f"{doing} #{gid}")}
-            elif isinstance(event, Interrupted):
-                yield {status: f"**{event.message}**"}
-            elif isinstance(event, Done):
-                made = event.result.id
-                yield {
-                    **pages.current(values),
-                    **shown.show(made),
-                    status: f"{done} #{gid} → **#{made}**.",
-                    shown.detail.compare: (str(ctx.studio.download_path(gid)), str(ctx.studio.download_path(made))),
-                }
-
-    return run
-
-
-def _star(favourite: bool) -> str:
-    return "★ Favourite" if favourite else "☆ Favourite"

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import html
+import inspect
+import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -66,16 +69,20 @@ class _Ticket:
 
 
 class GpuJobs:
-    """The device's jobs in order: reserved (waiting in the queue), then running, one at a time.
+    """The device's jobs in order: reserved (waiting in the queue), then running, one at a time (or as many
+    as there are GPU workers, with `atelier serve --cluster`).
 
     A page reserves a ticket the moment the user clicks (an event outside the queue), so Interrupt can
     reach a job still waiting in Gradio's queue: when its turn comes it sees the cancelled ticket and
     never runs. A job whose page goes away (reload, closed tab) keeps running and is saved.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int = 1) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"device slots: must be a whole number of at least 1 (got {slots!r})")
+        self.slots = slots  # jobs that may run at once: 1 device, or the GPU workers of a cluster
         self._waiting: Callable[[], int] | None = None
-        self._lock = threading.Lock()  # held while a job uses the device
+        self._lock = threading.BoundedSemaphore(slots)  # held while a job uses a device
         self._tickets: dict[str, _Ticket] = {}  # in the order they were reserved
         self._mutex = threading.Lock()  # guards _tickets and _durations
         self._durations: list[float] = []  # seconds of the last few jobs, for the queue's ETA
@@ -227,11 +234,102 @@ def readable_error(error: BaseException) -> gr.Error:
     if isinstance(error, USER_ERRORS):
         return gr.Error(html.escape(str(error)), title="Cannot do that", print_exception=False)
     traceback.print_exception(error, file=sys.stderr)
+    # Its own text may quote internals (an SQL statement, a path, a class name): only the log has it.
     return gr.Error(
-        html.escape(f"{type(error).__name__}: {error}. Details are in the server log."),
+        "The studio hit an internal error and did not finish this. Try again; if it happens again, the server "
+        "log says what failed.",
         title="Something went wrong",
         print_exception=False,
     )
+
+
+_UNREADABLE_INPUT = re.compile(r"Could not preprocess input component at index (\d+)")
+
+
+def request_error(error: BaseException, inputs: Any = ()) -> gr.Error:
+    """Words for an error Gradio raises around a handler (a request with too few values, a value of the
+    wrong type, a choice not in a list): its first line, never the component objects it lists after;
+    a value Gradio could not read is named by its field's label (`inputs`: the event's components)."""
+    if isinstance(error, gr.Error):
+        return error
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames or f"{os.sep}gradio{os.sep}" not in frames[-1].filename:
+        return readable_error(error)  # raised by our code, not by Gradio reading the request
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else "the request could not be read"
+    unreadable = _UNREADABLE_INPUT.search(first)
+    if unreadable and int(unreadable[1]) < len(inputs):
+        component = list(inputs)[int(unreadable[1])]
+        label = getattr(component, "label", None) or type(component).__name__.lower()
+        first = f"{label}: not a value this field takes (a {type(component).__name__.lower()}; got {error.__cause__ or 'another type'})"
+    print(f"atelier serve: refused a request: {first}", file=sys.stderr, flush=True)
+    return gr.Error(
+        html.escape(f"{first[:300]}. Check the values sent (their number, types and ranges: see /gradio_api/info)."),
+        title="Invalid request",
+        print_exception=False,
+    )
+
+
+def words_for_every_error(demo: gr.Blocks) -> None:
+    """Errors Gradio raises outside our handlers (reading inputs, writing outputs) come back in words, not
+    as an error without a message (Gradio hides any non-gr.Error text when show_error is off). A handler
+    returning `{}` ("change nothing") changes nothing, whatever the number of its outputs."""
+    process_api, postprocess_data = demo.process_api, demo.postprocess_data
+
+    @functools.wraps(process_api)
+    async def in_words(*args: Any, **kwargs: Any) -> Any:
+        block_fn = kwargs.get("block_fn", args[0] if args else None)
+        event = kwargs.get("event_data")
+        if getattr(event, "_data", None) is None and _needs_page_event(getattr(block_fn, "fn", None)):
+            raise gr.Error(
+                "This action answers a click in the page (which image was picked); the request did not say "
+                "which. Use the page, or an endpoint listed in /gradio_api/info.",
+                title="Needs the page",
+                print_exception=False,
+            )
+        try:
+            return await process_api(*args, **kwargs)
+        except gr.Error as exc:  # e.g. a slider's "Value 1e9 is greater than maximum value 500": say which field
+            field = _refusing_field(getattr(block_fn, "inputs", ()), kwargs.get("inputs") or ())
+            if field is None:
+                raise
+            raise gr.Error(f"{field}: {exc.message}", title="Invalid value", print_exception=False) from exc
+        except Exception as exc:
+            raise request_error(exc, inputs=getattr(block_fn, "inputs", ())) from exc
+
+    @functools.wraps(postprocess_data)
+    async def nothing_is_skip(block_fn: Any, predictions: Any, state: Any) -> Any:
+        if isinstance(predictions, dict) and not predictions:
+            predictions = gr.skip()
+        return await postprocess_data(block_fn, predictions, state)
+
+    demo.process_api, demo.postprocess_data = in_words, nothing_is_skip
+
+
+def _refusing_field(components: Any, values: Any) -> str | None:
+    """The label of the first simple field (slider, number, list, checkbox) whose value Gradio refuses;
+    None when none does (the error came from elsewhere). Reading these values has no side effect."""
+    simple = (gr.Slider, gr.Number, gr.Dropdown, gr.Radio, gr.Checkbox)
+    for component, value in zip(components, values, strict=False):
+        if not isinstance(component, simple):
+            continue
+        try:
+            component.preprocess(value)
+        except Exception:
+            return component.label or type(component).__name__
+    return None
+
+
+_PAGE_EVENT = re.compile(r"\b(?:Select|Event|KeyUp|Like|Download|Edit|Copy|Retry|Undo|DeletedFile)Data\b")
+
+
+def _needs_page_event(fn: Any) -> bool:
+    """Whether a handler takes Gradio's event data (e.g. `evt: gr.SelectData`), which only the page sends."""
+    try:
+        parameters = inspect.signature(fn).parameters.values() if callable(fn) else ()
+    except (TypeError, ValueError):
+        return False
+    return any(_PAGE_EVENT.search(str(p.annotation)) for p in parameters)
 
 
 def warn(error: BaseException) -> str:
@@ -251,7 +349,7 @@ def guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             return handler(*args, **kwargs)
         except Exception as exc:
             warn(exc)
-            return {}  # no component is updated
+            return gr.skip()  # no component is updated (one skip stands for every output)
 
     return wrapper
 

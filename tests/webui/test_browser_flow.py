@@ -279,7 +279,8 @@ def test_send_to_img2img_sends_the_image_on_show(page, server):
         page.wait_for_selector("#after img", state="detached")  # another draft's refined image is not shown beside it
         page.click("#draft-to-img2img")
         wait_value(page, "#img2img-parent input", str(ids[2]))
-        assert image_bytes_shown(page, "#img2img-source") == gallery.get(ids[2]).image_path.read_bytes()
+        full = server.home / "downloads" / "full-drafts" / f"{gallery.get(ids[2]).image_sha256}.png"
+        assert image_bytes_shown(page, "#img2img-source") == full.read_bytes()  # a draft: its full decode
     finally:
         gallery.close()
 

@@ -197,12 +197,14 @@ def test_images_download_under_readable_names_and_the_star_shows_without_refresh
     gallery = server.gallery()
     try:
         seed = gallery.get(ids[0]).recipe.seed
-        stored = gallery.get(ids[0]).image_path.read_bytes()
+        preview_sha256 = gallery.get(ids[0]).image_sha256
     finally:
         gallery.close()
     src = page.get_attribute("#before img", "src")
     assert src.endswith(f"atelier-{ids[0]}-{seed}.png"), src  # not the content hash
-    assert page.request.get(src).body() == stored  # the gallery's own PNG, metadata and watermark intact
+    # A draft's gallery image is a cheap preview: its download is the full decode (with the recipe, watermarked).
+    full = server.home / "downloads" / "full-drafts" / f"{preview_sha256}.png"
+    assert page.request.get(src).body() == full.read_bytes()
     page.get_by_role("tab", name="Gallery").click()
     page.locator("#gallery-grid .thumbnail-item", has_text=f"#{ids[0]} draft").click()
     page.wait_for_selector("#detail-image img")
@@ -328,7 +330,10 @@ def test_a_dynamic_prompt_and_a_guidance_sweep_from_the_page(page, server):
     finally:
         gallery.close()
     assert all(r.prompt_template == "a {red|blue} balloon over a {field|city}" for r in recipes)
-    assert all("{" not in r.prompt for r in recipes) and len({r.prompt for r in recipes}) > 1
+    # Each draft draws its own prompt with its own (random) seed; that 4 drafts give both alternatives is
+    # tested with fixed seeds in tests/atelier/test_dynamic_prompts.py (here all four alike has a 1.6 % chance).
+    combos = {f"a {c} balloon over a {p}" for c in ("red", "blue") for p in ("field", "city")}
+    assert {r.prompt for r in recipes} <= combos
     assert page.locator("#drafts .thumbnail-item", has_text=recipes[0].prompt).count() >= 1  # captions say which
     page.locator("#sweep").locator("input, textarea").first.fill("guidance=3,5,7")
     cells = draft_ids(page, "a white balloon")

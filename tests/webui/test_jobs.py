@@ -92,22 +92,30 @@ def test_the_queue_place_counts_the_jobs_ahead_and_estimates_from_finished_ones(
     assert jobs.place(jobs.reserve("z"))[0] == 3
 
 
-def test_one_job_at_a_time():
-    jobs, active, most = GpuJobs(), [0], [0]
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_as_many_jobs_at_once_as_there_are_devices(slots):
+    """One device: one job at a time; a cluster of N GPU workers: N at once, never more."""
+    jobs, active, most = GpuJobs(slots=slots), [0], [0]
     lock = threading.Lock()
 
     def work(on_step, should_cancel):
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
-        time.sleep(0.05)
+        time.sleep(0.2)
         with lock:
             active[0] -= 1
 
-    threads = [threading.Thread(target=lambda: list(jobs.stream("s", work))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: list(jobs.stream("s", work))) for _ in range(6)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert most[0] == 1
+    assert most[0] == slots
+
+
+@pytest.mark.parametrize("slots", [0, -1, 1.5, True])
+def test_device_slots_must_be_a_whole_number(slots):
+    with pytest.raises(ValueError, match="device slots: must be a whole number of at least 1"):
+        GpuJobs(slots=slots)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +123,7 @@ def test_one_job_at_a_time():
     [
         (ValueError("steps: must be an integer from 1 to 500 (got 0)"), "Cannot do that", "steps: must be"),
         (OutOfMemory("Out of memory on cuda"), "Cannot do that", "Out of memory"),
-        (RuntimeError("<b>boom</b>"), "Something went wrong", "RuntimeError: &lt;b&gt;boom&lt;/b&gt;"),
+        (RuntimeError("<b>boom</b> [SQL: SELECT 1]"), "Something went wrong", "server log says what failed"),
     ],
 )
 def test_errors_become_messages(error, title, text):
@@ -126,6 +134,7 @@ def test_errors_become_messages(error, title, text):
         list(GpuJobs().stream("s", work))
     assert raised.value.title == title and text in raised.value.message
     assert "Traceback" not in raised.value.message
+    assert "RuntimeError" not in raised.value.message and "SQL" not in raised.value.message
     assert readable_error(raised.value) is raised.value
 
 

@@ -1,5 +1,6 @@
 """The shared GPU queue seen from outside: a bounded size that says when it is full, and each
-browser's own place in the line. One server with room for two waiting jobs."""
+browser's own place in the line. One server with room for two waiting jobs, both of which one address
+may hold here (fair shares between addresses: tests/security/test_web_queue.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ LONG = dict(Width=256, Height=256)  # with 500 steps: far longer than any test w
 def small_queue(tmp_path_factory):
     from atelier.ui_bench import stop
 
-    running = start_server(tmp_path_factory.mktemp("serve-queue") / "home", "--queue-size", str(QUEUE_SIZE))
+    running = start_server(
+        tmp_path_factory.mktemp("serve-queue") / "home",
+        "--queue-size",
+        str(QUEUE_SIZE),
+        "--queue-per-client",
+        str(QUEUE_SIZE),
+    )
     yield running
     stop(running.process)
 

@@ -1,0 +1,219 @@
+"""The Gallery detail pane's actions: favourite, delete, Load into Draft, PNG import, and the GPU jobs on the
+generation on show (re-run, refine, upscale with its options, vary subtle / strong)."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from atelier import requests
+from webui import bindings, upscale_controls
+from webui.context import Context, gpu_event, session_of
+from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, progress_text
+
+if TYPE_CHECKING:
+    from webui.gallery_tab import EditTabs, _DetailHandlers, _PageHandlers
+
+QUIET = dict(api_visibility="private")
+_ACTIONS = {"rerun": ("Re-running", "Re-ran"), "refine": ("Refining", "Refined"), "upscale": ("Upscaling", "Upscaled")}
+VARY_PRESETS = (("subtle", requests.VARY_SUBTLE), ("strong", requests.VARY_STRONG))
+
+
+def current(generation_id) -> int:
+    if generation_id is None:
+        raise ValueError("Select a generation in the grid first.")
+    return int(generation_id)
+
+
+def star(favourite: bool) -> str:
+    return "★ Favourite" if favourite else "☆ Favourite"
+
+
+def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
+    """What Load into Draft sets besides the Draft controls: an img2img's source and strength (then the
+    Img2Img tab opens), or the ControlNet units' images and settings (then the ControlNet tab opens)."""
+    if recipe.mode == "img2img" and recipe.source_image_sha256:
+        # A low strength is recorded as the refiner alone (strength 0, switch 1.0): its strength is the refiner's.
+        refiner_alone = recipe.strength == 0 and recipe.switch == 1.0 and recipe.refine is not None
+        strength = recipe.refine.strength if refiner_alone else recipe.strength
+        inpaint = edit.img2img.inpaint  # the stored mask comes back as an uploaded one, with its settings
+        return {
+            edit.img2img.source: str(ctx.studio.stored_file(recipe.source_image_sha256)),
+            edit.img2img.parent: None,
+            edit.img2img.strength: strength,
+            inpaint.upload: str(ctx.studio.stored_file(recipe.mask_sha256)) if recipe.mask_sha256 else None,
+            inpaint.blur: recipe.mask_blur,
+            inpaint.area: recipe.inpaint_area,
+            inpaint.padding: recipe.inpaint_padding,
+            inpaint.masked_content: recipe.masked_content,
+            **dict(zip(inpaint.expand, recipe.expand)),
+            edit.tabs: gr.Tabs(selected="img2img"),
+        }
+    if recipe.controlnets:
+        update: dict = {edit.tabs: gr.Tabs(selected="controlnet")}
+        for unit, box in zip(recipe.controlnets, edit.control_units):
+            image = unit.image_sha256 or unit.map_sha256
+            update.update(
+                {
+                    box.image: str(ctx.studio.stored_file(image)),
+                    box.preprocessor: unit.preprocessor,
+                    box.model: unit.model.name,
+                    box.scale: unit.scale,
+                    box.start: unit.start,
+                    box.end: unit.end,
+                }
+            )
+        return update
+    return {edit.tabs: gr.Tabs(selected="draft")}
+
+
+def wire_actions(
+    ctx: Context,
+    shown: _DetailHandlers,
+    buttons: dict,
+    pages: _PageHandlers,
+    controls: bindings.GenerationControls,
+    edit: EditTabs,
+    dropped: gr.File,
+) -> None:
+    detail = shown.detail
+
+    @guarded
+    def toggle_favourite(values: dict):
+        g = ctx.studio.get(current(values[detail.id]))
+        g = ctx.studio.set_favourite(g.id, not g.favourite)
+        return {
+            **pages.current(values),  # the grid's ★ and the favourites filter follow at once
+            detail.favourite: star(g.favourite),
+            detail.status: "Added to favourites." if g.favourite else "Removed from favourites.",
+        }
+
+    @guarded
+    def ask_delete(generation_id):
+        current(generation_id)
+        return gr.update(visible=True)
+
+    @guarded
+    def do_delete(values: dict):
+        gid = current(values[detail.id])
+        ctx.studio.delete(gid)
+        return {**pages.current(values), **shown.cleared(f"Deleted #{gid}.")}
+
+    @guarded
+    def load_draft(generation_id):
+        recipe = ctx.studio.get(current(generation_id)).recipe
+        return {**bindings.values_from_recipe(controls, recipe), **loaded_edits(ctx, edit, recipe)}
+
+    @guarded
+    def import_png(path):
+        if not path:
+            return {}
+        saved = ctx.studio.import_png(path)
+        how = "Already in the gallery" if saved.reused else "Imported"
+        gr.Info(f"{how} as #{saved.id}; its Recipe is loaded into Draft.")
+        if saved.notes:
+            gr.Warning("  \n".join(saved.notes), title="What the Recipe could not hold")
+        return {**shown.show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
+
+    buttons["favourite"].click(
+        toggle_favourite,
+        inputs=pages.inputs | {detail.id},
+        outputs=pages.outputs | {detail.favourite, detail.status},
+        **QUIET,
+    )
+    buttons["delete"].click(ask_delete, inputs=detail.id, outputs=detail.confirm_row, **QUIET)
+    buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
+    buttons["confirm"].click(
+        do_delete, inputs=pages.inputs | {detail.id}, outputs=pages.outputs | shown.outputs, **QUIET
+    )
+    buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | edit.outputs(), **QUIET)
+    dropped.upload(import_png, inputs=dropped, outputs=shown.outputs | controls.inputs() | {dropped}, **QUIET)
+    _wire_jobs(ctx, shown, buttons, pages, controls)
+
+
+def _wire_jobs(
+    ctx: Context, shown: _DetailHandlers, buttons: dict, pages: _PageHandlers, controls: bindings.GenerationControls
+) -> None:
+    """The GPU buttons: re-run, refine, upscale (×1.5, ×2, to a size; the options' values), vary."""
+    detail, upscale = shown.detail, buttons["upscale"]
+    wiring = dict(outputs=shown.outputs | pages.outputs, status=detail.status)
+    for button, action, api_name in (("rerun", "rerun", "rerun"), ("refine", "refine", "gallery_refine")):
+        handler = job(ctx, shown, pages, action, lambda values: {})
+        gpu_event(ctx, buttons[button].click, handler, inputs=pages.inputs | {detail.id}, api_name=api_name, **wiring)
+    for how, button in upscale.buttons().items():
+        options = functools.partial(upscale_controls.upscale_options, upscale, how=how)
+        api_name = "upscale_size" if how == upscale_controls.TO_SIZE else f"upscale_{how.replace('.', '_')}"
+        inputs = pages.inputs | {detail.id} | upscale.inputs()
+        gpu_event(
+            ctx, button.click, job(ctx, shown, pages, "upscale", options), inputs=inputs, api_name=api_name, **wiring
+        )
+    for name, strength in VARY_PRESETS:
+        handler = vary_job(ctx, shown, pages, strength, controls.count)
+        inputs = pages.inputs | {detail.id, controls.count}
+        gpu_event(ctx, buttons[f"vary_{name}"].click, handler, inputs=inputs, api_name=f"gallery_vary_{name}", **wiring)
+
+
+def job(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers, action: str, options):
+    """A GPU handler that re-runs, refines or upscales (`options(values)`: the Studio method's keyword
+    arguments) the generation on show, then shows the new one (in the detail pane, on the compare slider
+    beside the original, and in the grid)."""
+    doing, done = _ACTIONS[action]
+    status = shown.detail.status
+
+    @keeps_outputs(status)
+    def run(values: dict, request: gr.Request, ticket: str | None):
+        gid = current(values[shown.detail.id])
+        ctx.check_offered(gid)
+        chosen = options(values)  # a bad target size fails here, before the queue
+        what = f" ({upscale_controls.describe(chosen)})" if action == "upscale" else ""
+        yield {status: f"{doing} #{gid}{what}…"}
+        method = functools.partial(getattr(ctx.studio, action), gid, **chosen)
+        work = lambda on_step, should_cancel: method(on_step=on_step, should_cancel=should_cancel)  # noqa: E731
+        for event in ctx.jobs.stream(session_of(request), work, ticket):
+            if isinstance(event, Step):
+                yield {status: progress_text(event.info, f"{doing} #{gid}")}
+            elif isinstance(event, Interrupted):
+                yield {status: f"**{event.message}**"}
+            elif isinstance(event, Done):
+                made = event.result.id
+                yield {
+                    **pages.current(values),
+                    **shown.show(made),
+                    status: f"{done} #{gid} → **#{made}**{what}.",
+                    shown.detail.compare: (str(ctx.studio.download_path(gid)), str(ctx.studio.download_path(made))),
+                }
+
+    return run
+
+
+def vary_job(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers, strength: float, count_box):
+    """Vary the draft on show (as many children as the Drafts slider says); the grid shows them, the detail
+    pane the first, the status all their ids."""
+    status = shown.detail.status
+
+    @keeps_outputs(status)
+    def vary(values: dict, request: gr.Request, ticket: str | None):
+        gid, count = current(values[shown.detail.id]), int(values[count_box] or 1)
+        ctx.check_offered(gid)
+        doing = f"Varying #{gid} ({count}, strength {strength})"
+        yield {status: f"{doing}…"}
+
+        def work(on_step, should_cancel):
+            return ctx.studio.vary(gid, strength=strength, count=count, on_step=on_step, should_cancel=should_cancel)
+
+        for event in ctx.jobs.stream(session_of(request), work, ticket):
+            if isinstance(event, Step):
+                yield {status: progress_text(event.info, doing)}
+            elif isinstance(event, Interrupted):
+                yield {status: f"**{event.message}** — nothing was saved."}
+            elif isinstance(event, Done):
+                made = ", ".join(f"#{saved.id}" for saved in event.result)
+                yield {
+                    **pages.current(values),
+                    **shown.show(event.result[0].id),
+                    status: f"Varied #{gid} (strength {strength}) → **{made}**.",
+                }
+
+    return vary
