@@ -1,4 +1,5 @@
-"""Run by test_gallery_crash.py: saves, deletes and edits in a loop until SIGKILLed.
+"""Run by test_gallery_crash.py: saves (drafts, and inpaint / upscale / vary results with their input files
+and parents), deletes and edits in a loop until SIGKILLed.
 
 Usage: crash_writer.py HOME SEED LOG. Each completed action is appended to LOG (unbuffered, so
 what the kernel has is what was reported): "open", "saved ID", "deleting ID", "deleted ID".
@@ -22,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE)]
 
-from storage_checks import make_latent, make_png, make_recipe  # noqa: E402
+from storage_checks import make_latent, make_png, make_recipe, sha  # noqa: E402
 
 from storage.gallery import Gallery  # noqa: E402
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         if roll < 0.6 or not known:
             image = make_png(rng.randrange(40) if rng.random() < 0.3 else n)  # some images shared
             parent = rng.choice(known) if known and rng.random() < 0.5 else None
-            saved = gallery.save(
+            saved = _save_like_an_edit(gallery, rng, n, image, parent) if parent and rng.random() < 0.5 else None
+            saved = saved or gallery.save(
                 make_recipe(seed=n, prompt=f"crash test {n % 97}"),
                 "draft",
                 image,
@@ -90,6 +92,22 @@ def main(argv: list[str] | None = None) -> None:
             gallery.set_tags(rng.choice(known), [f"t{rng.randrange(5)}", "crash"])
         else:
             gallery.search(f"crash {rng.randrange(97)}", limit=5)
+
+
+def _save_like_an_edit(gallery, rng: random.Random, n: int, image: bytes, parent: int):
+    """What an inpaint, an upscale or a vary saves: a child of `parent` with its input files (the source,
+    and for inpainting the mask) stored by sha256 beside the image, or a draft with a variation seed."""
+    how = rng.choice(("inpaint", "upscale", "vary"))
+    if how == "vary":
+        recipe = make_recipe(seed=n, prompt=f"crash test {n % 97}", variation_seed=n + 1, variation_strength=0.1)
+        return gallery.save(recipe, "draft", image, parent_id=parent, latent=make_latent(n))
+    source = make_png(rng.randrange(40) if rng.random() < 0.3 else n + 7)
+    inputs, fields = {"source": source}, {"source_image_sha256": sha(source)}
+    if how == "inpaint":
+        mask = make_png(n + 11)
+        inputs["mask"], fields["mask_sha256"] = mask, sha(mask)
+    recipe = make_recipe(seed=n, prompt=f"crash test {n % 97}", mode="img2img", strength=0.4, **fields)
+    return gallery.save(recipe, "img2img", image, parent_id=parent, inputs=inputs)
 
 
 if __name__ == "__main__":
