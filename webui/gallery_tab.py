@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from atelier.studio import KINDS, GalleryFilters, Generation
 from webui import bindings, upscale_controls
@@ -101,9 +103,20 @@ class GalleryTab:
     refresh: gr.Button
 
 
-def _thumbnail(g: Generation) -> tuple[str, str]:
+def _thumbnail(g: Generation, placeholder: Path) -> tuple[str, str]:
+    """The grid's picture and caption; a row whose thumbnail is not on this machine's disk (deleted, or files
+    on shared storage not there yet) shows a placeholder saying so instead of failing the whole page."""
     star = "★ " if g.favourite else ""
+    if not g.thumbnail_path.is_file():
+        return str(_missing_picture(placeholder)), f"{star}#{g.id} {g.kind} · ⚠ files missing on this machine"
     return str(g.thumbnail_path), f"{star}#{g.id} {g.kind} · seed {g.recipe.seed}"
+
+
+def _missing_picture(path: Path) -> Path:
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), (96, 96, 96)).save(path, "PNG")
+    return path
 
 
 def _label(g: Generation) -> str:
@@ -249,7 +262,7 @@ class _PageHandlers:
         number = len(cursor_stack)
         shown = f"Page {number} · {len(found.items)} shown" + (" · more older" if found.next_cursor else "")
         return found, {
-            p.grid: [_thumbnail(g) for g in found.items],
+            p.grid: [_thumbnail(g, self.ctx.studio.downloads_folder() / "missing-file.png") for g in found.items],
             p.ids: [g.id for g in found.items],
             p.label: shown if found.items else "Nothing found.",
             p.cursors: cursor_stack,

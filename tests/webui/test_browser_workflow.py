@@ -347,3 +347,19 @@ def test_a_dynamic_prompt_and_a_guidance_sweep_from_the_page(page, server):
     assert guidance == [3.0, 5.0, 7.0] and len(seeds) == 1  # one seed across the swept values
     page.wait_for_selector("#sweep-grid img")
     shot(page, "30-sweep-grid")
+
+
+def test_a_row_whose_files_are_missing_shows_a_placeholder_not_a_broken_page(page, server):
+    """Files on shared storage may not be on this machine (or were deleted): the page says so for that row."""
+    ids = draft_ids(page, "a lighthouse whose thumbnail goes missing")
+    gallery = server.gallery()
+    try:
+        gone = gallery.get(ids[0])
+    finally:
+        gallery.close()
+    gone.thumbnail_path.unlink()
+    page.get_by_role("tab", name="Gallery").click()
+    page.click("#gallery-refresh")
+    missing = page.locator("#gallery-grid .thumbnail-item", has_text=f"#{gone.id} draft · ⚠ files missing")
+    missing.wait_for(timeout=60_000)
+    assert page.locator("#gallery-grid .thumbnail-item", has_text=f"#{ids[1]} draft · seed").count() == 1
