@@ -86,6 +86,7 @@ def make_context(studio: Studio, choice: ModelChoice) -> Context:
 def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | None = None) -> gr.Blocks:
     """The app; `queue_size` device jobs may wait, `per_client` of them from one address (default half)."""
     limits = fair_queue.QueueLimits.default_for(queue_size, per_client)
+    security.limit_decoded_pixels()  # before Gradio decodes any upload
     with gr.Blocks(title="Atelier", analytics_enabled=False, delete_cache=(3600, UPLOADS_KEPT_S)) as demo:
         if ctx.choice.demo:
             gr.Markdown(f"⚠ {DEMO_BANNER}", elem_id="demo-banner")

@@ -69,6 +69,17 @@ def no_downloads_from_here() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
+def limit_decoded_pixels() -> None:
+    """Gradio decodes an uploaded image (to convert its mode and format) before any handler of ours sees it:
+    make Pillow refuse, from the header alone, any image over the Recipe's pixel limit (Pillow raises above
+    twice MAX_IMAGE_PIXELS, so half the limit is set), instead of decoding a decompression bomb first."""
+    from PIL import Image
+
+    from pipelines.recipe import MAX_IMAGE_PIXELS
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS // 2
+
+
 def split_host(value: str) -> tuple[str, int | None]:
     """("name", port or None) of a Host value such as `localhost:7860` or `[::1]:7860`; ValueError if malformed."""
     match = _HOST.fullmatch(value.strip())

@@ -95,3 +95,38 @@ def test_queue_limits():
     assert QueueLimits.default_for(1).per_client == 1
     with pytest.raises(ValueError, match="--queue-per-client: must be from 1 to the queue size 4"):
         QueueLimits.default_for(4, 5)
+
+
+def test_gradio_refuses_a_decompression_bomb_upload_from_its_header(tmp_path, monkeypatch):
+    """The Img2Img source box decodes uploads itself (mode and format conversion) before our handlers run:
+    with the server's Pillow limit, a 64 MP palette PNG of a few kilobytes is refused without decoding."""
+    import struct
+    import zlib
+
+    import gradio as gr
+    from gradio.data_classes import FileData
+    from PIL import Image
+
+    from pipelines.recipe import MAX_IMAGE_PIXELS
+    from webui.security import limit_decoded_pixels
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    limit_decoded_pixels()
+    assert Image.MAX_IMAGE_PIXELS * 2 == MAX_IMAGE_PIXELS  # Pillow refuses above twice its setting
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (8001 * 8000), 9)  # 8000×8000 palette pixels, all index 0
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 8000, 8, 3, 0, 0, 0))
+        + chunk(b"PLTE", b"\0\0\0")
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
+    assert bomb.stat().st_size < 200_000
+    source = gr.Image(type="filepath", format="png", image_mode="RGB")
+    with pytest.raises(Image.DecompressionBombError, match="64000000 pixels"):
+        source.preprocess(FileData(path=str(bomb)))
