@@ -106,6 +106,9 @@ class GenerationRequest:
     # size is then the canvas, the size above (or the source's own) plus the border.
     masked_content: str = "original"
     expand: tuple[int, int, int, int] = NO_EXPAND
+    # Inpainting only: a dedicated inpainting checkpoint (9-channel UNet; a models-folder name, file or folder)
+    # that inpaints in the base's place. Recorded by with_inpaint_model once the mask is known.
+    inpaint_model: str | None = None
     # Drafts only: every combination of a dynamic prompt (else random draws, seeded by each draft's seed),
     # and a parameter sweep "PARAMETER=V1,V2,…" (one draft per value; `count` is not used).
     combinatorial: bool = False
@@ -218,6 +221,8 @@ def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
             raise ValueError("strength: an img2img needs a denoise strength from 0 to 1")
         if request.masked_content != "original" or tuple(request.expand) != NO_EXPAND:
             raise ValueError("masked_content, expand: inpainting and outpainting need img2img (a source image)")
+        if request.inpaint_model:
+            raise ValueError("inpaint_model: inpainting needs img2img (a source image and a mask)")
         return recipe
     if request.source_size is None:
         raise ValueError("image: img2img needs a source image")
@@ -226,6 +231,15 @@ def build_recipe(request: GenerationRequest, models: ModelChoice) -> Recipe:
             raise ValueError("refine-only: needs a refine stage (a refiner, or 'base')")
         return _outpainted(refine_any_recipe(recipe, recipe.refine), request)
     return _outpainted(recipe.replace(mode="img2img", strength=float(request.strength)), request)
+
+
+def with_inpaint_model(recipe: Recipe, name: str | None) -> Recipe:
+    """The recipe (its mask or expand already recorded) with a dedicated inpainting checkpoint; None: as is."""
+    if not name:
+        return recipe
+    if not recipe.inpaints:
+        raise ValueError(f"inpaint_model: {name!r} needs something to inpaint (a mask or an expand)")
+    return recipe.replace(inpaint_model=ModelRef(name))
 
 
 def _outpainted(recipe: Recipe, request: GenerationRequest) -> Recipe:
@@ -239,7 +253,8 @@ def _outpainted(recipe: Recipe, request: GenerationRequest) -> Recipe:
             f"expand: the canvas would be {width}×{height} (the source's {recipe.width}×{recipe.height} plus "
             f"{expand}); each side must be at most {MAX_SIDE} px"
         )
-    return recipe.replace(masked_content=request.masked_content, expand=expand, width=width, height=height)
+    recipe = recipe.replace(masked_content=request.masked_content, expand=expand, width=width, height=height)
+    return with_inpaint_model(recipe, request.inpaint_model) if recipe.inpaints else recipe
 
 
 @dataclass(frozen=True)

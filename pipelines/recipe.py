@@ -264,6 +264,9 @@ class Recipe:
     inpaint_area: str = "whole"
     inpaint_padding: int = 32
     masked_content: str = "original"  # MASKED_CONTENTS; "noise" needs a mask or an expand
+    # A dedicated inpainting checkpoint (9-channel UNet) that replaces the base's UNet in the inpaint step;
+    # None: the base model inpaints. Only when the recipe inpaints.
+    inpaint_model: ModelRef | None = None
     # Outpaint (img2img only): px added (left, top, right, bottom) around the source, inpainted with a mask made
     # for them; width/height are the whole canvas, the source fitted to (width - left - right, height - top - bottom).
     expand: tuple[int, int, int, int] = NO_EXPAND
@@ -349,6 +352,15 @@ class Recipe:
         if self.masked_content not in MASKED_CONTENTS:
             _fail("masked_content", f"one of {', '.join(MASKED_CONTENTS)}", self.masked_content)
         check_expand(self.expand)
+        if self.inpaint_model is not None:
+            if not isinstance(self.inpaint_model, ModelRef):
+                _fail("inpaint_model", "a ModelRef or null", self.inpaint_model)
+            if not self.inpaints:
+                _fail(
+                    "inpaint_model",
+                    "null unless the recipe inpaints (a mask_sha256 or an expand)",
+                    self.inpaint_model.name,
+                )
         if self.mode != "img2img":
             if self.masked_content != "original":
                 _fail(
@@ -472,7 +484,13 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-_NESTED = {"model": ModelRef, "vae": ModelRef, "micro": MicroConditioning, "refine": RefineSettings}
+_NESTED = {
+    "model": ModelRef,
+    "vae": ModelRef,
+    "inpaint_model": ModelRef,
+    "micro": MicroConditioning,
+    "refine": RefineSettings,
+}
 _NESTED_LISTS = {"loras": LoraRef, "controlnets": ControlUnit}
 
 

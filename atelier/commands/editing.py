@@ -56,6 +56,7 @@ def img2img_recipe(args: argparse.Namespace, source_size: tuple[int, int]) -> Re
 
 
 def run_img2img(args: argparse.Namespace) -> int:
+    from atelier.requests import with_inpaint_model
     from atelier.studio import image_size
 
     with open_studio(args) as studio:
@@ -63,6 +64,7 @@ def run_img2img(args: argparse.Namespace) -> int:
         recipe = img2img_recipe(args, image_size(source))  # validated before any model loads
         recipe, mask = inpaint_from_args(args, recipe, studio)
         recipe, inputs = edit_inputs_from_args(args, recipe, studio, source, mask)
+        recipe = with_inpaint_model(recipe, args.inpaint_model)  # the mask is recorded now
         saved = studio.edit(recipe, inputs, parent_id=parent_id)
     tell("img2img", saved.notes)
     return emit(

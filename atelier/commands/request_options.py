@@ -228,6 +228,11 @@ def add_inpaint_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="L,T,R,B",
         help="outpaint: add L,T,R,B px (multiples of 8) around the source and paint them; no --mask needed",
     )
+    parser.add_argument(
+        "--inpaint-model",
+        metavar="NAME",
+        help="inpaint with this inpainting checkpoint (9-channel UNet: a models-folder name, file or folder)",
+    )
 
 
 def inpaint_from_args(args: argparse.Namespace, recipe: Recipe, studio) -> tuple[Recipe, bytes | None]:
@@ -240,6 +245,8 @@ def inpaint_from_args(args: argparse.Namespace, recipe: Recipe, studio) -> tuple
             raise ValueError("--mask: --mask-blur, --inpaint-area and --inpaint-padding need a --mask or --expand")
         if recipe.masked_content != "original":
             raise ValueError("--masked-content: 'noise' needs a --mask or --expand (there is no masked area)")
+        if getattr(args, "inpaint_model", None):
+            raise ValueError("--inpaint-model: needs a --mask or --expand (there is nothing to inpaint)")
         return recipe, None
     recipe = recipe.replace(**settings)
     data, _ = read_image_arg(args.mask, studio)
@@ -337,6 +344,7 @@ def request_from_args(args: argparse.Namespace, *, source_size: tuple[int, int] 
         refine_only=getattr(args, "refine_only", False),
         masked_content=getattr(args, "masked_content", "original"),  # img2img only
         expand=getattr(args, "expand", NO_EXPAND),
+        inpaint_model=getattr(args, "inpaint_model", None),
         combinatorial=getattr(args, "combinatorial", False),  # draft only
         sweep=getattr(args, "sweep", ""),
     )

@@ -60,9 +60,16 @@ def check_inputs(recipe: Recipe, inputs: EditInputs | None) -> EditInputs:
 
 
 def plan(
-    recipe: Recipe, base: Any, inputs: EditInputs, controlnets: ControlNetLibrary, derive: Callable[..., Any]
+    recipe: Recipe,
+    base: Any,
+    inputs: EditInputs,
+    controlnets: ControlNetLibrary,
+    derive: Callable[..., Any],
+    *,
+    inpaint_unet: Any = None,
 ) -> BaseStage:
-    """The derived pipeline and its arguments for the base's work on `recipe` (`base`: the loaded base model)."""
+    """The derived pipeline and its arguments for the base's work on `recipe` (`base`: the loaded base model;
+    `inpaint_unet`: the 9-channel UNet of recipe.inpaint_model, which then inpaints in the base's place)."""
     import torch
     from diffusers import (
         StableDiffusionXLControlNetImg2ImgPipeline,
@@ -79,7 +86,7 @@ def plan(
     size = {"width": recipe.width, "height": recipe.height}
     denoising_end = {"denoising_end": end if end < 1.0 else None}
     if recipe.inpaints:  # a mask, or an expanded canvas (outpaint)
-        return _inpaint(recipe, base, inputs, derive, end, notes)
+        return _inpaint(recipe, base, inputs, derive, end, notes, inpaint_unet)
     source = fit_to_bucket(inputs.source, recipe.width, recipe.height) if img2img else None
     if not recipe.controlnets:
         if not img2img:
@@ -134,13 +141,21 @@ def plan(
 
 
 def _inpaint(
-    recipe: Recipe, base: Any, inputs: EditInputs, derive: Callable[..., Any], end: float, notes: tuple[str, ...]
+    recipe: Recipe,
+    base: Any,
+    inputs: EditInputs,
+    derive: Callable[..., Any],
+    end: float,
+    notes: tuple[str, ...],
+    inpaint_unet: Any = None,
 ) -> BaseStage:
-    """The base's part of inpainting (see inpaint.py); strength 1 still keeps the source outside the mask."""
+    """The base's part of inpainting (see inpaint.py); strength 1 still keeps the source outside the mask.
+    With an inpainting UNet (9 input channels) diffusers adds the mask and masked-image latents itself."""
     from diffusers import StableDiffusionXLInpaintPipeline
 
     area = prepare(recipe, inputs.source, inputs.mask)
-    pipe = derive(StableDiffusionXLInpaintPipeline, base, recipe.scheduler)
+    unet = {"unet": inpaint_unet} if inpaint_unet is not None else {}
+    pipe = derive(StableDiffusionXLInpaintPipeline, base, recipe.scheduler, **unet)
     runs = check_base_steps(pipe.scheduler, recipe, end)
     kwargs = {**inpaint_kwargs(area, recipe.strength), "denoising_end": end if end < 1.0 else None}
     return BaseStage(

@@ -233,7 +233,10 @@ class Engine:
         template = template.replace(
             model=base.ref, vae=_vae_in_use(template, base), app_version=self.app_version or template.app_version
         )
-        stage = base_stage.plan(template, base.pipe, inputs or EditInputs(), self.controlnets, _derive)
+        template, inpaint_unet = self._inpaint_unet(template, base)
+        stage = base_stage.plan(
+            template, base.pipe, inputs or EditInputs(), self.controlnets, _derive, inpaint_unet=inpaint_unet
+        )
         template, pipe = stage.recipe, stage.pipe
         tap = CleanEstimateTap(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -332,6 +335,14 @@ class Engine:
             self.controlnets.clear()
             self._base_pipe = weakref.ref(loaded.pipe)  # weak: ModelCache.release must free the model
         return loaded
+
+    def _inpaint_unet(self, recipe: Recipe, base: LoadedModel) -> tuple[Recipe, Any]:
+        """The dedicated inpainting UNet the recipe names (None: the base inpaints), its identity recorded."""
+        if recipe.inpaint_model is None:
+            return recipe, None
+        loaded = self.models.load_inpaint(recipe.inpaint_model.name, base)
+        _check_identity("inpaint_model", recipe.inpaint_model, loaded.ref)
+        return recipe.replace(inpaint_model=loaded.ref), loaded.pipe.unet
 
     def _refiner_pipe(self, recipe: Recipe, base: LoadedModel) -> tuple[Any, ModelRef]:
         """The refiner as img2img; the base itself when the recipe names no refiner."""

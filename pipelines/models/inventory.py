@@ -104,7 +104,10 @@ def _describe(folder_kind: str, path: Path, header: dict) -> tuple[str, str | No
         kind, variant = describe_single_file(path, header)
         problem = None
         if variant.endswith("inpainting"):
-            problem = "an inpainting checkpoint (9 input channels): Atelier draws and refines with 4-channel ones"
+            problem = (
+                "an inpainting checkpoint (9 input channels): for inpainting only (img2img --inpaint-model); "
+                "Atelier draws and refines with 4-channel ones"
+            )
         return ("refiner" if kind == "refiner" else "checkpoint"), variant, problem
     if folder_kind == "lora":
         form, layers = lora_format(path, header)

@@ -144,6 +144,7 @@ class ModelCache:
         self.hashes = HashCache(self.home)
         self._base: tuple[str, LoadedModel] | None = None
         self._refiners: dict[str, LoadedModel] = {}
+        self._inpainters: dict[str, LoadedModel] = {}
         self._fp16_vae = None
 
     # --- public ---------------------------------------------------------------------------
@@ -179,11 +180,36 @@ class ModelCache:
         self._refiners[spec] = loaded
         return loaded
 
+    def load_inpaint(self, spec: str, base: LoadedModel) -> LoadedModel:
+        """A dedicated inpainting checkpoint (9-channel UNet) as a StableDiffusionXLInpaintPipeline that
+        shares the base's text encoders and VAE: only its UNet is read from the file or folder."""
+        if self._base is None or self._base[1] is not base:
+            raise ValueError("load_inpaint: the base must be the one this cache loaded last (load_base first)")
+        if spec in self._inpainters:
+            return self._inpainters[spec]
+        location = self.resolve(spec, "inpaint")
+        path = self._hub_folder(location.repo)[0] if location.source == "hub" else location.path
+        config = _config_folder(path)
+        channels = json.loads((config / "unet" / "config.json").read_text()).get("in_channels")
+        if channels != 9:
+            raise ValueError(
+                f"inpaint_model: {spec!r} has a UNet with {channels} input channels; an inpainting checkpoint "
+                "has 9 (image latent + mask + masked-image latent) — give one, or leave inpaint_model unset"
+            )
+        from diffusers import StableDiffusionXLInpaintPipeline
+
+        names = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae")
+        shared = {name: getattr(base.pipe, name) for name in names}
+        loaded = self._load(spec, location, StableDiffusionXLInpaintPipeline, shared)
+        loaded.vae_override = base.vae_override
+        self._inpainters[spec] = loaded
+        return loaded
+
     def release(self) -> None:
         """Drop every model, collect garbage and empty the accelerator cache (also after out-of-memory)."""
         import torch
 
-        self._base, self._refiners, self._fp16_vae = None, {}, None
+        self._base, self._refiners, self._inpainters, self._fp16_vae = None, {}, {}, None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

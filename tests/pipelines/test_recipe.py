@@ -363,3 +363,14 @@ def test_control_unit_hashes_are_checked_and_named(field):
 def test_micro_conditioning_resolves_every_size_for_diffusers(micro, expected):
     expected = {"negative_crops_coords_top_left": (0, 0), **expected}
     assert micro.resolved(96, 64) == expected
+
+
+def test_inpaint_model_needs_an_inpainting_recipe_and_round_trips():
+    model = ModelRef("sdxl-inpaint.safetensors", sha256=SHA)
+    recipe = INPAINT.replace(inpaint_model=model)
+    assert Recipe.from_json(recipe.to_json()) == recipe
+    assert Recipe.from_json(recipe.to_json()).inpaint_model == model
+    with pytest.raises(ValueError, match="inpaint_model: must be null unless the recipe inpaints"):
+        IMG2IMG.replace(inpaint_model=model)
+    with pytest.raises(ValueError, match="inpaint_model: must be a ModelRef or null"):
+        INPAINT.replace(inpaint_model="sdxl-inpaint")
