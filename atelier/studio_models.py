@@ -36,6 +36,13 @@ class ModelLists:
         names = [row["name"] for row in self.controlnets()]
         return names + [repo for repo in cached_hub_controlnets() if repo not in names]
 
+    def inpaint_model_choices(self) -> list[str]:
+        """Dedicated inpainting checkpoints (9 input channels) in the models folder, read from their headers."""
+        from pipelines.models.inventory import inventory
+
+        _root, entries = inventory(self.home, compute_hashes=False)
+        return [e.name for e in entries if e.kind == "checkpoint" and (e.variant or "").endswith("inpainting")]
+
     def controlnet_folder(self) -> Path | None:
         return self._controlnet_library().folder()
 

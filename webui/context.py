@@ -30,11 +30,13 @@ class Context:
         named = [("model", recipe.model.name)]
         if recipe.refine is not None and recipe.refine.model is not None:
             named.append(("refiner", recipe.refine.model.name))
+        if recipe.inpaint_model is not None and recipe.inpaint_model.name not in self.studio.inpaint_model_choices():
+            named.append(("inpainting model", recipe.inpaint_model.name))
         if recipe.controlnets:
             offered = set(self.studio.controlnet_choices())
             named += [("ControlNet", unit.model.name) for unit in recipe.controlnets if unit.model.name not in offered]
         for what, name in named:
-            if what == "ControlNet" or name not in served:
+            if what in ("ControlNet", "inpainting model") or name not in served:
                 raise ValueError(
                     f"#{generation_id} was made with the {what} {name!r}, which this server does not offer; "
                     f"it serves {self.choice.base}"

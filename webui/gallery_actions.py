@@ -48,6 +48,7 @@ def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
             inpaint.area: recipe.inpaint_area,
             inpaint.padding: recipe.inpaint_padding,
             inpaint.masked_content: recipe.masked_content,
+            inpaint.model: _offered_inpaint_model(ctx, recipe),
             **dict(zip(inpaint.expand, recipe.expand)),
             edit.tabs: gr.Tabs(selected="img2img"),
         }
@@ -67,6 +68,11 @@ def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
             )
         return update
     return {edit.tabs: gr.Tabs(selected="draft")}
+
+
+def _offered_inpaint_model(ctx: Context, recipe) -> str:
+    name = recipe.inpaint_model.name if recipe.inpaint_model is not None else ""
+    return name if name in ctx.studio.inpaint_model_choices() else ""
 
 
 def wire_actions(

@@ -78,7 +78,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
                 ctx.defaults.width, ctx.defaults.height, elem_prefix="img2img-", from_source=True
             )
             strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Denoise strength", elem_id="img2img-strength")
-            inpaint = inpaint_controls.render(IMAGE_HEIGHT)
+            inpaint = inpaint_controls.render(IMAGE_HEIGHT, ctx.studio.inpaint_model_choices())
         with gr.Column():
             with gr.Row():  # at the top: the inpaint controls make the left column long
                 run = gr.Button("Make image", variant="primary", elem_id="img2img-button", scale=3)
@@ -110,6 +110,9 @@ def prepared_edit(ctx: Context, controls: bindings.GenerationControls, tab: Img2
     parent_id = int(from_id) if from_id else None
     source_data = ctx.studio.edit_source(Path(path).read_bytes(), parent_id)
     recipe, inputs = ctx.studio.prepare_inputs(recipe, source=source_data, mask=mask)
+    chosen = inpaint_controls.chosen_model(tab.inpaint, values, ctx.studio.inpaint_model_choices())
+    if chosen is not None:  # set once the mask is recorded: only an inpainting recipe takes one
+        recipe = requests.with_inpaint_model(recipe, chosen)
     return recipe, inputs, parent_id, mask is not None
 
 

@@ -32,12 +32,17 @@ class InpaintControls:
     padding: gr.Slider
     masked_content: gr.Radio
     expand: tuple[gr.Number, ...]  # outpaint: px added at the left, top, right, bottom
+    model: gr.Dropdown  # a dedicated inpainting checkpoint, or "" for the base model
 
     def inputs(self) -> set[gr.components.Component]:
-        return {self.editor, self.upload, self.blur, self.area, self.padding, self.masked_content, *self.expand}
+        fields = {self.blur, self.area, self.padding, self.masked_content, self.model}
+        return {self.editor, self.upload, *fields, *self.expand}
 
 
-def render(height: int) -> InpaintControls:
+BASE_MODEL = ("The base model", "")
+
+
+def render(height: int, inpaint_models: list[str]) -> InpaintControls:
     with gr.Accordion("Inpaint / outpaint (optional)", open=True, elem_id="inpaint"):
         editor = gr.ImageEditor(
             label="Paint what to repaint (nothing painted: plain img2img)",
@@ -67,6 +72,13 @@ def render(height: int) -> InpaintControls:
                 masked_content = gr.Radio(
                     CONTENT_CHOICES, value="original", label="Masked content", elem_id="masked-content"
                 )
+                model = gr.Dropdown(
+                    [BASE_MODEL, *((name, name) for name in inpaint_models)],
+                    value="",
+                    label="Inpainting model (9-channel checkpoints in the models folder)",
+                    interactive=bool(inpaint_models),
+                    elem_id="inpaint-model",
+                )
             with gr.Column(min_width=200):
                 blur = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur (px)", elem_id="mask-blur")
                 area = gr.Radio(AREA_CHOICES, value="whole", label="Inpaint area", elem_id="inpaint-area")
@@ -92,6 +104,7 @@ def render(height: int) -> InpaintControls:
         padding=padding,
         masked_content=masked_content,
         expand=expand,
+        model=model,
     )
 
 
@@ -146,6 +159,14 @@ def request_fields(c: InpaintControls, values: dict) -> dict:
 def inpaints(mask: bytes | None, fields: dict) -> bool:
     """True when the image is inpainted or outpainted (so the mask settings apply)."""
     return mask is not None or fields["expand"] != NO_EXPAND
+
+
+def chosen_model(c: InpaintControls, values: dict, offered: list[str]) -> str | None:
+    """The inpainting checkpoint picked (None: the base model); only one of the list the server offers."""
+    name = values[c.model] or None
+    if name is not None and name not in offered:
+        raise ValueError(f"inpainting model: {name!r} is not one of the inpainting checkpoints in the models folder")
+    return name
 
 
 def settings(c: InpaintControls, values: dict) -> dict:

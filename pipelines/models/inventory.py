@@ -135,6 +135,13 @@ def _vae(header: dict) -> tuple[str | None, str | None]:
     return None, "not a VAE (no encoder.down weights)"
 
 
+def _unet_in_channels(path: Path) -> int | None:
+    try:
+        return json.loads((path / "unet" / "config.json").read_text()).get("in_channels")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _folder(folder_kind: str, path: Path) -> tuple[str, str | None, str | None]:
     """(kind, variant, problem) of a diffusers folder."""
     index, config = path / "model_index.json", path / "config.json"
@@ -143,7 +150,10 @@ def _folder(folder_kind: str, path: Path) -> tuple[str, str | None, str | None]:
             data = json.loads(index.read_text())
             refiner = (data.get("text_encoder") or [None])[0] is None
             kind = "refiner" if folder_kind == "checkpoint" and refiner else folder_kind
-            return kind, f"{data.get('_class_name', 'diffusers pipeline')} folder", None
+            variant = f"{data.get('_class_name', 'diffusers pipeline')} folder"
+            if _unet_in_channels(path) == 9:
+                variant += ", inpainting"
+            return kind, variant, None
         data = json.loads(config.read_text())
         return folder_kind, f"{data.get('_class_name', 'diffusers model')} folder", None
     except (OSError, ValueError) as error:

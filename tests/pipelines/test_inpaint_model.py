@@ -204,3 +204,13 @@ def test_the_request_builder_records_inpaint_model_only_when_the_recipe_inpaints
         with_inpaint_model(img2img, "tiny-inpaint")
     masked = with_inpaint_model(img2img.replace(mask_sha256=SHA), "tiny-inpaint")
     assert masked.inpaint_model == ModelRef("tiny-inpaint") and with_inpaint_model(img2img, None) is img2img
+
+
+def test_the_studio_offers_the_inpainting_checkpoints_of_the_models_folder(home):
+    """The Img2Img tab's Inpainting model list: 9-channel checkpoints only, read from their headers."""
+    from atelier.studio import Studio
+
+    with Studio(home) as studio:
+        offered = studio.inpaint_model_choices()
+        assert studio._engine is None  # listed without the engine (no torch model work)
+    assert sorted(offered) == ["tiny-inpaint", "tiny-inpaint-folder"]  # not tiny-base: 4 input channels

@@ -48,6 +48,10 @@ def test_entries_made_with_the_served_models_pass(context):
         ({"model": ModelRef(name="someone/else-sdxl")}, "the model 'someone/else-sdxl'"),
         ({"refine": RefineSettings(model=ModelRef(name="../../refiner"))}, "the refiner '../../refiner'"),
         ({"controlnets": (ControlUnit(model=ModelRef(name="/tmp/cn")),)}, "the ControlNet '/tmp/cn'"),
+        (
+            {"mode": "img2img", "strength": 0.5, "mask_sha256": "ab" * 32, "inpaint_model": ModelRef(name="/x.st")},
+            "the inpainting model '/x.st'",
+        ),
     ],
 )
 def test_entries_naming_other_models_are_refused_before_loading(context, changes, named):

@@ -19,7 +19,7 @@ DEFAULTS = bindings.Defaults(models=ModelChoice(base="tiny", refiner="tiny"), wi
 @pytest.fixture(scope="module")
 def inpaint():
     with gr.Blocks():
-        return inpaint_controls.render(300)
+        return inpaint_controls.render(300, ["sdxl-inpainting.safetensors"])
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,15 @@ def test_the_outpaint_border_and_masked_content_reach_the_recipe(inpaint, contro
 
     recipe = build_recipe(request, DEFAULTS.models)
     assert (recipe.width, recipe.height, recipe.expand, recipe.masked_content) == (80, 80, (0, 8, 16, 0), "noise")
+
+
+def test_the_inpainting_model_is_one_the_server_lists(inpaint):
+    offered = ["sdxl-inpainting.safetensors"]
+    assert inpaint_controls.chosen_model(inpaint, values_of(inpaint), offered) is None  # the base model
+    chosen = values_of(inpaint, model="sdxl-inpainting.safetensors")
+    assert inpaint_controls.chosen_model(inpaint, chosen, offered) == "sdxl-inpainting.safetensors"
+    with pytest.raises(ValueError, match="inpainting model: '/etc/x.safetensors' is not one of"):
+        inpaint_controls.chosen_model(inpaint, values_of(inpaint, model="/etc/x.safetensors"), offered)
 
 
 def test_a_bad_outpaint_side_names_it(inpaint):
