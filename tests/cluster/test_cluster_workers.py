@@ -158,10 +158,12 @@ def test_a_lora_job_prefers_the_replica_that_holds_its_lora(cluster, tiny_recipe
     engine.draft(recipe, 1, replica=holder)  # now loaded on `holder` only
     time.sleep(4)  # each replica's loaded LoRAs reach the router every second
     before = dict(engine.jobs_per_replica)
-    for n in range(4):  # one at a time: the holder is free each time, so it is chosen each time
+    for n in range(8):  # one at a time: the holder is free each time, so it is chosen each time
         engine.draft(recipe.replace(seed=40 + n), 1)
     ran = {r: n - before.get(r, 0) for r, n in engine.jobs_per_replica.items() if n > before.get(r, 0)}
-    assert ran == {holder: 4}
+    # The router learns a replica's LoRAs from stats it polls about once a second: on a loaded machine the
+    # first job may still go by chance. By chance alone 7 of 8 on one replica happens 3.5 % of the time.
+    assert ran.get(holder, 0) >= 7, ran
 
 
 def test_a_killed_replica_fails_its_job_in_words_and_the_next_jobs_run(cluster, tiny_recipe):
