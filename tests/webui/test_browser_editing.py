@@ -25,11 +25,14 @@ def answer(page, selector: str, pattern: str, press) -> str:
         page.wait_for_function(
             "([sel, old]) => !document.querySelector(sel).innerText.includes(old)", arg=[selector, before]
         )
-    page.wait_for_function(
-        "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel).innerText)",
-        arg=[selector, pattern],
-        timeout=180_000,
-    )
+    try:
+        page.wait_for_function(
+            "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel).innerText)",
+            arg=[selector, pattern],
+            timeout=180_000,
+        )
+    except Exception as exc:  # say what the page showed instead
+        raise AssertionError(f"{selector} never matched {pattern!r}; it shows {page.inner_text(selector)!r}") from exc
     return page.inner_text(selector)
 
 
