@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines.limited_json import MAX_JSON_DEPTH, loads_limited_json  # noqa: F401 (re-exported)
+
 SCHEMA_VERSION = 1
 
 SCHEDULERS = (
@@ -54,7 +56,6 @@ MAX_CONTROLNETS = 4
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded size of any image read (upload, source, mask, control, import)
 MAX_REQUEST_PIXELS = 16 * 1024 * 1024  # width × height × drafts of one request
 MAX_RECIPE_JSON_CHARS = 256 * 1024
-MAX_JSON_DEPTH = 16  # a recipe nests 6 deep, a safetensors header 4
 
 
 def _fail(name: str, allowed: str, got: Any) -> None:
@@ -448,32 +449,6 @@ def check_prompt_length(name: str, text: str) -> None:
         raise ValueError(
             f"{name}: {len(text)} characters is over the limit of {MAX_PROMPT_CHARS} characters per prompt; shorten it"
         )
-
-
-def loads_limited_json(text: str | bytes, *, what: str, max_chars: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """json.loads of untrusted text: its size checked before parsing, its nesting after (a ValueError
-    naming `what` and the limit, never a RecursionError)."""
-    if not isinstance(text, (str, bytes, bytearray)):
-        raise ValueError(f"{what}: must be JSON text (got {type(text).__name__})")
-    if len(text) > max_chars:
-        raise ValueError(f"{what}: {len(text)} characters of JSON is over the limit of {max_chars}")
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        data = None  # nested past the interpreter's limit: refused below like any deep value
-        depth = max_depth + 1
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: not valid JSON ({exc})") from None
-    else:
-        depth, level = 0, [data]
-        while level and depth <= max_depth:  # breadth-first, so a deep value cannot exhaust the stack
-            depth += 1
-            level = [
-                v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)
-            ]
-    if depth > max_depth:
-        raise ValueError(f"{what}: JSON nested deeper than the limit of {max_depth} levels")
-    return data
 
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
