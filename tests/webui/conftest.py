@@ -122,6 +122,19 @@ def wait_text(page, selector: str, pattern: str, timeout: float = 120_000) -> st
     return page.inner_text(selector)
 
 
+def fill_kept(page, selector: str, value: str, attempts: int = 3) -> None:
+    """Fill a box and check the value stays once focus leaves it: a box that has just appeared (an accordion
+    opening, a detail panel loading) can be re-rendered from its old value right after a fast fill, which a
+    person typing never meets but a test would, as a wrong size much later."""
+    for _ in range(attempts):
+        page.fill(selector, value)
+        page.press(selector, "Tab")
+        page.wait_for_timeout(300)
+        if page.input_value(selector) == value:
+            return
+    raise AssertionError(f"{selector} did not keep {value!r}; it shows {page.input_value(selector)!r}")
+
+
 def start_long_draft(page, prompt: str) -> None:
     """Draft at 500 steps and 256 px (far longer than any test waits) and wait until it is running."""
     page.fill("#prompt textarea", prompt)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.webui.conftest import shot, wait_text
+from tests.webui.conftest import fill_kept, shot, wait_text
 from tests.webui.test_browser_flow import draft
 
 pytestmark = pytest.mark.browser
@@ -160,8 +160,8 @@ def test_upscale_to_a_chosen_size_from_the_gallery_and_the_draft_tab(page, serve
     page.locator("#drafts .thumbnail-item").nth(0).click()
     wait_text(page, "#draft-status", rf"Picked draft #{ids[0]}")
     page.locator("#draft-upscale-options").get_by_text("Upscale options").click()
-    page.fill("#draft-upscale-width input", "128")
-    page.fill("#draft-upscale-height input", "96")
+    fill_kept(page, "#draft-upscale-width input", "128")
+    fill_kept(page, "#draft-upscale-height input", "96")
     text = answer(
         page,
         "#draft-status",
@@ -178,8 +178,8 @@ def test_upscale_to_a_chosen_size_from_the_gallery_and_the_draft_tab(page, serve
     page.locator("#gallery-grid .thumbnail-item", has_text=f"#{ids[1]} draft").click()
     page.wait_for_selector("#detail-image img")
     page.locator("#upscale-options").get_by_text("Upscale options").click()
-    page.fill("#upscale-width input", "80")
-    page.fill("#upscale-height input", "136")
+    fill_kept(page, "#upscale-width input", "80")
+    fill_kept(page, "#upscale-height input", "136")
     text = answer(
         page,
         "#gallery-status",
