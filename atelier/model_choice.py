@@ -33,7 +33,7 @@ def choose_models(home: Path, base: str | None = None, refiner: str | None = Non
     Looks in the models folder (A1111 or ComfyUI layout, under $ATELIER_MODELS or <home>/models)
     and in the Hugging Face cache; never downloads.
     """
-    from pipelines.models.loading import DEFAULT_BASE, DEFAULT_REFINER
+    from pipelines.models.loading import DEFAULT_BASE, DEFAULT_REFINER, locate_model
     from pipelines.models.model_files import models_root
 
     if base is None:
@@ -52,6 +52,9 @@ def choose_models(home: Path, base: str | None = None, refiner: str | None = Non
             refiner = DEFAULT_REFINER
     if refiner == "base":
         refiner = None
+    for spec in (base, refiner):  # a wrong name or file is refused here, before torch is imported
+        if spec is not None:
+            locate_model(home, spec)
     return ModelChoice(base=base, refiner=refiner, demo=base == TINY)
 
 

@@ -121,6 +121,50 @@ def _check_fits_base(spec: str, config: Path, text_encoder_2) -> None:
         )
 
 
+def locate_model(home: Path, spec: str) -> Location:
+    """Where a model spec points ('tiny', a hub id, a diffusers folder, a single file, a name in the models
+    folder), checked on disk without importing torch: the CLI refuses a wrong --model with it at once."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"model: must be 'tiny', a hub id, a diffusers folder or a .safetensors file (got {spec!r})")
+    spec = spec.strip()
+    if spec == "tiny":
+        return Location("tiny")
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _local_model(path)
+    looks_like_path = spec.startswith((".", "/", "~", "\\")) or Path(spec).suffix.lower() in (
+        ".safetensors",
+        *PICKLE_SUFFIXES,
+    )
+    root = models_root(home)
+    if root is not None and root.folder("checkpoint") is not None and not path.is_absolute():
+        try:
+            return _local_model(root.resolve_checkpoint(spec))
+        except ModelNotFound:
+            pass  # not a name there: maybe a hub id
+    if looks_like_path:
+        raise ValueError(f"model file or folder not found: {spec}")
+    if HUB_ID.match(spec):
+        return Location("hub", repo=spec)
+    where = f", or a name in {root.root}" if root is not None else ""
+    raise ValueError(
+        f"model {spec!r} not found: give 'tiny', a hub repo id (owner/name), a diffusers folder, "
+        f"a .safetensors file{where}"
+    )
+
+
+def _local_model(path: Path) -> Location:
+    path = path.resolve()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{path}: a folder, but not a diffusers model (it has no model_index.json)")
+        return Location("folder", path)
+    from pipelines.models.single_file import inspect_single_file
+
+    inspect_single_file(path)  # pickles, corrupt or truncated files, mismatched checkpoints: in words
+    return Location("single_file", path)
+
+
 class ModelCache:
     """Loads models by spec and keeps them; the same spec twice gives the same objects.
 
@@ -220,47 +264,10 @@ class ModelCache:
     # --- spec -> location ---------------------------------------------------------------------
 
     def resolve(self, spec: str, role: str) -> Location:
-        """Where a spec points, checked on disk (no model work)."""
-        if not isinstance(spec, str) or not spec.strip():
-            raise ValueError(
-                f"model: must be 'tiny', a hub id, a diffusers folder or a .safetensors file (got {spec!r})"
-            )
-        spec = spec.strip()
-        if spec == "tiny":
+        """Where a spec points, checked on disk (no model work); 'tiny' is written on first use."""
+        if isinstance(spec, str) and spec.strip() == "tiny":
             return Location("tiny", self._tiny_dir() / role)
-        path = Path(spec).expanduser()
-        if path.exists():
-            return self._local(path)
-        looks_like_path = spec.startswith((".", "/", "~", "\\")) or Path(spec).suffix.lower() in (
-            ".safetensors",
-            *PICKLE_SUFFIXES,
-        )
-        root = models_root(self.home)
-        if root is not None and root.folder("checkpoint") is not None and not path.is_absolute():
-            try:
-                return self._local(root.resolve_checkpoint(spec))
-            except ModelNotFound:
-                pass  # not a name there: maybe a hub id
-        if looks_like_path:
-            raise ValueError(f"model file or folder not found: {spec}")
-        if HUB_ID.match(spec):
-            return Location("hub", repo=spec)
-        where = f", or a name in {root.root}" if root is not None else ""
-        raise ValueError(
-            f"model {spec!r} not found: give 'tiny', a hub repo id (owner/name), a diffusers folder, "
-            f"a .safetensors file{where}"
-        )
-
-    def _local(self, path: Path) -> Location:
-        path = path.resolve()
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ValueError(f"{path}: a folder, but not a diffusers model (it has no model_index.json)")
-            return Location("folder", path)
-        from pipelines.models.single_file import inspect_single_file
-
-        inspect_single_file(path)  # pickles, corrupt or truncated files, mismatched checkpoints: in words
-        return Location("single_file", path)
+        return locate_model(self.home, spec)
 
     def _tiny_dir(self) -> Path:
         from pipelines.models.tiny_model import write_tiny_model

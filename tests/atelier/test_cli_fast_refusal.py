@@ -43,6 +43,10 @@ CASES = {
     "vary id": (["vary", "12345", "--strength", "5"], "no generation with id 12345"),
     "upscale scale": (["upscale", "1", "--scale", "9"], "scale: must be a number above 1"),
     "rerun id": (["rerun", "777"], "no generation with id 777"),
+    "draft model name": (["draft", "--prompt", "a", "--model", "no-such-model"], "model 'no-such-model' not found"),
+    "draft model file": (["draft", "--prompt", "a", "--model", "{home}/gone.safetensors"], "not found: "),
+    "draft model folder": (["draft", "--prompt", "a", "--model", "{home}"], "no model_index.json"),
+    "draft refiner file": (["draft", "--prompt", "a", "--refiner", "{home}/src.png"], "src.png"),
 }
 
 
