@@ -22,6 +22,7 @@ from PIL import Image
 
 from atelier import __version__
 from atelier.cluster.errors import WorkerLost
+from atelier.device_lease import device_needed
 from atelier.edit_inputs import (  # noqa: F401 (image_size, open_image: for the front ends)
     ControlRequest,
     InputFiles,
@@ -94,7 +95,9 @@ class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: ate
 
     @property
     def engine(self):
-        """The engine, made on first use: gallery-only work (listing, search, export) never imports torch."""
+        """The engine, made on first use: gallery-only work (listing, search, export) never imports torch.
+        Within a job of the web queue, using it takes the device again if the job had given it up."""
+        device_needed()
         if self._engine is None:
             if self._on_loading is not None:
                 self._on_loading("torch, diffusers and the engine; the models load on first use")
@@ -471,7 +474,7 @@ class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: ate
         save = self._saves.commit(
             encoded, lambda e: commit_final(self.gallery, e, kind, parent_id=parent_id, inputs=files)
         )
-        return save.result()
+        return results([save])[0]
 
 
 def _callbacks(on_step: OnStep | None, should_cancel: Callable[[], bool] | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from atelier.device_lease import device_free
 from pipelines.provenance.png_metadata import encode_png
 from pipelines.recipe import Recipe
 from storage.gallery import Gallery, Generation, NotFoundError
@@ -172,13 +173,16 @@ def _done(work: Callable[[], T]) -> Future[T]:
 
 
 def wait_all(futures: list[Future]) -> None:
-    """Wait until every future is done (whatever its outcome)."""
+    """Wait until every future is done (whatever its outcome). Only saves remain then: within a job of the
+    web queue, the device goes to the next job meanwhile."""
+    device_free()
     for future in futures:
         future.exception()
 
 
 def results(futures: list[Future[T]]) -> list[T]:
     """Every future's result, in order; all are waited for even when one fails (none left running)."""
+    device_free()
     errors = [f.exception() for f in futures]
     first = next((e for e in errors if e is not None), None)
     if first is not None:

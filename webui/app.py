@@ -111,7 +111,7 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | N
                 send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private"
             )
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
-    fair_queue.install(demo, limits)
+    fair_queue.install(demo, limits, ctx.jobs)
     words_for_every_error(demo)
     ctx.queue_limits = limits
     ctx.jobs.count_waiting(lambda: _waiting_for_the_device(demo))

@@ -87,5 +87,10 @@ def gpu_event(ctx: Context, trigger, handler, *, inputs: set, outputs: set, stat
     trigger(
         reserve, inputs=None, outputs={ticket, status}, queue=False, show_progress="hidden", api_visibility="private"
     ).then(
-        run, inputs=inputs | {ticket}, outputs=ordered, concurrency_id=GPU, concurrency_limit=ctx.jobs.slots, **options
+        run,
+        inputs=inputs | {ticket},
+        outputs=ordered,
+        concurrency_id=GPU,
+        concurrency_limit=ctx.jobs.slots,
+        **options,
     )

@@ -8,13 +8,14 @@ QueueError; `security.QueueFullMessage` turns it into words for browsers).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from webui.jobs import GPU
+from webui.jobs import GPU, GpuJobs
 
 QUICK_EVENTS_PER_GPU_SLOT = 4  # room for quick events: this many times the device queue's size
 FULL = "Queue is full"  # QueueFullMessage and gradio_client look for these words
@@ -44,14 +45,16 @@ def client_of(request: Any) -> str:
     return getattr(client, "host", None) or "unknown"
 
 
-def install(demo: gr.Blocks, limits: QueueLimits) -> None:
-    """Replace Gradio's single queue limit on `demo` (after `demo.queue()`) by the fair limits."""
+def install(demo: gr.Blocks, limits: QueueLimits, jobs: GpuJobs) -> None:
+    """Replace Gradio's single queue limit on `demo` (after `demo.queue()`) by the fair limits, and let the
+    device's queue start the next job while one only saves (`jobs`' concurrency)."""
     queue = demo._queue
+    jobs.on_concurrency_change(functools.partial(_set_device_concurrency, demo))
     queue.max_size = None  # counted here instead, per kind of event
     original: Callable[..., Awaitable[tuple]] = queue.push
 
     async def push(body, request, username):
-        refusal = _refusal(demo, limits, body, request)
+        refusal = _refusal(demo, limits, body, request, jobs.waiting_for_a_slot())
         if refusal is not None:
             return False, refusal, "queue_full"
         return await original(body=body, request=request, username=username)
@@ -59,7 +62,7 @@ def install(demo: gr.Blocks, limits: QueueLimits) -> None:
     queue.push = push
 
 
-def _refusal(demo: gr.Blocks, limits: QueueLimits, body: Any, request: Any) -> str | None:
+def _refusal(demo: gr.Blocks, limits: QueueLimits, body: Any, request: Any, out_of_queue: int) -> str | None:
     queue = demo._queue
     fn = demo.fns.get(body.fn_index) if body.fn_index is not None else None
     waiting = {key: list(q.queue) for key, q in queue.event_queue_per_concurrency_id.items()}
@@ -68,8 +71,8 @@ def _refusal(demo: gr.Blocks, limits: QueueLimits, body: Any, request: Any) -> s
         room = limits.gpu_waiting * QUICK_EVENTS_PER_GPU_SLOT
         return f"{FULL}: {room} quick requests are waiting already." if quick >= room else None
     gpu = waiting.get(GPU, [])
-    if len(gpu) >= limits.gpu_waiting:
-        return f"{FULL}. Max size is {limits.gpu_waiting} and size is {len(gpu)}."
+    if len(gpu) + out_of_queue >= limits.gpu_waiting:
+        return f"{FULL}. Max size is {limits.gpu_waiting} and size is {len(gpu) + out_of_queue}."
     client = client_of(request)
     mine = sum(1 for event in gpu if client_of(event.request) == client)
     if mine >= limits.per_client:
@@ -78,3 +81,10 @@ def _refusal(demo: gr.Blocks, limits: QueueLimits, body: Any, request: Any) -> s
             "so others get a turn). Try again when one has started."
         )
     return None
+
+
+def _set_device_concurrency(demo: gr.Blocks, limit: int) -> None:
+    """Gradio's limit for the device's events (its queue loop reads it each time it looks for work)."""
+    device_events = demo._queue.event_queue_per_concurrency_id.get(GPU)
+    if device_events is not None:
+        device_events.concurrency_limit = limit

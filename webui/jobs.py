@@ -24,6 +24,8 @@ from typing import Any
 
 import gradio as gr
 
+from atelier import device_lease
+from atelier.device_lease import DeviceLease, FairSlots
 from atelier.studio import USER_ERRORS, Cancelled, StepPreview
 
 GPU = "gpu"  # the concurrency_id every event that runs the engine shares
@@ -81,8 +83,10 @@ class GpuJobs:
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"device slots: must be a whole number of at least 1 (got {slots!r})")
         self.slots = slots  # jobs that may run at once: 1 device, or the GPU workers of a cluster
+        self._without_a_slot = 0  # running jobs that gave their slot up: only their saves are left
+        self._concurrency_changed: Callable[[int], None] = lambda limit: None
         self._waiting: Callable[[], int] | None = None
-        self._lock = threading.BoundedSemaphore(slots)  # held while a job uses a device
+        self._lock = FairSlots(slots)  # held while a job uses a device; in the order the jobs came
         self._tickets: dict[str, _Ticket] = {}  # in the order they were reserved
         self._mutex = threading.Lock()  # guards _tickets and _durations
         self._durations: list[float] = []  # seconds of the last few jobs, for the queue's ETA
@@ -99,13 +103,29 @@ class GpuJobs:
         """(jobs ahead of a ticket just reserved, about how many seconds until it starts or None if
         not known yet): the running job and those waiting in the queue."""
         with self._mutex:
-            if self._waiting is not None:
-                ahead = self._waiting() + int(any(t.started for t in self._tickets.values()))
+            if self._waiting is not None:  # and those started beyond the free slots wait for one too
+                started = sum(1 for t in self._tickets.values() if t.started)
+                ahead = self._waiting() + max(0, started - self.slots + 1)
             else:
                 order = list(self._tickets)
                 ahead = order.index(ticket) if ticket in order else 0
             typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else None
         return ahead, (typical * ahead if typical is not None else None)
+
+    def on_concurrency_change(self, changed: Callable[[int], None]) -> None:
+        """Tell `changed(limit)` how many jobs the web server may run at once whenever it changes: the slots,
+        plus one for each job that has only its saves left (the next job takes the device meanwhile)."""
+        self._concurrency_changed = changed
+
+    def _lease_changed(self, held: bool) -> None:
+        with self._mutex:
+            self._without_a_slot += -1 if held else 1
+            limit = self.slots + self._without_a_slot
+        self._concurrency_changed(limit)
+
+    def waiting_for_a_slot(self) -> int:
+        """Jobs out of the web server's queue (one more than the slots may run) still waiting for a device."""
+        return self._lock.waiting()
 
     def running(self) -> bool:
         """Whether a job is using the device now."""
@@ -173,16 +193,22 @@ class GpuJobs:
         yield Done(outcome["result"])
 
     def _run(self, ticket: str, entry: _Ticket, work: Work, events: queue.Queue, outcome: dict) -> None:
-        started = None
+        started, lease = None, None
         try:
-            with self._lock:
-                if entry.cancel.is_set():
-                    raise Cancelled("before it started")
-                started = time.monotonic()
-                outcome["result"] = work(lambda info: events.put(info), entry.cancel.is_set)
+            self._lock.acquire()
+            # The job gives its slot up while only its saves remain (atelier.device_lease): the next job
+            # takes the device meanwhile.
+            lease = DeviceLease(self._lock, on_change=self._lease_changed)
+            device_lease.hold(lease)
+            if entry.cancel.is_set():
+                raise Cancelled("before it started")
+            started = time.monotonic()
+            outcome["result"] = work(lambda info: events.put(info), entry.cancel.is_set)
         except BaseException as exc:  # handed to the generator, which reports it
             outcome["error"] = exc
         finally:
+            if lease is not None:
+                lease.end()
             self._done(ticket, time.monotonic() - started if started is not None else None)
             events.put(None)
 

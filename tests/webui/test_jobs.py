@@ -161,3 +161,73 @@ def test_interrupt_reaches_a_job_still_waiting_for_the_device():
     holder.join()
     reader.join(5)
     assert isinstance(first[-1], Interrupted) and seen == []  # it never ran a step
+
+
+def test_the_next_job_takes_the_device_while_a_finished_job_saves(tmp_path, tiny_model_dir, tiny_recipe):
+    """Two queued drafts on one device: the second job's UNet runs while the first job's gallery commit is
+    still going (atelier.device_lease); without the hand-over the first commit would wait here in vain."""
+    from atelier.studio import Studio
+    from tests.conftest import tiny_home_at
+
+    first_saving, second_on_device, overlapped = threading.Event(), threading.Event(), []
+    with Studio(tiny_home_at(tmp_path / "home", tiny_model_dir), device="cpu", save_workers=1) as studio:
+        studio.draft(tiny_recipe(steps=2), 1)  # models loaded: both jobs below only draft
+        save = studio.gallery.save
+
+        def save_once_the_next_job_runs(*args, **kwargs):
+            if not first_saving.is_set():
+                first_saving.set()
+                overlapped.append(second_on_device.wait(30))
+            return save(*args, **kwargs)
+
+        studio.gallery.save = save_once_the_next_job_runs
+        hook = studio.models.load_base("tiny").pipe.unet.register_forward_pre_hook(
+            lambda *_: second_on_device.set() if first_saving.is_set() else None
+        )
+        jobs, made = GpuJobs(), {}
+
+        def job(name, seed):
+            work = lambda on_step, should_cancel: studio.draft(tiny_recipe(steps=4, seed=seed), 1)  # noqa: E731
+            made[name] = [event for event in jobs.stream(name, work) if isinstance(event, Done)][0].result
+
+        try:
+            threads = [threading.Thread(target=job, args=(name, seed)) for name, seed in (("a", 1), ("b", 2))]
+            threads[0].start()
+            time.sleep(0.05)  # "a" takes the device first
+            threads[1].start()
+            [t.join(120) for t in threads]
+        finally:
+            hook.remove()
+    assert overlapped == [True], "the second job waited for the first job's save before using the device"
+    assert [saved.recipe.seed for saved in made["a"] + made["b"]] == [1, 2]
+    assert all(saved.image.exists() for saved in made["a"] + made["b"])
+
+
+def test_a_job_that_gave_the_device_up_waits_for_it_before_using_it_again():
+    """A job that saved in the middle (device given up) and goes on with the engine takes a slot again first:
+    two jobs never use one device at once."""
+    from atelier.device_lease import device_free, device_needed
+
+    jobs, order, freed, limits = GpuJobs(), [], threading.Event(), []
+    jobs.on_concurrency_change(limits.append)  # the web server's limit: 2 while "a" runs without its slot
+
+    def first(on_step, should_cancel):
+        order.append("a device")
+        device_free()  # e.g. a draft saved before its refine
+        freed.set()
+        time.sleep(0.1)  # "b" takes the device now
+        device_needed()
+        order.append("a device again")
+
+    def second(on_step, should_cancel):
+        order.append("b device")
+        time.sleep(0.3)
+        order.append("b done")
+
+    a = threading.Thread(target=lambda: list(jobs.stream("a", first)))
+    a.start()
+    freed.wait(5)
+    list(jobs.stream("b", second))
+    a.join(5)
+    assert order == ["a device", "b device", "b done", "a device again"]
+    assert limits == [2, 1]
