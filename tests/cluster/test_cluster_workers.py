@@ -19,6 +19,7 @@ from PIL import Image
 
 from atelier.cluster.errors import WorkerLost
 from pipelines.errors import GenerationCancelled
+from tests.storage.storage_checks import consistency_problems, database_url
 
 pytestmark = pytest.mark.slow  # a local Ray cluster: about 2 minutes on 2 cores
 
@@ -193,6 +194,10 @@ def test_a_killed_replica_fails_its_job_in_words_and_the_next_jobs_run(cluster, 
     assert sorted(p.name for p in studio.files_folder().rglob("*") if p.is_file()) == files_before
     after = [studio.draft(tiny_recipe(seed=9 + n, steps=4), 1)[0] for n in range(3)]  # the next jobs run
     assert all(studio.gallery.get(s.id).kind == "draft" for s in after)
+    # The crash test's checks (tests/storage/test_gallery_crash.py): database intact, references and lineage
+    # valid, every row's files present with their sha256, no stray or temp file.
+    gallery = studio.gallery
+    assert consistency_problems(gallery.home, database_url(gallery), files=studio.files_folder()) == []
 
 
 def test_serve_without_cluster_imports_no_ray(tmp_path):

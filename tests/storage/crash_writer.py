@@ -1,12 +1,12 @@
 """Run by test_gallery_crash.py: saves (drafts, and inpaint / upscale / vary results with their input files
 and parents), deletes and edits in a loop until SIGKILLed.
 
-Usage: crash_writer.py HOME SEED LOG. Each completed action is appended to LOG (unbuffered, so
+Usage: crash_writer.py HOME SEED LOG [DATABASE_URL]. Each completed action is appended to LOG (unbuffered, so
 what the kernel has is what was reported): "open", "saved ID", "deleting ID", "deleted ID".
 
 crash_writer.py --serve: a fork server, so that a round costs no interpreter start-up and no storage
-import (about a second on a busy 2-core machine). For each line "HOME<TAB>SEED<TAB>LOG<TAB>STDERR" on
-stdin it forks a writer (exactly as the command line above, its stderr to the file STDERR) and
+import (about a second on a busy 2-core machine). For each line "HOME<TAB>SEED<TAB>LOG<TAB>STDERR<TAB>URL" on
+stdin (URL empty: SQLite in HOME) it forks a writer (as the command line above, its stderr to the file STDERR) and
 prints the writer's pid, then, once the writer has ended, its exit code (-N: killed by signal N).
 The ended writer is reaped only when the next line (or the end of stdin) comes, so its pid cannot
 be reused while the test may still signal it.
@@ -33,7 +33,7 @@ def serve() -> None:
     while line := sys.stdin.readline():
         if previous is not None:
             os.waitpid(previous, 0)
-        home, seed, log_path, stderr_path = line.rstrip("\n").split("\t")
+        home, seed, log_path, stderr_path, url = line.rstrip("\n").split("\t")
         pid = os.fork()
         if pid == 0:  # the writer
             code = 1
@@ -41,7 +41,7 @@ def serve() -> None:
                 null = os.open(os.devnull, os.O_RDWR)
                 err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(null, 0), os.dup2(null, 1), os.dup2(err, 2)
-                main([home, seed, log_path])
+                main([home, seed, log_path, url])
                 code = 0
             except BaseException:  # noqa: BLE001 - reported on its stderr, as a crashed process would
                 traceback.print_exc()
@@ -60,10 +60,11 @@ def serve() -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     home, seed, log_path = Path(argv[0]), int(argv[1]), argv[2]
+    url = argv[3] if len(argv) > 3 and argv[3] else None
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     say = lambda text: os.write(log, f"{text}\n".encode())  # noqa: E731
     rng = random.Random(seed)
-    gallery = Gallery.open(home)
+    gallery = Gallery.open(home, database_url=url)
     say("open")
     known = [g.id for g in gallery.list(limit=200).items]
     n = seed * 1_000_000

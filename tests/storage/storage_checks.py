@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 from sqlalchemy import create_engine, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from pipelines.recipe import ControlUnit, LoraRef, ModelRef, Recipe
@@ -57,7 +58,10 @@ def sha(data: bytes) -> str:
 
 
 def files_on_disk(home: Path) -> set[str]:
-    root = home / "files"
+    return _files_on_disk(home / "files")
+
+
+def _files_on_disk(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
@@ -85,23 +89,23 @@ def database_url(gallery) -> str:
     return gallery.db.engine.url.render_as_string(hide_password=False)
 
 
-def consistency_problems(home: Path, url: str | None = None) -> list[str]:
+def consistency_problems(
+    home: Path, url: str | None = None, *, files: Path | None = None, after_sweep: bool = False
+) -> list[str]:
     """Everything that a crash must never leave behind, checked over a connection of its own (SQLite in the
-    home folder unless `url` names another database) and on the file system."""
+    home folder unless `url` names another database) and on the file system (`files`, else <home>/files).
+    `after_sweep`: the start-up sweep has just run, so the file journal must be empty too."""
     problems: list[str] = []
+    root = files if files is not None else home / "files"
     engine = create_engine(url or f"sqlite:///{home / 'gallery.db'}", poolclass=NullPool)
     postgres = engine.dialect.name == "postgresql"
     try:
         with engine.connect() as con:
-            if not postgres:  # PostgreSQL checks its own pages and enforces foreign keys itself
-                if con.execute(text("PRAGMA integrity_check")).scalar() != "ok":
-                    problems.append("integrity_check failed")
-                if con.execute(text("PRAGMA foreign_key_check")).fetchall():
-                    problems.append("foreign key violations")
-            problems += _fts_problems(con, postgres)
+            problems += _postgres_storage_problems(con) if postgres else _sqlite_storage_problems(con)
+            problems += _reference_problems(con) + _fts_problems(con, postgres)
             rows = dict(con.execute(text("SELECT sha256, relative_path FROM files")).fetchall())
             for sha_, relative in rows.items():
-                path = home / "files" / relative
+                path = root / relative
                 if not path.exists():
                     problems.append(f"missing file {relative}")
                 elif sha(path.read_bytes()) != sha_:
@@ -116,12 +120,88 @@ def consistency_problems(home: Path, url: str | None = None) -> list[str]:
             ).fetchall()
             if unlinked:
                 problems.append(f"{len(unlinked)} file rows no generation uses")
+            journalled = con.execute(text("SELECT count(*) FROM file_journal")).scalar()
+            if after_sweep and journalled:
+                problems.append(f"{journalled} file journal entries left after the sweep")
     finally:
         engine.dispose()
-    on_disk = files_on_disk(home)
-    extra = on_disk - set(rows.values())
+    extra = _files_on_disk(root) - set(rows.values())
     if extra:
         problems.append(f"files without rows or temp files on disk: {sorted(extra)[:5]}")
+    return problems
+
+
+def _sqlite_storage_problems(con) -> list[str]:
+    problems = []
+    if con.execute(text("PRAGMA integrity_check")).scalar() != "ok":
+        problems.append("integrity_check failed")
+    if con.execute(text("PRAGMA foreign_key_check")).fetchall():
+        problems.append("foreign key violations")
+    return problems
+
+
+def _postgres_storage_problems(con) -> list[str]:
+    """PostgreSQL's counterpart of PRAGMA integrity_check: amcheck verifies every table's heap and every
+    B-tree index of the gallery's schema against its table (installed in a schema of its own, so the
+    gallery's schema stays as the migrations made it). Needs a superuser; skipped on a server without one."""
+    can = con.execute(
+        text(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+            "AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck')"
+        )
+    ).scalar()
+    if not can:
+        return []
+    con.execute(text("CREATE SCHEMA IF NOT EXISTS atelier_checks"))
+    con.execute(text("CREATE EXTENSION IF NOT EXISTS amcheck SCHEMA atelier_checks"))
+    con.commit()
+    relations = (
+        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_am a ON a.oid = c.relam WHERE n.nspname = current_schema() AND a.amname = :method"
+    )
+    problems = []
+    for table in con.scalars(text(relations), {"method": "heap"}).all():
+        damage = text("SELECT count(*) FROM atelier_checks.verify_heapam(CAST(:table AS regclass))")
+        if con.execute(damage, {"table": table}).scalar():
+            problems.append(f"table {table} is damaged (verify_heapam)")
+    for index in con.scalars(text(relations), {"method": "btree"}).all():
+        try:
+            with con.begin_nested():
+                check = text("SELECT atelier_checks.bt_index_check(CAST(:index AS regclass), true)")
+                con.execute(check, {"index": index})
+        except DBAPIError as exc:
+            problems.append(f"index {index} is damaged ({str(exc.orig).splitlines()[0]})")
+    return problems
+
+
+def _reference_problems(con) -> list[str]:
+    """Every reference points at a row that exists, on any dialect (whether or not it enforces foreign
+    keys), and the lineage (parent_id) leads back to a root without a cycle."""
+    problems = []
+    dangling = {
+        "generation_files.generation_id": "SELECT count(*) FROM generation_files WHERE generation_id NOT IN "
+        "(SELECT id FROM generations)",
+        "generation_files.sha256": "SELECT count(*) FROM generation_files WHERE sha256 NOT IN (SELECT sha256 FROM files)",
+        "generation_loras.generation_id": "SELECT count(*) FROM generation_loras WHERE generation_id NOT IN "
+        "(SELECT id FROM generations)",
+        "generation_tags.generation_id": "SELECT count(*) FROM generation_tags WHERE generation_id NOT IN "
+        "(SELECT id FROM generations)",
+        "generations.parent_id": "SELECT count(*) FROM generations WHERE parent_id IS NOT NULL AND parent_id NOT IN "
+        "(SELECT id FROM generations)",
+    }
+    for what, query in dangling.items():
+        count = con.execute(text(query)).scalar()
+        if count:
+            problems.append(f"{count} rows whose {what} names a row that does not exist")
+    parents = dict(con.execute(text("SELECT id, parent_id FROM generations")).fetchall())
+    for start in parents:
+        seen, at = set(), start
+        while at is not None and at in parents:
+            if at in seen:
+                problems.append(f"the lineage of generation {start} goes round in a cycle")
+                break
+            seen.add(at)
+            at = parents[at]
     return problems
 
 
