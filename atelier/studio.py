@@ -320,7 +320,7 @@ class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: ate
             scale=scale, width=width, height=height, strength=strength, steps=steps, upscaler=upscaler
         )
         parent = self.gallery.get(generation_id)
-        enlarge = pixel_upscaler(upscaler, self.home, lambda: str(self.models.device))  # a missing model fails here
+        enlarge = pixel_upscaler(upscaler, self.home, lambda: self.engine)  # a missing model fails here
         image = self.gallery.read_file(parent.image_sha256)
         # A draft: its full decode, not its cheap preview (of the same size), once the values are known good.
         upscale_recipe(parent.recipe, wanted, *wanted.size_for(*open_upright(image, "the gallery image").size))

@@ -2,8 +2,8 @@
 
 The image (a picked draft's preview, a refined or any gallery image) is enlarged by a factor or to a
 size (sides multiples of 8, at most MAX_SIDE) with Lanczos (or an ESRGAN-family model from the models
-folder: pipelines/models/upscalers.py), and the enlarged image becomes the
-**img2img source** of an ordinary img2img Recipe at the new size: base → refiner at `strength` (0.35 by
+folder: pipelines/models/upscalers.py, run on a GPU worker with `--cluster`), and the enlarged image
+becomes the **img2img source** of an ordinary img2img Recipe at the new size: base → refiner at `strength` (0.35 by
 default), with the image's prompt, seed, models, LoRAs and refiner settings. The enlarged source is
 stored in the gallery by sha256 like any img2img source, so a re-run reads those very pixels back: it
 never depends on the upscaler (or its version) again. The image is the new entry's parent.
@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps, PngImagePlugin
 
@@ -82,15 +83,32 @@ def _check_side(name: str, value: object) -> None:
         raise ValueError(f"{name}: must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE} (got {value!r})")
 
 
-def pixel_upscaler(name: str, home: Path, device: Callable[[], str]) -> Enlarge:
+def pixel_upscaler(name: str, home: Path, engine: Callable[[], Any]) -> Enlarge:
     """How to enlarge: Lanczos, or the ESRGAN-family model `name` in the models folder, located now (a missing
-    file or a pickle is a ValueError naming `upscaler`, before any model work) and run on `device()`."""
+    file or a pickle is a ValueError naming `upscaler`, before any model work) and run by `engine()`: on a GPU
+    worker when that engine has an `enlarge` mode (atelier.cluster's RemoteEngine), else on its device here."""
     if name == "lanczos":
         return lanczos
+    run_here = located_upscaler(home, name)
+
+    def enlarge(image: Image.Image, width: int, height: int) -> Image.Image:
+        runner = engine()
+        remote = getattr(runner, "enlarge", None)  # the in-process Engine knows no upscaler names: run here
+        if remote is not None:
+            return remote(image, width, height, name)
+        return run_here(image, width, height, str(runner.models.device))
+
+    return enlarge
+
+
+def located_upscaler(home: Path, name: str) -> Callable[[Image.Image, int, int, str], Image.Image]:
+    """The ESRGAN-family model `name` in `home`'s models folder, located now (a ValueError naming `upscaler` when
+    it is missing or a pickle), as (image, width, height, device) -> image. A GPU worker runs it through here
+    too (atelier/cluster/deployment.py): the same pixels either way."""
     from pipelines.models import upscalers
 
     path = upscalers.locate(home, name)
-    return lambda image, width, height: upscalers.upscale(path, image, width, height, device())
+    return lambda image, width, height, device: upscalers.upscale(path, image, width, height, device)
 
 
 def prepare_upscale(

@@ -1,8 +1,8 @@
 """The front end's side of the GPU workers: an engine whose modes run on the Serve deployment.
 
 `RemoteEngine` has the engine methods the Studio calls (draft, render, refine, rerender, full_draft_image)
-with the same arguments and results, so the Studio (`Studio(engine=...)`) saves what comes back exactly
-as it saves its own engine's work: files and rows are written in one place, once the result has arrived
+with the same arguments and results, and `enlarge` (an Upscale's ESRGAN pixel upscale, atelier/upscale.py),
+so the Studio (`Studio(engine=...)`) saves what comes back exactly as it saves its own engine's work: files and rows are written in one place, once the result has arrived
 (a job that fails on its worker has saved nothing). Model lists and LoRA/ControlNet files are read by a
 local engine for the same home, which never loads a model here.
 """
@@ -73,6 +73,12 @@ class RemoteEngine:
     def full_draft_image(self, draft, *, inputs=None):
         job = {"mode": "full_draft_image", "draft": wire.draft_to_wire(draft), "inputs": wire.inputs_to_wire(inputs)}
         return self.run(job)
+
+    def enlarge(self, image, width, height, upscaler):
+        """The ESRGAN-family pixel upscale of an Upscale job, on a worker (found in its home's models folder:
+        the workers share it); the same pixels atelier/upscale.py makes in one process."""
+        job = {"mode": "enlarge", "image": wire.image_bytes(image), "width": width, "height": height}
+        return self.run({**job, "upscaler": upscaler})
 
     def replica_ids(self) -> list[str]:
         """The ids of the workers running now (Serve names each replica's actor after its id)."""

@@ -50,6 +50,7 @@ class EngineWorker:
         from pipelines.models.loading import ModelCache
 
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.home = Path(home)  # an Upscale's ESRGAN model is found in this home's models folder (shared)
         self.engine = Engine(ModelCache(Path(home), **device_options), app_version=__version__)
         if base:  # every replica holds its models from the start: the first job does not wait for them
             loaded = self.engine.models.load_base(base)
@@ -104,7 +105,10 @@ class EngineWorker:
             callbacks = {"on_step": lambda info: items.put({"step": wire.step_to_wire(info)})}
             if job["mode"] != "full_draft_image":
                 callbacks["should_cancel"] = should_cancel
-            result = _call_engine(self.engine, job, callbacks)
+            if job["mode"] == "enlarge":
+                result = _enlarge(self.engine, self.home, job)
+            else:
+                result = _call_engine(self.engine, job, callbacks)
             self._remember_loras(result)
             self.jobs_run += 1
             items.put({"result": wire.result_to_wire(result), "replica": self.replica_id, "jobs_run": self.jobs_run})
@@ -129,7 +133,16 @@ def _call_engine(engine: Any, job: dict[str, Any], callbacks: dict[str, Any]) ->
         return engine.rerender(draft, job["steps"], inputs=inputs, **callbacks)
     if mode == "full_draft_image":
         return engine.full_draft_image(draft, inputs=inputs)
-    raise ValueError(f"job mode: must be draft, render, refine, rerender or full_draft_image (got {mode!r})")
+    raise ValueError(f"job mode: must be draft, render, refine, rerender, full_draft_image or enlarge (got {mode!r})")
+
+
+def _enlarge(engine: Any, home: Path, job: dict[str, Any]) -> Any:
+    """An Upscale's pixel upscale, by the ESRGAN-family model the job names, on this replica's device."""
+    from atelier.cluster import wire
+    from atelier.upscale import located_upscaler
+
+    run = located_upscaler(home, job["upscaler"])  # a missing model or a pickle: a ValueError, before any work
+    return run(wire.image_from(job["image"]), job["width"], job["height"], str(engine.models.device))
 
 
 # Errors that keep their kind across the wire (the Studio and the front ends catch these by class).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import signal
 import threading
@@ -104,6 +105,53 @@ def test_draft_on_one_replica_refines_on_the_other_to_single_process_pixels(clus
     assert studio.gallery.get(refined.id).parent_id == draft.id
     # a cheap-preview draft's full decode (for Download) is made on a worker too, to the same pixels
     assert pixels(studio.download_path(draft.id)) == pixels(reference.download_path(local_draft.id))
+
+
+def test_an_esrgan_upscale_enlarges_on_a_worker_to_single_process_pixels(cluster, tiny_recipe, monkeypatch):
+    import pipelines.models.upscalers as upscalers
+
+    studio, engine, reference = cluster
+    for home in (studio.home, reference.home):  # the workers share the front end's home (and models folder)
+        model = _write_tiny_esrgan(home / "models")
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    assert pixels(engine.enlarge(image, 112, 80, "tiny-x2")) == pixels(upscalers.upscale(model, image, 112, 80))
+    recipe = tiny_recipe(seed=88, steps=4)
+    expected = reference.upscale(reference.draft(recipe, 1)[0].id, scale=2, steps=6, upscaler="tiny-x2")
+    draft = studio.draft(recipe, 1)[0]
+    # From here the front end's process cannot run an upscaler model: only a worker makes these pixels.
+    monkeypatch.setattr(upscalers, "upscale", lambda *args: pytest.fail("the front end ran the upscaler"))
+    modes: list[str] = []
+    send = engine.run
+    monkeypatch.setattr(engine, "run", lambda job, **kw: modes.append(job["mode"]) or send(job, **kw))
+    saved = studio.upscale(draft.id, scale=2, steps=6, upscaler="tiny-x2")
+    assert modes.count("enlarge") == 1 and "render" in modes, modes
+    enlarged = studio.read_file(saved.recipe.source_image_sha256)
+    assert Image.open(io.BytesIO(enlarged)).size == (128, 128)
+    assert pixels(io.BytesIO(enlarged)) == pixels(io.BytesIO(reference.read_file(expected.recipe.source_image_sha256)))
+    assert pixels(saved.image) == pixels(expected.image)
+    assert studio.gallery.get(saved.id).parent_id == draft.id
+    modes.clear()
+    with pytest.raises(ValueError, match=r"^upscaler: no upscaler named 'nope'"):
+        studio.upscale(draft.id, scale=2, upscaler="nope")  # checked on the front end, before any job
+    assert modes == []
+    with pytest.raises(ValueError, match=r"^upscaler: no upscaler named 'nope'"):
+        engine.enlarge(image, 112, 80, "nope")  # and by the worker, in its own home
+
+
+def _write_tiny_esrgan(models):
+    """A tiny random Real-ESRGAN Compact (×2) at <models>/ESRGAN/tiny-x2.safetensors (as tests/pipelines/
+    test_upscale.py makes it): the same weights in every home."""
+    import torch
+    from safetensors.torch import save_file
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    model = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    (models / "ESRGAN").mkdir(parents=True, exist_ok=True)
+    (models / "Lora").mkdir(exist_ok=True)  # an A1111 models folder
+    path = models / "ESRGAN" / "tiny-x2.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
 
 
 def test_interrupt_stops_a_running_job_at_its_next_step(cluster, tiny_recipe):
