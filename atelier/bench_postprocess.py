@@ -7,6 +7,8 @@
   serially (`save_workers=0`) and pipelined (saves on the pool while the device makes the next draft);
   `device_busy_fraction` = time inside UNet/VAE forwards ÷ wall time. On CPU, torch gets one thread
   and the pool the other core, so the figure means the same as on a GPU: is the device kept busy?
+  Also a queue of one-draft jobs as the web queue runs them: each job keeping the device until its saves
+  are done (`jobs_one_at_a_time`) or handing it to the next job meanwhile (`jobs_handing_over`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from atelier import device_lease
+from atelier.device_lease import DeviceLease, FairSlots
 from pipelines.provenance.png_metadata import PNG_SAVE_OPTIONS, encode_png
 from pipelines.provenance.watermark import METHOD, WATERMARK_BITS, apply_watermark
 from pipelines.recipe import ModelRef, Recipe
@@ -164,7 +169,8 @@ def device_busy_figures(
         for i in range(jobs)
     ]
     modes = {"serial": 0, "pipelined": 1}
-    runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
+    queue_modes = {"jobs_one_at_a_time": False, "jobs_handing_over": True}  # one draft per job, as the web queue
+    runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in (*modes, *queue_modes)}
     try:
         studios = {mode: Studio(home / mode, device=device, save_workers=w) for mode, w in modes.items()}
         try:
@@ -173,6 +179,8 @@ def device_busy_figures(
             for _ in range(repeats):
                 for mode, studio in studios.items():
                     runs[mode].append(_timed_queue(studio, recipes))
+                for mode, hand_over in queue_modes.items():
+                    runs[mode].append(_timed_job_queue(studios["pipelined"], recipes, hand_over=hand_over))
         finally:
             for studio in studios.values():
                 studio.close()
@@ -183,17 +191,45 @@ def device_busy_figures(
         wall = statistics.median(w for w, _ in measured)
         busy = statistics.median(d / w for w, d in measured)
         figures[mode] = {"wall_s": round(wall, 3), "device_busy_fraction": round(busy, 3)}
-    figures["device_busy_fraction"] = {mode: figures[mode]["device_busy_fraction"] for mode in modes}
+    figures["device_busy_fraction"] = {mode: figures[mode]["device_busy_fraction"] for mode in runs}
     return figures
 
 
 def _timed_queue(studio, recipes: list[Recipe]) -> tuple[float, float]:
     """(wall seconds, seconds inside UNet/VAE forwards) of one queue of drafts."""
+    return _timed(studio, lambda: studio.draft_each(recipes))
+
+
+def _timed_job_queue(studio, recipes: list[Recipe], *, hand_over: bool) -> tuple[float, float]:
+    """The same for one job per recipe, each on its own thread taking the device's one slot in turn as the web
+    queue's jobs do (webui.jobs.GpuJobs); `hand_over`: a job gives its slot up once only its saves remain."""
+    slots = FairSlots(1)
+
+    def job(recipe: Recipe) -> None:
+        slots.acquire()
+        lease = DeviceLease(slots)
+        device_lease.hold(lease if hand_over else None)  # without a lease, the slot is kept until the job ends
+        try:
+            studio.draft(recipe, 1)
+        finally:
+            lease.end()
+
+    def run_all() -> None:
+        threads = [threading.Thread(target=job, args=(recipe,)) for recipe in recipes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    return _timed(studio, run_all)
+
+
+def _timed(studio, work: Callable[[], Any]) -> tuple[float, float]:
     pipe = studio.models.load_base("tiny").pipe
     clock = _ForwardClock([pipe.unet, pipe.vae.decoder, pipe.vae.encoder])
     try:
         start = time.perf_counter()
-        studio.draft_each(recipes)
+        work()
         return time.perf_counter() - start, clock.seconds
     finally:
         clock.close()

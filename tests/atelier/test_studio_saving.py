@@ -144,6 +144,6 @@ def test_device_busy_bench_runs_at_tiny_size(tmp_path, tiny_model_dir):
     for mode in ("serial", "pipelined"):
         tiny_home_at(tmp_path / mode, tiny_model_dir)
     figures = device_busy_figures(tmp_path, jobs=2, size=64, steps=2, repeats=1, device="cpu")
-    for mode in ("serial", "pipelined"):
+    for mode in ("serial", "pipelined", "jobs_one_at_a_time", "jobs_handing_over"):
         assert 0 < figures[mode]["device_busy_fraction"] <= 1
-    assert set(figures["device_busy_fraction"]) == {"serial", "pipelined"}
+    assert set(figures["device_busy_fraction"]) == {"serial", "pipelined", "jobs_one_at_a_time", "jobs_handing_over"}
