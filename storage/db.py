@@ -1,8 +1,13 @@
-"""Database engine: the URL setting, SQLite pragmas and write transactions that begin IMMEDIATE.
+"""Database engine: the URL setting, SQLite pragmas and write transactions that hold one write lock.
 
-SQLite in WAL mode hands SQLITE_BUSY at once (ignoring busy_timeout) to a read transaction that
-later tries to write, so every write transaction starts with BEGIN IMMEDIATE: writers queue on the
-busy timeout instead of failing with "database is locked".
+Gallery writes are serialized, on every database, from the very start of the transaction: a save checks
+that its content-addressed files are on disk and a delete removes the files no row uses, so the file
+checks and the row changes must happen under the same lock (else a delete can take a file that a
+concurrent save has just found and then commits a row for).
+- SQLite: BEGIN IMMEDIATE. (In WAL mode SQLite also hands SQLITE_BUSY at once, ignoring busy_timeout, to
+  a read transaction that later tries to write: with IMMEDIATE writers queue on the busy timeout.)
+- PostgreSQL: a transaction-scoped advisory lock, taken as the first statement; every front end sharing
+  the database queues on it, and it goes with the commit or rollback (or a lost connection).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 DATABASE_URL_ENV = "ATELIER_DATABASE_URL"
 DATABASE_FILE = "gallery.db"
 BUSY_TIMEOUT_MS = 60_000
+# pg_advisory_xact_lock key of the gallery's write lock: any fixed bigint; this one spells "ATELIER"
+POSTGRESQL_WRITE_LOCK_KEY = 0x41_54_45_4C_49_45_52
 
 
 def database_url(home: Path, url: str | None = None) -> str:
@@ -57,6 +64,8 @@ def make_engine(url: str) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
+    elif engine.dialect.name == "postgresql":
+        event.listen(engine, "begin", _postgresql_on_begin)
     return engine
 
 
@@ -73,6 +82,12 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
 def _sqlite_on_begin(connection) -> None:
     mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
     connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _postgresql_on_begin(connection) -> None:
+    """PostgreSQL's counterpart of BEGIN IMMEDIATE: write transactions wait here for one another."""
+    if connection.get_execution_options().get("postgresql_write_lock"):
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POSTGRESQL_WRITE_LOCK_KEY})")
 
 
 class GalleryUnavailableError(OSError):
@@ -101,7 +116,7 @@ def _words_for_outages(url: str) -> Iterator[None]:
 
 
 class Database:
-    """One engine and two session factories: plain reads, and writes that begin IMMEDIATE. On a database
+    """One engine and two session factories: plain reads, and writes that hold the write lock. On a database
     server (not SQLite), losing the connection is a GalleryUnavailableError in words; the pool checks
     connections before use, so the first request after the server is back works."""
 
@@ -115,7 +130,8 @@ class Database:
             ) from None
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        writer = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
+        lock = {"sqlite_begin": "IMMEDIATE"} if self.is_sqlite else {"postgresql_write_lock": True}
+        writer = self.engine.execution_options(**lock)
         self._write = sessionmaker(writer, expire_on_commit=False)
 
     @contextmanager
@@ -125,8 +141,11 @@ class Database:
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
-        """A write transaction: commits on success, rolls back on any exception."""
+        """A write transaction: commits on success, rolls back on any exception. It holds the write lock
+        from the start of the block, not from its first SQL statement: file checks made before any
+        statement (Gallery.save's `ensure`) happen under the lock too."""
         with self._outages(), self._write() as session, session.begin():
+            session.connection()  # the session begins lazily: begin (and lock) now
             yield session
 
     def _outages(self):

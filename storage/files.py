@@ -9,6 +9,7 @@ anywhere, so it is reported and left alone).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -143,8 +144,9 @@ class FileStore:
         sha = sha256_hex(data)
         relative = self.relative_path(sha, data)
         target = self.path(relative)
-        if target.exists() and target.stat().st_size == len(data):
-            return sha, relative, False
+        with contextlib.suppress(FileNotFoundError):  # one stat: a concurrent delete may rename it away
+            if target.stat().st_size == len(data):
+                return sha, relative, False
         self._write_atomically(target, data)
         return sha, relative, True
 
