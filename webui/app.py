@@ -14,7 +14,7 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from atelier.requests import ModelChoice  # noqa: E402
 from atelier.studio import Studio  # noqa: E402
-from webui import controlnet_tab, draft_tab, fair_queue, gallery_tab, img2img_tab, security  # noqa: E402
+from webui import cli_api, controlnet_tab, draft_tab, fair_queue, gallery_tab, img2img_tab, security  # noqa: E402
 from webui.bindings import Defaults, default_size, lora_lists  # noqa: E402
 from webui.context import Context  # noqa: E402
 from webui.jobs import GPU, GpuJobs, words_for_every_error  # noqa: E402
@@ -110,6 +110,7 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | N
             button.click(
                 send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private"
             )
+        cli_api.register(ctx)  # `atelier draft|refine|…` on this server's models, in the same queue
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     fair_queue.install(demo, limits, ctx.jobs)
     words_for_every_error(demo)

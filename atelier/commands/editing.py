@@ -4,7 +4,11 @@ live in atelier/commands/request_options.py."""
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
+from pathlib import Path
 
+from atelier import server_wire as wire
 from atelier.commands.common import (
     add_device_options,
     add_json_option,
@@ -14,6 +18,7 @@ from atelier.commands.common import (
     open_studio,
     tell,
 )
+from atelier.commands.remote import add_server_options, find_server
 from atelier.commands.request_options import (
     add_edit_arguments,
     add_img2img_arguments,
@@ -24,7 +29,8 @@ from atelier.commands.request_options import (
     read_image_arg,
     request_from_args,
 )
-from pipelines.recipe import Recipe
+from atelier.requests import DEFAULT_HEIGHT, DEFAULT_WIDTH
+from pipelines.recipe import NO_EXPAND, Recipe
 
 
 def register(subparsers) -> None:
@@ -37,6 +43,7 @@ def register(subparsers) -> None:
     add_recipe_arguments(img2img, img2img=True)
     add_edit_arguments(img2img)
     add_json_option(img2img)
+    add_server_options(img2img)
     img2img.set_defaults(func=run_img2img)
 
     loras = subparsers.add_parser("loras", help="list the LoRAs in the models folder")
@@ -56,6 +63,21 @@ def img2img_recipe(args: argparse.Namespace, source_size: tuple[int, int]) -> Re
 
 
 def run_img2img(args: argparse.Namespace) -> int:
+    server = _img2img_server(args)  # the request is checked before any server is asked
+    if server is not None:
+        answer = server.run({"action": "img2img", "request": _sent_request(args), "source": _sent_source(args.image)})
+        saved, parent_id = answer["entries"][0], answer["parent_id"]
+    else:
+        saved, parent_id = _img2img_here(args)
+    tell("img2img", saved["notes"])
+    return emit(
+        args,
+        {"id": saved["id"], "seed": saved["seed"], "image": saved["image"], "parent_id": parent_id},
+        f"img2img {saved['id']}  seed {saved['seed']}  {saved['image']}",
+    )
+
+
+def _img2img_here(args: argparse.Namespace) -> tuple[dict, int | None]:
     from atelier.requests import with_inpaint_model
     from atelier.studio import image_size
 
@@ -66,12 +88,39 @@ def run_img2img(args: argparse.Namespace) -> int:
         recipe, inputs = edit_inputs_from_args(args, recipe, studio, source, mask)
         recipe = with_inpaint_model(recipe, args.inpaint_model)  # the mask is recorded now
         saved = studio.edit(recipe, inputs, parent_id=parent_id)
-    tell("img2img", saved.notes)
-    return emit(
-        args,
-        {"id": saved.id, "seed": saved.recipe.seed, "image": str(saved.image), "parent_id": parent_id},
-        f"img2img {saved.id}  seed {saved.recipe.seed}  {saved.image}",
-    )
+    return wire.saved_entry(saved), parent_id
+
+
+def _img2img_server(args: argparse.Namespace):
+    """The server an img2img goes to (None: here), once every value this process can check is checked. A
+    mask, an outpaint or a ControlNet run here (they read files of this machine)."""
+    if args.mask or args.control or args.inpaint_model or args.expand != NO_EXPAND:
+        return find_server(args, "img2img", local_only="--mask, --expand, --control and --inpaint-model")
+    path = Path(args.image).expanduser()
+    if path.is_file():
+        from atelier.edit_inputs import image_size  # (not atelier.studio: no gallery, no SQLAlchemy)
+
+        size = image_size(path.read_bytes())
+    elif args.image.isdigit():  # a gallery image: its size is the server's to know; the rest is checked here
+        size = (args.width or DEFAULT_WIDTH, args.height or DEFAULT_HEIGHT)
+    else:
+        raise ValueError(f"image {args.image!r}: no such file, and not a gallery id")
+    inpaint_from_args(args, img2img_recipe(args, size), studio=None)  # (no mask: the studio is not needed)
+    return find_server(args, "img2img")
+
+
+def _sent_request(args: argparse.Namespace) -> dict:
+    from atelier.requests import default_prompt_syntax
+
+    request = dataclasses.replace(request_from_args(args), syntax=args.syntax or default_prompt_syntax())
+    return wire.request_to_json(request)
+
+
+def _sent_source(image: str) -> dict:
+    path = Path(image).expanduser()
+    if path.is_file():
+        return {"png": base64.b64encode(path.read_bytes()).decode("ascii")}
+    return {"id": int(image)}
 
 
 def run_loras(args: argparse.Namespace) -> int:

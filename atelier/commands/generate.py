@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from atelier import server_wire as wire
 from atelier.commands.common import (
     add_device_options,
     add_json_option,
@@ -13,6 +15,7 @@ from atelier.commands.common import (
     open_studio,
     tell,
 )
+from atelier.commands.remote import add_server_options, find_server
 from atelier.commands.request_options import (
     add_count_argument,
     add_draft_plan_arguments,
@@ -21,7 +24,7 @@ from atelier.commands.request_options import (
     edit_inputs_from_args,
     request_from_args,
 )
-from pipelines.recipe import MAX_STEPS, Recipe
+from pipelines.recipe import MAX_DRAFTS, MAX_STEPS, Recipe
 
 
 def register(subparsers) -> None:
@@ -35,6 +38,7 @@ def register(subparsers) -> None:
     add_draft_plan_arguments(draft)  # --combinatorial, --sweep
     add_edit_arguments(draft)  # --lora, --control, --control-param
     add_json_option(draft)
+    add_server_options(draft)
     draft.set_defaults(func=run_draft)
 
     refine = subparsers.add_parser("refine", help="finish a draft: the refiner resumes its kept latent")
@@ -42,12 +46,14 @@ def register(subparsers) -> None:
     refine.add_argument("draft_id", type=int)
     refine.add_argument("--steps", type=int, help="re-render the draft's seed at this many steps first")
     add_json_option(refine)
+    add_server_options(refine)
     refine.set_defaults(func=run_refine)
 
     rerun = subparsers.add_parser("rerun", help="make a gallery entry again from its recipe (same pixels)")
     add_device_options(rerun)
     rerun.add_argument("id", type=int)
     add_json_option(rerun)
+    add_server_options(rerun)
     rerun.set_defaults(func=run_rerun)
     register_vary(subparsers)
 
@@ -69,6 +75,7 @@ def register_vary(subparsers) -> None:
     vary.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"how many drafts (default {DEFAULT_COUNT})")
     vary.add_argument("--variation-seed", type=int, help="the first variation seed, +1 for each next (default: random)")
     add_json_option(vary)
+    add_server_options(vary)
     vary.set_defaults(func=run_vary)
 
 
@@ -87,12 +94,33 @@ def draft_plan(args: argparse.Namespace):
 
 
 def run_draft(args: argparse.Namespace) -> int:
-    from atelier.requests import recipe_warnings
+    from atelier.requests import default_prompt_syntax, recipe_warnings
 
-    plan = draft_plan(args)  # every value validated before the studio opens or a model loads
+    plan = draft_plan(args)  # every value validated before a server is asked, the studio opens or a model loads
+    tell("draft", [w for recipe in plan.each or (plan.recipe,) for w in recipe_warnings(recipe)])
+    local_only = "--control reads image files of this machine" if args.control else None
+    server = find_server(args, "draft", local_only=local_only)
+    if server is not None:
+        request = dataclasses.replace(request_from_args(args), syntax=args.syntax or default_prompt_syntax())
+        result = server.run({"action": "draft", "request": wire.request_to_json(request)})
+    else:
+        result = _draft_here(args, plan)
+    entries = result["entries"]
+    tell("draft", [note for e in entries for note in e["notes"]])
+    labels = result.get("labels") or ("",) * len(entries)
+    payload = {"drafts": [dict(wire.printed(e), **({"label": x} if x else {})) for e, x in zip(entries, labels)]}
+    lines = [
+        f"draft {e['id']}  seed {e['seed']}  {e['image']}" + (f"  {x}" if x else "") for e, x in zip(entries, labels)
+    ]
+    if result.get("grid") is not None:
+        payload["grid"] = str(result["grid"])
+        lines.append(f"grid {result['grid']}")
+    return emit(args, payload, lines)
+
+
+def _draft_here(args: argparse.Namespace, plan) -> dict:
     from atelier.studio import write_sweep_grid  # (the gallery's and SQLAlchemy's import: after validation)
 
-    tell("draft", [w for recipe in plan.each or (plan.recipe,) for w in recipe_warnings(recipe)])
     grid = None
     with open_studio(args) as studio:
         recipe, inputs = edit_inputs_from_args(args, plan.recipe, studio)  # --control
@@ -101,38 +129,50 @@ def run_draft(args: argparse.Namespace) -> int:
         else:
             saved = studio.draft_each([r.replace(controlnets=recipe.controlnets) for r in plan.each], inputs=inputs)
             grid = write_sweep_grid(studio.downloads_folder(), saved, plan.labels) if plan.sweep else None
-    tell("draft", [note for s in saved for note in s.notes])
-    labels = plan.labels or ("",) * len(saved)
-    payload = {"drafts": [dict(s.as_json(), **({"label": x} if x else {})) for s, x in zip(saved, labels)]}
-    lines = [f"draft {s.id}  seed {s.recipe.seed}  {s.image}" + (f"  {x}" if x else "") for s, x in zip(saved, labels)]
-    if grid is not None:
-        payload["grid"] = str(grid)
-        lines.append(f"grid {grid}")
-    return emit(args, payload, lines)
+    return {"entries": [wire.saved_entry(s) for s in saved], "labels": list(plan.labels or ()), "grid": grid}
 
 
 def run_refine(args: argparse.Namespace) -> int:
     if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:  # before the gallery opens (--steps 0 too)
         raise ValueError(f"steps: must be an integer from 1 to {MAX_STEPS} (got {args.steps})")
-    with open_studio(args) as studio:
-        rerender = args.steps is not None
-        saved = studio.rerender(args.draft_id, args.steps) if rerender else studio.refine(args.draft_id)
-    tell("refine", saved.notes)
-    return emit(args, {"id": saved.id, "image": str(saved.image)}, f"refined {saved.id}  {saved.image}")
+    rerender = args.steps is not None
+    server = find_server(args, "refine")
+    if server is not None:
+        job = {"action": "rerender" if rerender else "refine", "id": args.draft_id}
+        saved = server.run({**job, "options": {"steps": args.steps} if rerender else {}})["entries"][0]
+    else:
+        with open_studio(args) as studio:
+            made = studio.rerender(args.draft_id, args.steps) if rerender else studio.refine(args.draft_id)
+        saved = wire.saved_entry(made)
+    tell("refine", saved["notes"])
+    return emit(args, {"id": saved["id"], "image": saved["image"]}, f"refined {saved['id']}  {saved['image']}")
 
 
 def run_rerun(args: argparse.Namespace) -> int:
-    with open_studio(args) as studio:
-        saved = studio.rerun(args.id)
-    return emit(args, {"id": saved.id, "image": str(saved.image)}, f"re-run {args.id} → {saved.id}  {saved.image}")
+    server = find_server(args, "rerun")
+    if server is not None:
+        saved = server.run({"action": "rerun", "id": args.id})["entries"][0]
+    else:
+        with open_studio(args) as studio:
+            saved = wire.saved_entry(studio.rerun(args.id))
+    return emit(
+        args, {"id": saved["id"], "image": saved["image"]}, f"re-run {args.id} → {saved['id']}  {saved['image']}"
+    )
 
 
 def run_vary(args: argparse.Namespace) -> int:
-    with open_studio(args) as studio:  # a bad strength, count or seed fails before a model loads
-        saved = studio.vary(args.id, strength=args.strength, count=args.count, variation_seed=args.variation_seed)
-    tell("vary", [note for s in saved for note in s.notes])
+    if not 1 <= args.count <= MAX_DRAFTS:  # the rest needs the draft's recipe: checked where the gallery is
+        raise ValueError(f"count: must be an integer from 1 to {MAX_DRAFTS} (got {args.count})")
+    options = {"strength": args.strength, "count": args.count, "variation_seed": args.variation_seed}
+    server = find_server(args, "vary")
+    if server is not None:
+        entries = server.run({"action": "vary", "id": args.id, "options": options})["entries"]
+    else:
+        with open_studio(args) as studio:  # a bad strength, count or seed fails before a model loads
+            entries = [wire.saved_entry(s) for s in studio.vary(args.id, **options)]
+    tell("vary", [note for e in entries for note in e["notes"]])
     return emit(
         args,
-        {"drafts": [s.as_json() for s in saved]},
-        [f"draft {s.id}  seed {s.recipe.seed}  variation seed {s.recipe.variation_seed}  {s.image}" for s in saved],
+        {"drafts": [wire.printed(e) for e in entries]},
+        [f"draft {e['id']}  seed {e['seed']}  variation seed {e['variation_seed']}  {e['image']}" for e in entries],
     )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 
 from atelier.cluster.options import add_cluster_options, open_serve_studio
 from atelier.commands.common import add_device_options, add_model_options, choose, open_studio
+from atelier.server_file import ServerRecord, local_url, remove_server_file, write_server_file
 
 
 def register(subparsers) -> None:
@@ -78,7 +82,29 @@ def run_serve(args) -> int:
         else:
             warm_up(ctx)
         print(f"atelier serve: http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-        launch(demo, ctx, host=args.host, port=args.port, auth=auth, allowed_hosts=allowed_hosts, block=True)
+        launch(demo, ctx, host=args.host, port=args.port, auth=auth, allowed_hosts=allowed_hosts, block=False)
+        with announced(args.home, local_url(args.host, args.port), choice, login=auth is not None):
+            demo.block_thread()
     finally:
         studio.close()
     return 0
+
+
+@contextlib.contextmanager
+def announced(home, url: str, choice, *, login: bool):
+    """<home>/server.json names this server while it listens, so `atelier draft|refine|…` on the same home
+    use it (atelier/commands/remote.py); removed when it stops, also on SIGTERM (then it dies as before)."""
+    record = ServerRecord(url=url, pid=os.getpid(), base=choice.base, refiner=choice.refiner, login=login)
+    write_server_file(home, record)
+
+    def on_term(signum, frame):
+        remove_server_file(home)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        remove_server_file(home)

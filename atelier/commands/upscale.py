@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from atelier import server_wire as wire
 from atelier.commands.common import add_device_options, add_json_option, emit, open_studio, tell
+from atelier.commands.remote import add_server_options, find_server
 
 
 def register(subparsers) -> None:
@@ -29,22 +31,32 @@ def register(subparsers) -> None:
         help="lanczos (default) or an ESRGAN-family .safetensors model in models/ESRGAN or models/upscale_models",
     )
     add_json_option(upscale)
+    add_server_options(upscale)
     upscale.set_defaults(func=run_upscale)
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    with open_studio(args) as studio:
-        saved = studio.upscale(
-            args.id,
-            scale=args.scale,
-            width=args.width,
-            height=args.height,
-            strength=args.strength,
-            steps=args.steps,
-            upscaler=args.upscaler,
-        )
-    tell("upscale", saved.notes)
-    size = f"{saved.recipe.width}×{saved.recipe.height}"
+    options = {
+        "scale": args.scale,
+        "width": args.width,
+        "height": args.height,
+        "strength": args.strength,
+        "steps": args.steps,
+        "upscaler": args.upscaler,
+    }
+    from atelier.upscale import UpscaleRequest
+
+    UpscaleRequest(**options)  # bad values are refused here, before a server is asked or a model loads
+    server = find_server(args, "upscale")
+    if server is not None:
+        saved = server.run({"action": "upscale", "id": args.id, "options": options})["entries"][0]
+    else:
+        with open_studio(args) as studio:
+            saved = wire.saved_entry(studio.upscale(args.id, **options))
+    tell("upscale", saved["notes"])
+    size = f"{saved['width']}×{saved['height']}"
     return emit(
-        args, {"id": saved.id, "image": str(saved.image)}, f"upscaled {args.id} → {saved.id}  {size}  {saved.image}"
+        args,
+        {"id": saved["id"], "image": saved["image"]},
+        f"upscaled {args.id} → {saved['id']}  {size}  {saved['image']}",
     )
