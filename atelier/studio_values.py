@@ -71,3 +71,9 @@ class GalleryFilters:
         if text["lora"]:
             text["lora"] = lora_name(text["lora"])  # "x.safetensors" and "x" are the same LoRA
         return {"kind": list(self.kinds) or None, "favourite": True if self.favourites_only else None, **text}
+
+
+def ordinal(place: int) -> str:
+    """1st, 2nd, 3rd, 4th, …, 11th, 12th, 13th, 21st: a place in a queue, for the front ends."""
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(place % 10 if place % 100 not in (11, 12, 13) else 0, "th")
+    return f"{place}{suffix}"

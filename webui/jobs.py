@@ -27,6 +27,7 @@ import gradio as gr
 from atelier import device_lease
 from atelier.device_lease import DeviceLease, FairSlots
 from atelier.studio import USER_ERRORS, Cancelled, StepPreview
+from atelier.studio_values import ordinal
 
 GPU = "gpu"  # the concurrency_id every event that runs the engine shares
 PREVIEW_EVERY_S = 0.25  # at most ~4 preview updates a second; the browser need not see every step
@@ -246,10 +247,8 @@ def queue_text(ahead: int, seconds: float | None) -> str:
     """ "Starting…" or "Waiting — 2nd in the queue (about 40 s)"."""
     if ahead == 0:
         return "Starting…"
-    place = ahead + 1
-    suffix = {1: "st", 2: "nd", 3: "rd"}.get(place % 10 if place % 100 not in (11, 12, 13) else 0, "th")
     eta = f" (about {max(1, round(seconds))} s)" if seconds is not None else ""
-    return f"Waiting — {place}{suffix} in the queue{eta}. **Interrupt** takes it out."
+    return f"Waiting — {ordinal(ahead + 1)} in the queue{eta}. **Interrupt** takes it out."
 
 
 def readable_error(error: BaseException) -> gr.Error:

@@ -24,6 +24,7 @@ from typing import Any
 from atelier import server_wire as wire
 from atelier.commands.common import tell
 from atelier.server_file import read_server_file, server_file
+from atelier.studio_values import ordinal
 
 AUTH_ENV = "ATELIER_SERVER_AUTH"
 POLL_S = 0.05  # how often a waiting command looks whether its job is done
@@ -71,7 +72,7 @@ class Server:
 
         client = self.connected()
         try:
-            return _waited_for(client.submit(*values, api_name=f"/{endpoint}"))
+            return _waited_for(client.submit(*values, api_name=f"/{endpoint}"), self.command)
         except QueueError as exc:
             raise OSError(f"the server at {self.url} is busy: {exc} (or run here with --local)") from None
         except AppError as exc:  # (a ValueError) the server's own error, in general words
@@ -99,11 +100,18 @@ class Server:
         return self._client
 
 
-def _waited_for(job) -> Any:
-    """The job's result, waiting in short sleeps so Ctrl-C is felt at once (a blocking wait would not be).
-    Ctrl-C takes a job still in the server's queue out of it; one already running is finished and saved."""
+def _waited_for(job, command: str) -> Any:
+    """The job's result, waiting in short sleeps so Ctrl-C is felt at once (a blocking wait would not be),
+    saying on stderr where it waits in the server's queue while it does. Ctrl-C takes a job still in the
+    server's queue out of it; one already running is finished and saved."""
+    place = None
     try:
         while not job.done():
+            status = job.status()
+            waiting = status.rank if status.code.name == "IN_QUEUE" and status.rank is not None else None
+            if waiting is not None and waiting != place:
+                print(f"atelier {command}: waiting, {ordinal(waiting + 1)} in the server's queue", file=sys.stderr)
+            place = waiting
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         job.cancel()

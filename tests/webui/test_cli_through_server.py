@@ -180,25 +180,27 @@ def test_a_model_the_server_does_not_run_is_refused(served, capsys):
 
 
 def test_a_cli_job_waits_behind_a_page_job(served):
-    """One device queue: a CLI job sent while the page's Draft runs waits (first in line) until it ends."""
-    from gradio_client import Client
-
+    """One device queue: `atelier draft` sent while the page's Draft runs waits, says it is first in the
+    server's queue, and is made once the page's job ends."""
     from tests.webui.test_queue import interrupt, submit_draft, wait_status
 
     page, running = submit_draft(served, "a long job of the page", 500, Width=256, Height=256)
     wait_status(running, "ITERATING")
-    job = {
-        "action": "draft",
-        "request": {"prompt": "behind it", "seed": 1, "count": 1, "steps": 2, "width": 64, "height": 64},
-    }
-    cli = Client(served.url + "/", verbose=False, download_files=False)
-    waiting = cli.submit(json.dumps(job), api_name="/cli_job")
-    assert wait_status(waiting, "IN_QUEUE").rank == 0
-    time.sleep(1.0)
-    assert not waiting.done()
-    interrupt(served, page.session_hash)
-    answer = json.loads(waiting.result(timeout=120))
-    assert [entry["seed"] for entry in answer["entries"]] == [1]
+    argv = ["draft", "--home", str(served.home), "--prompt", "behind it", "--seed", "1", "--steps", "2"]
+    argv += ["--width", "64", "--height", "64", "--count", "1", "--json"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "atelier.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            cli.wait(timeout=8)  # waits behind the page's job (a run on its own takes about a second)
+    finally:
+        interrupt(served, page.session_hash)
+    out, err = cli.communicate(timeout=120)
+    assert cli.returncode == 0, err
+    assert "atelier draft: waiting, 1st in the server's queue" in err
+    assert [entry["seed"] for entry in json.loads(out)["drafts"]] == [1]
 
 
 def test_img2img_on_the_server(served, make_tiny_home, tmp_path, capsys):
