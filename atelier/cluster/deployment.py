@@ -5,15 +5,21 @@ public modes exactly as the Studio calls them in one process. A job streams back
 (which replica took it), then its steps, then its result or the error the engine raised, as plain values
 (atelier/cluster/wire.py). Nothing here touches the gallery: the Studio on the front end saves the result.
 
-Interrupt: the front end marks the job on a CancelBoard (a small Ray actor); the replica asks it at each
+Interrupt: the front end marks the job on the JobBoard (a small Ray actor); the replica asks it at each
 step, and once before starting (a job interrupted while it waited never runs).
+
+Queue place and ETA: every front end's jobs are on the same JobBoard (sent, taken by a worker, ended), with
+how long recent jobs ran, so a front end sees the jobs of all front ends ahead of its own.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import statistics
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,24 +27,71 @@ from typing import Any
 import ray
 from ray import serve
 
-CANCEL_BOARD = "atelier-cancel-board"
+JOB_BOARD = "atelier-job-board-1"  # numbered: a board left running by an older version is not reused
+RECENT_JOBS = 20  # the ETA is the median run time of this many recent jobs
+STALE_S = 3600.0  # a job on the board this long was lost with its front end
 
 
 @ray.remote(num_cpus=0)
-class CancelBoard:
-    """Job ids the front end has interrupted (kept until the front end forgets them)."""
+class JobBoard:
+    """The cluster's jobs from every front end: waiting (in the order sent), running, interrupted; and how
+    long recent jobs ran. Each method is one quick look or change (one actor: no locks)."""
 
     def __init__(self) -> None:
         self._cancelled: set[str] = set()
+        self._waiting: dict[str, float] = {}  # job id -> when sent (dicts keep the order: the queue's)
+        self._running: dict[str, float] = {}  # job id -> when a worker took it
+        self._durations: deque[float] = deque(maxlen=RECENT_JOBS)
+
+    def ping(self) -> bool:
+        return True
+
+    def enqueue(self, job_id: str) -> None:
+        now = time.monotonic()
+        for jobs in (self._waiting, self._running):
+            for stale in [j for j, since in jobs.items() if now - since > STALE_S]:
+                del jobs[stale]
+        self._waiting[job_id] = now
+
+    def start(self, job_id: str) -> bool:
+        """A worker takes the job: True if it was interrupted while it waited (then it does not run)."""
+        if self._waiting.pop(job_id, None) is not None:
+            self._running[job_id] = time.monotonic()
+        return job_id in self._cancelled
+
+    def finish(self, job_id: str, *, ran: bool) -> None:
+        """The job ended (`ran`: with a result, so its run time counts for the ETA)."""
+        self._waiting.pop(job_id, None)
+        self._cancelled.discard(job_id)
+        started = self._running.pop(job_id, None)
+        if started is not None and ran:
+            self._durations.append(time.monotonic() - started)
 
     def cancel(self, job_id: str) -> None:
         self._cancelled.add(job_id)
 
-    def forget(self, job_id: str) -> None:
-        self._cancelled.discard(job_id)
-
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled
+
+    def place(self, job_id: str | None, workers: int) -> tuple[int, float | None]:
+        """(jobs ahead of `job_id` (None: a job sent now), about how many seconds until it starts, or None
+        before any job ran to its end here). 0 ahead: it runs, or starts as soon as it reaches a worker."""
+        if job_id in self._running:
+            return 0, 0.0
+        waiting = list(self._waiting)
+        before = waiting.index(job_id) if job_id in self._waiting else len(waiting)
+        ahead = before + max(0, len(self._running) - workers + 1)
+        if not self._durations:
+            return ahead, None
+        return ahead, statistics.median(self._durations) * ahead / max(workers, 1)
+
+
+def job_board() -> Any:
+    """The cluster's one JobBoard, made by the first front end that asks. It lives on the head node and
+    outlives front ends (detached): a front end whose board stops answering knows the head went away."""
+    return JobBoard.options(
+        name=JOB_BOARD, get_if_exists=True, lifetime="detached", resources={"node:__internal_head__": 0.001}
+    ).remote()
 
 
 class EngineWorker:
@@ -85,7 +138,7 @@ class EngineWorker:
         def should_cancel() -> bool:
             return ray.get(board.is_cancelled.remote(job["id"]))
 
-        if should_cancel():  # interrupted while it waited: never runs
+        if ray.get(board.start.remote(job["id"])):  # interrupted while it waited: never runs
             yield _error(GenerationCancelled("cancelled before it started"))
             return
         items: queue.Queue = queue.Queue()

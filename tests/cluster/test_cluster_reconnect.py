@@ -1,0 +1,233 @@
+"""The head node restarting (issue 14, faults): `atelier serve --cluster ADDRESS` joins the cluster again.
+
+The realistic set-up: a head started by `ray start --head --block` in its own process group (killed with
+SIGKILL: a crash, not a clean stop), one CPU worker on the tiny model, and the Studio built as `atelier serve
+--cluster ADDRESS --workers 1` builds it. Its own module (and head): the tests restart the cluster. Here too,
+on its one worker: the queue place and ETA that front ends sharing the deployment read from its job board.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.storage.storage_checks import consistency_problems, database_url
+
+pytestmark = pytest.mark.slow  # a Ray head started 3 times, a worker deployed 3 times: about 1–2 minutes
+
+
+def pixels(image_or_path) -> str:
+    image = Image.open(image_or_path) if not isinstance(image_or_path, Image.Image) else image_or_path
+    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
+
+
+class Head:
+    """`ray start --head --block` at a fixed port, as a process group this test can kill and start again."""
+
+    def __init__(self, temp_dir: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.temp_dir = temp_dir  # short: Ray's socket paths must stay under ~107 characters
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.temp_dir / f"head-{time.monotonic_ns()}.log"
+        env = {k: v for k, v in os.environ.items() if k != "RAY_gcs_rpc_server_reconnect_timeout_s"}
+        command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--port", str(self.port)]
+        command += ["--num-cpus", "2", "--temp-dir", str(self.temp_dir), "--include-dashboard", "false"]
+        with log.open("w") as out:
+            self.process = subprocess.Popen(
+                [*command, "--disable-usage-stats", "--block"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**env, "RAY_AUTH_MODE": "token"},
+                start_new_session=True,  # its own process group: GCS, raylet and the rest go with it
+            )
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert self.process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the Ray head did not start in 2 minutes"
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group; the raylet's worker processes end on their own when it is gone."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def head():
+    import tempfile
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="atl-ray-", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")  # an explicit address: Ray wants token mode said (README)
+        head = Head(temp_dir)
+        head.start()
+        try:
+            yield head
+        finally:
+            import ray
+
+            ray.shutdown()
+            head.kill()
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def served(head, make_tiny_home):
+    """(the Studio `atelier serve --cluster ADDRESS --workers 1` makes, a single-process Studio for references)."""
+    from atelier.cli import build_parser
+    from atelier.cluster.options import open_serve_studio
+    from atelier.commands.common import choose, open_studio
+    from atelier.studio import Studio
+
+    home = make_tiny_home(name="reconnect-home")
+    argv = ["serve", "--home", str(home), "--model", "tiny", "--refiner", "tiny", "--device", "cpu"]
+    args = build_parser().parse_args([*argv, "--cluster", head.address, "--workers", "1"])
+    studio = open_serve_studio(args, choose(args), open_studio)
+    reference = Studio(make_tiny_home(name="reconnect-reference"), device="cpu")
+    yield studio, reference
+    studio.close()
+    reference.close()
+
+
+def test_the_next_job_runs_after_the_head_node_restarts(head, served, tiny_recipe):
+    studio, reference = served
+    engine = studio.engine
+    recipes = [tiny_recipe(seed=61, steps=4), tiny_recipe(seed=62, steps=4)]
+    first = studio.draft(recipes[0], 1)[0]
+    started = time.monotonic()
+    head.kill()  # the head crashes between two jobs …
+    head.start()  # … and comes back at the same address: a new cluster, without the workers
+    print(f"head restarted in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    second = JobThread(lambda: studio.draft(recipes[1], 1)).result()[0]  # as the web queue runs it: off the main thread
+    print(f"the next draft (joining again and deploying the worker) took {time.monotonic() - started:.1f} s")
+    assert engine.rejoined == 1
+    for recipe, draft in zip(recipes, [first, second], strict=True):
+        assert pixels(draft.image) == pixels(reference.draft(recipe, 1)[0].image)
+    # no half-saved row or file: the two drafts, whole, and the crash test's integrity checks
+    assert sorted(row.id for row in studio.gallery.search(None, limit=50).items) == sorted([first.id, second.id])
+    gallery = studio.gallery
+    assert consistency_problems(gallery.home, database_url(gallery), files=studio.files_folder()) == []
+
+
+def test_a_job_running_when_the_head_dies_ends_in_words_and_the_next_one_runs(head, served, tiny_recipe):
+    from atelier.cluster.errors import ClusterRestarted
+
+    studio, reference = served
+    engine = studio.engine
+    rows_before = sorted(row.id for row in studio.gallery.search(None, limit=50).items)
+    files_before = sorted(p.name for p in studio.files_folder().rglob("*") if p.is_file())
+    doomed = JobThread(lambda: studio.draft(tiny_recipe(seed=63, steps=400, switch=1.0, refine=None), 1))
+    _wait_for(lambda: engine.running)
+    time.sleep(0.5)  # mid-job
+    head.kill()
+    doomed.join(timeout=60)  # ends while the head is still down
+    print(f"the job running when the head died: {doomed.error!r}")
+    assert isinstance(doomed.error, ClusterRestarted), doomed.error
+    assert "cluster restarted" in str(doomed.error) and "nothing was saved" in str(doomed.error)
+    started = time.monotonic()
+    with pytest.raises(ClusterRestarted, match="does not answer yet.*nothing was saved"):
+        studio.draft(tiny_recipe(seed=65, steps=4), 1)  # a job while the head is down: told so, at once
+    assert time.monotonic() - started < 30
+    head.start()
+    assert sorted(row.id for row in studio.gallery.search(None, limit=50).items) == rows_before
+    assert sorted(p.name for p in studio.files_folder().rglob("*") if p.is_file()) == files_before
+    recipe = tiny_recipe(seed=64, steps=4)
+    after = JobThread(lambda: studio.draft(recipe, 1)).result()[0]  # `atelier serve` was not restarted
+    assert engine.rejoined == 2
+    assert pixels(after.image) == pixels(reference.draft(recipe, 1)[0].image)
+    gallery = studio.gallery
+    assert consistency_problems(gallery.home, database_url(gallery), files=studio.files_folder()) == []
+
+
+def test_queue_place_and_eta_count_the_jobs_of_every_front_end(served, tiny_recipe):
+    """Two front ends (two RemoteEngines) on one worker: each sees the other's jobs ahead of its own."""
+    from ray import serve
+
+    from atelier.cluster.client import APP_NAME, RemoteEngine
+    from atelier.cluster.deployment import job_board
+
+    studio, _ = served
+    mine = studio.engine
+    other = RemoteEngine(serve.get_app_handle(APP_NAME), job_board(), lambda: None, slots=1)
+    other.draft(tiny_recipe(seed=70, steps=4), 1)  # a run time on the board, for the ETA
+    ahead, seconds = mine.place()
+    assert ahead == 0 and seconds == 0.0  # nothing waits or runs: a job sent now starts at once
+    stop_long = threading.Event()
+    long = tiny_recipe(seed=71, steps=400, switch=1.0, refine=None)
+    running = JobThread(lambda: _until_cancelled(mine, long, stop_long))
+    _wait_for(lambda: len(mine.running) == 1)
+    waiting_other = JobThread(lambda: other.draft(tiny_recipe(seed=72, steps=4), 1))
+    _wait_for(lambda: len(other.queued) == 1)
+    waiting_mine = JobThread(lambda: mine.draft(tiny_recipe(seed=73, steps=4), 1))
+    _wait_for(lambda: len(mine.queued) == 1)
+    (other_job,), (my_job,) = list(other.queued), list(mine.queued)
+    places = {"other": other.place(other_job), "mine": mine.place(my_job), "new": mine.place()}
+    print(f"places (jobs ahead, seconds): {places}")
+    assert {name: ahead for name, (ahead, _) in places.items()} == {"other": 1, "mine": 2, "new": 3}
+    assert 0 < places["other"][1] < places["mine"][1] < places["new"][1]
+    assert mine.place(my_job) == other.place(my_job)  # the same board for both front ends
+    stop_long.set()
+    for job in (running, waiting_other, waiting_mine):
+        job.result(timeout=120)
+    assert mine.place() == (0, 0.0) and mine.queued == {} and other.queued == {}
+
+
+def _until_cancelled(engine, recipe, stop: threading.Event) -> None:
+    from pipelines.errors import GenerationCancelled
+
+    with pytest.raises(GenerationCancelled):
+        engine.draft(recipe, 1, should_cancel=stop.is_set)
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+class JobThread:
+    """Runs `call` on its own thread, as the web queue runs a job; `.result()` waits for its value."""
+
+    def __init__(self, call) -> None:
+        self.value, self.error = None, None
+        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
+        self._thread.start()
+
+    def _run(self, call) -> None:
+        try:
+            self.value = call()
+        except Exception as exc:  # the test looks at it
+            self.error = exc
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the job did not end within {timeout} s"
+
+    def result(self, timeout: float = 300):
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.value
