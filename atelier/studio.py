@@ -95,9 +95,8 @@ class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: ate
 
     @property
     def engine(self):
-        """The engine, made on first use: gallery-only work (listing, search, export) never imports torch.
-        Within a job of the web queue, using it takes the device again if the job had given it up."""
-        device_needed()
+        """The engine, made on first use: gallery-only work (listing, search, export) never imports torch."""
+        device_needed()  # a web-queue job that gave its device slot up (to save) takes one again first
         if self._engine is None:
             if self._on_loading is not None:
                 self._on_loading("torch, diffusers and the engine; the models load on first use")

@@ -327,8 +327,10 @@ class Recipe:
                 _fail("strength", "a number in [0.0, 1.0] for img2img", None)
             _check_float("strength", self.strength, 0.0, 1.0)
             _check_sha("source_image_sha256", self.source_image_sha256)
-        elif self.strength is not None or self.source_image_sha256 is not None:
+        elif self.strength is not None:
             _fail("strength", "unset unless mode is img2img", self.strength)
+        elif self.source_image_sha256 is not None:
+            _fail("source_image_sha256", "unset unless mode is img2img", self.source_image_sha256)
         self._check_inpaint()
         for name, kind, most in (("loras", LoraRef, MAX_LORAS), ("controlnets", ControlUnit, MAX_CONTROLNETS)):
             value = getattr(self, name)

@@ -39,10 +39,10 @@ def check_base_steps(scheduler: Any, recipe: Recipe, denoising_end: float = 1.0)
     if base_step_count(scheduler, recipe, denoising_end) == 0:
         lowest = next(k / 100 for k in range(1, 101) if int(recipe.steps * (k / 100)) >= 1)
         least = next((n for n in range(recipe.steps, MAX_STEPS + 1) if int(n * recipe.strength) >= 1), None)
-        more_steps = f"the steps to at least {least}, " if least is not None else ""
+        more_steps = f"the steps to at least {least}, or " if least is not None else ""  # none within MAX_STEPS
         raise ValueError(
             f"strength: {recipe.strength} at {recipe.steps} steps leaves the base no step to run; raise the strength "
-            f"to at least {lowest} or {more_steps}or use strength 0 to keep the source as it is"
+            f"to at least {lowest} or {more_steps}use strength 0 to keep the source as it is"
         )
     return True
 

@@ -76,3 +76,36 @@ def test_the_recipe_travels_in_the_header():
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     metadata = {"format": FORMAT, "denoising_end": "0.5", "recipe": '{"seed":7}', "preview": "full"}
     assert header["__metadata__"] == metadata
+
+
+def test_the_clean_estimate_and_preview_survive_the_round_trip():
+    estimate = latent() * 0.5
+    kept = KeptLatent(latent(), 0.8, clean_estimate=estimate, preview="taesd-xl")
+    again = KeptLatent.from_bytes(kept.to_bytes())
+    assert torch.equal(again.clean_estimate, estimate) and again.preview == "taesd-xl"
+    plain = KeptLatent.from_bytes(KeptLatent(latent(), 1.0).to_bytes())
+    assert plain.clean_estimate is None and plain.preview == "full"
+
+
+def test_a_file_without_a_preview_entry_was_fully_decoded():
+    """Drafts kept before cheap previews have no "preview" in their header."""
+    old = KeptLatent.from_bytes(file_with({"format": FORMAT, "denoising_end": "0.8", "recipe": ""}))
+    assert old.preview == "full" and old.clean_estimate is None and old.denoising_end == 0.8
+
+
+def test_a_recipe_is_optional_in_the_header():
+    data = KeptLatent(latent(), 1.0).to_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert header["__metadata__"]["recipe"] == ""
+
+
+def test_a_file_with_no_metadata_at_all_is_refused_as_foreign():
+    data = save_safetensors({"latent": latent()})  # no __metadata__ entry
+    with pytest.raises(ValueError, match=r"^latent file: not an Atelier kept latent \(format None\)$"):
+        KeptLatent.from_bytes(data)  # the default name
+
+
+def test_a_clean_estimate_of_another_shape_is_refused():
+    with pytest.raises(ValueError) as refused:
+        KeptLatent(latent(), 0.8, clean_estimate=torch.zeros(4, 8, 16))
+    assert str(refused.value) == "kept latent: clean_estimate has shape (4, 8, 16), the latent (4, 8, 8)"

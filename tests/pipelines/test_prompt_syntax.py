@@ -7,7 +7,17 @@ import math
 import pytest
 from compel.prompt_parser import PromptParser
 
-from pipelines.prompt_syntax import BREAK, extract_lora_tokens, parse_a1111_attention, to_compel
+from pipelines.prompt_syntax import (
+    BREAK,
+    detect_syntax,
+    extract_lora_tokens,
+    lora_name,
+    merge_prompt_loras,
+    parse_a1111_attention,
+    prompt_warnings,
+    to_compel,
+)
+from pipelines.recipe import LoraRef
 
 # A1111's own docstring examples for parse_prompt_attention (modules/prompt_parser.py).
 A1111_REFERENCE = [
@@ -82,6 +92,7 @@ TRANSLATIONS = [
     ("(word:0.0) x", "(word)0 x"),
     ("((a:0) b)", "(a)0 (b)1.1"),
     ("", ""),
+    ("a BREAK ( )", "a"),  # a trailing chunk of blank runs is dropped like an empty one
     # LoRA tokens are not text
     ("a <lora:foo:0.5> b", "a  b"),
 ]
@@ -154,8 +165,17 @@ def test_a1111_bracket_multipliers_are_pinned():
 def test_unknown_syntax_and_negative_weight_are_value_errors():
     with pytest.raises(ValueError, match="prompt_syntax: must be one of compel, a1111"):
         to_compel("a cat", "sd-next")
-    with pytest.raises(ValueError, match="negative weight"):
-        to_compel("(cat:-1)", "a1111")
+    with pytest.raises(ValueError) as refused:
+        to_compel("(cat:-1.5)", "a1111")
+    assert str(refused.value) == (
+        "prompt: negative weight -1.5 on 'cat' cannot be expressed in compel; use a weight of 0 or more"
+    )
+    with pytest.raises(ValueError, match=r"^prompt: must be a string \(got bytes\)$"):
+        to_compel(b"a cat", "compel")
+
+
+def test_an_empty_prompt_is_one_empty_run_at_weight_1():
+    assert parse_a1111_attention("") == [("", 1.0)]
 
 
 @pytest.mark.parametrize(
@@ -174,7 +194,117 @@ def test_extract_lora_tokens(prompt, rest, loras):
     assert extract_lora_tokens(prompt) == (rest, loras)
 
 
-@pytest.mark.parametrize("prompt", ["<lora::0.5>", "<lora:x:strong>", "<lora:x:nan>"])
-def test_bad_lora_tokens_are_value_errors(prompt):
-    with pytest.raises(ValueError, match="LoRA token"):
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("a <lora::0.5>", "prompt: LoRA token <lora::0.5> has no name; write <lora:name> or <lora:name:0.8>"),
+        ("<lora:x:strong>", "prompt: LoRA token <lora:x:strong>: the weight must be a number (got 'strong')"),
+        ("<lyco:x:te=0.5=>", "prompt: LoRA token <lyco:x:te=0.5=>: the weight must be a number (got '0.5=')"),
+        ("<lora:x:nan>", "prompt: LoRA token <lora:x:nan>: the weight must be a finite number (got 'nan')"),
+        ("<lora:x:te=inf>", "prompt: LoRA token <lora:x:te=inf>: the weight must be a finite number (got 'inf')"),
+        ("<lora:x:-inf>", "prompt: LoRA token <lora:x:-inf>: the weight must be a finite number (got '-inf')"),
+    ],
+)
+def test_bad_lora_tokens_are_value_errors(prompt, message):
+    with pytest.raises(ValueError) as refused:
         extract_lora_tokens(prompt)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("name", "recorded"),
+    [
+        ("style", "style"),
+        (" style.safetensors ", "style"),
+        ("Style.SafeTensors", "Style"),
+        ("sub/ink.safetensors", "sub/ink"),
+        ("ink.ckpt", "ink.ckpt"),
+        ("inksafetensors", "inksafetensors"),
+        ("a.safetensors.safetensors", "a.safetensors"),
+    ],
+)
+def test_lora_names_are_recorded_without_the_extension(name, recorded):
+    assert lora_name(name) == recorded
+
+
+def test_a_prompt_token_sets_its_loras_weight():
+    picked = (LoraRef("ink.safetensors", sha256="a" * 64, weight=0.5), LoraRef("paper", weight=0.7))
+    merged = merge_prompt_loras(picked, "a fox <lora:ink:0.9>, <lora:glow.safetensors:0.2>")
+    assert merged == (
+        LoraRef("ink", sha256="a" * 64, weight=0.9),
+        LoraRef("paper", weight=0.7),
+        LoraRef("glow", weight=0.2),
+    )
+    assert merge_prompt_loras(picked, "a fox") == (LoraRef("ink", sha256="a" * 64, weight=0.5), picked[1])
+    assert merge_prompt_loras((), "<lora:glow>") == (LoraRef("glow", weight=1.0),)
+    assert merge_prompt_loras((), "a fox") == ()
+
+
+def test_a_lora_given_twice_is_refused_in_words():
+    with pytest.raises(ValueError) as refused:
+        merge_prompt_loras((LoraRef("ink"), LoraRef("ink.safetensors")), "")
+    assert str(refused.value) == "loras: the LoRA 'ink' appears twice in the LoRA list; give each LoRA once"
+    with pytest.raises(ValueError) as refused:
+        merge_prompt_loras((LoraRef("ink"),), "<lora:ink:0.5> <lora:ink.safetensors:1>")
+    assert str(refused.value) == "prompt: the LoRA 'ink' appears twice in the prompt; give each LoRA once"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "syntax"),
+    [
+        ("a photo of a cat, 35mm", "compel"),  # plain text reads the same in both
+        ("", "compel"),
+        ("(word:1.2)", "a1111"),
+        ("(word : -0.5 )", "a1111"),
+        ("((word))", "a1111"),
+        ("(a (b) c)", "a1111"),
+        ("(word)", "a1111"),
+        ("[word]", "a1111"),
+        ("a BREAK b", "a1111"),
+        ("BREAKFAST", "compel"),
+        (r"\(literal\)", "a1111"),
+        (r"\[x", "a1111"),
+        ("(word)1.2", "compel"),
+        ("(word).9", "compel"),
+        ("a cat++", "compel"),
+        ("cat+ dog", "compel"),
+        ("cat-, dog", "compel"),
+        ("(fox)- hat", "compel"),
+        ("well-lit", "compel"),
+        ("('a', 'b').blend(0.5, 0.5)", "compel"),
+        ('("a", "b").and()', "compel"),
+        ("a.swap(b)", "compel"),
+        ("(x)1.2 (y:1.1)", "compel"),  # a compel construct wins
+        ("<lora:x:0.5> a cat", "compel"),  # LoRA tokens are neither
+    ],
+)
+def test_detect_syntax(prompt, syntax):
+    assert detect_syntax(prompt) == syntax
+
+
+EDITING = "[from:to:when] prompt editing is not supported: it is read as weighted text"
+ALTERNATION = "[a|b] alternation is not supported: it is read as weighted text"
+A1111_IN_COMPEL = (
+    "(words:1.2) is A1111 weighting; with compel syntax it is read as plain text (choose auto or a1111, or write "
+    "(words)1.2)"
+)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "syntax", "warnings"),
+    [
+        ("a [cat:dog:0.5]", "a1111", [EDITING]),
+        ("a [cat : dog : 10]", "a1111", [EDITING]),
+        ("a [cat|dog]", "a1111", [ALTERNATION]),
+        ("[cat|dog] [a:b:0.3]", "a1111", [EDITING, ALTERNATION]),
+        ("a [cat] (dog:1.2)", "a1111", []),
+        ("a [cat:dog:soon]", "a1111", []),
+        ("a [cat|dog]", "compel", []),
+        ("a (cat:1.2)", "compel", [A1111_IN_COMPEL]),
+        ("a (cat)", "compel", []),
+        ("a (cat)1.2", "compel", []),
+        ("a (cat:1.2)", "auto", []),
+    ],
+)
+def test_prompt_warnings(prompt, syntax, warnings):
+    assert prompt_warnings(prompt, syntax) == warnings

@@ -114,6 +114,7 @@ def test_filters_combine(gallery, filled):
         got = _ids(gallery.list(limit=100, **filters))
         assert got == _expected(filled, keep), filters
         assert got, filters
+    assert gallery.list(lora="paper").items == ()  # a LoRA no generation used: not "any LoRA"
     fox = _ids(gallery.search("fox", limit=100, model="juggernaut", lora="ink"))
     assert fox == _expected(
         filled, lambda g: "fox" in g.recipe.prompt and g.recipe.model.name == "juggernaut" and ink(g)
@@ -168,13 +169,31 @@ def test_pages_do_not_shift_when_new_rows_arrive(gallery, filled, recipe):
     assert _ids(second) == sorted(filled, reverse=True)[5:10]
 
 
+def _like(gallery, query: str) -> list[int]:
+    """The ids `query` finds with the LIKE fallback (what a dialect without FTS5 or PostgreSQL's text search gets)."""
+    kept = gallery._text_search
+    gallery._text_search = "like"
+    try:
+        return _ids(gallery.search(query, limit=100))
+    finally:
+        gallery._text_search = kept
+
+
 def test_like_fallback_matches_fts_on_plain_words(gallery, filled):
-    """What other dialects (PostgreSQL) use: the same answers for plain words."""
     for query in ("fox", "fox watercolor", "blurry", "fisherman light"):
         fts = _ids(gallery.search(query, limit=100))
-        gallery._use_fts = False
-        try:
-            like = _ids(gallery.search(query, limit=100))
-        finally:
-            gallery._use_fts = True
-        assert like == fts and fts, query
+        assert _like(gallery, query) == fts and fts, query
+
+
+def test_like_fallback_reads_words_case_insensitively_in_every_text_column(gallery, filled):
+    in_prompt = lambda *words: lambda g: all(w in g.recipe.prompt for w in words)  # noqa: E731
+    assert _like(gallery, "FOX") == _expected(filled, in_prompt("fox")) != []
+    # FTS syntax characters and operators are dropped (no row with "marble" has "and", "or", "not" or "near")
+    assert _like(gallery, '"marble" AND (table*) OR NEAR NOT') == _expected(filled, in_prompt("marble")) != []
+    assert _like(gallery, "watermark") == _expected(filled, lambda g: "watermark" in g.recipe.negative_prompt) != []
+    kite = gallery.save(make_recipe(prompt="a red kite", prompt_template="a {red|blue} kite"), "draft", make_png(99))
+    assert _like(gallery, "blue; kite") == [kite.id]  # the blue is only in the template
+    for query in ('"" AND *', " , ; "):
+        with pytest.raises(ValueError) as refused:
+            _like(gallery, query)
+        assert str(refused.value) == f"search: {query!r} contains no word to search for"

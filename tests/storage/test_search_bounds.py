@@ -11,7 +11,18 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import pytest
 from storage_checks import make_png, make_recipe, set_created_at
 
-from storage.search import MAX_ID, as_utc, check_id, decode_cursor, fts_query, normalise_tags
+from storage.search import (
+    MAX_ID,
+    as_utc,
+    check_id,
+    check_kind,
+    check_limit,
+    decode_cursor,
+    filter_conditions,
+    fts_query,
+    is_fts_error,
+    normalise_tags,
+)
 
 pytestmark = pytest.mark.both_databases  # each test runs on SQLite and on PostgreSQL
 
@@ -47,7 +58,9 @@ def test_dates_are_read_as_utc_whatever_the_local_zone(local_zone, value, expect
     assert got == expected and got.utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize("value", ["last tuesday", "2025-13-01", "", 20250310, 1.5, ["2025-03-10"], True])
+@pytest.mark.parametrize(
+    "value", ["last tuesday", "2025-13-01", "", "2025-03-10T12:00z", 20250310, 1.5, ["2025-03-10"], True]
+)
 def test_unreadable_dates_name_the_filter(value):
     with pytest.raises(ValueError, match=r"^until: must be"):
         as_utc("until", value)
@@ -74,6 +87,12 @@ def test_since_and_until_with_offsets_select_the_same_instants(gallery, dated, l
     assert ids(gallery.list(until=date(2025, 3, 10))) == []
 
 
+def test_parent_filter_returns_exactly_its_children(gallery, dated):
+    child = gallery.save(make_recipe(seed=5), "refined", make_png(5), parent_id=dated[0])
+    assert [g.id for g in gallery.list(parent_id=dated[0]).items] == [child.id]
+    assert gallery.list(parent_id=dated[1]).items == ()
+
+
 def test_batch_filter_returns_exactly_its_batch(gallery, dated):
     assert [g.id for g in gallery.list(batch_id="a").items] == dated[:2][::-1]
     assert [g.id for g in gallery.list(batch_id="b").items] == [dated[2]]
@@ -95,7 +114,7 @@ def test_wrong_types_in_filters_are_refused_in_words(gallery):
     for name, (value, message) in cases.items():
         with pytest.raises(ValueError, match=message):
             gallery.list(**{name: value})
-    with pytest.raises(ValueError, match="search: the query must be text"):
+    with pytest.raises(ValueError, match=r"^search: the query must be text \(got bytes\)$"):
         fts_query(b"fox")
 
 
@@ -134,7 +153,7 @@ def test_tag_length_and_count_caps_on_both_sides(gallery):
     for bad in ("", "   ", "tab\there", None, 5):
         with pytest.raises(ValueError, match="each tag must be printable text"):
             normalise_tags([bad])
-    with pytest.raises(ValueError, match="a list of strings, not one string"):
+    with pytest.raises(ValueError, match="^tags: must be a list of strings, not one string$"):
         normalise_tags("night")
     g = gallery.save(make_recipe(seed=2), "draft", make_png(2))
     assert gallery.set_tags(g.id, ["y" * 64]).tags == ("y" * 64,)
@@ -144,3 +163,52 @@ def test_local_zone_fixture_really_changes_the_zone(local_zone):
     assert os.environ["TZ"] == local_zone
     if local_zone != "UTC":
         assert time.localtime(0).tm_gmtoff != 0
+
+
+@pytest.mark.parametrize(
+    ("message", "is_query_error"),
+    [
+        ('fts5: syntax error near "*"', True),
+        ("no such column: colour", True),
+        ("unterminated string", True),
+        ("unknown special query: x", True),
+        ("malformed MATCH expression: [fox AND]", True),
+        ("database is locked", False),
+        ("disk I/O error", False),
+    ],
+)
+def test_only_full_text_query_errors_are_the_users_query(message, is_query_error):
+    assert is_fts_error(message) is is_query_error
+
+
+def test_filter_errors_name_the_filter():
+    with pytest.raises(ValueError) as refused:
+        filter_conditions({"size": 1, "colour": "red", "model": "base"})
+    assert str(refused.value) == (
+        "search: unknown filter(s) colour, size; allowed: model, lora, kind, since, until, favourite, tag, batch_id, "
+        "parent_id"
+    )
+    for name in ("since", "until"):
+        with pytest.raises(ValueError, match=rf"^{name}: must be an ISO date or time such as 2025-01-31 "):
+            filter_conditions({name: "soon"})
+    with pytest.raises(ValueError, match=r"^kind: must be one of .* \(got 'sketch'\)$"):
+        filter_conditions({"kind": "sketch"})
+    assert len(filter_conditions({"model": "base", "since": None, "kind": ("draft", "refined")})) == 2
+
+
+def test_limits_kinds_and_ids_on_both_sides_with_their_default_names():
+    assert check_limit(1) == 1 and check_limit(1000) == 1000
+    for bad in (0, 1001, True, 5.0, "5"):
+        with pytest.raises(ValueError, match=rf"^limit: must be an integer from 1 to 1000 \(got {bad!r}\)$"):
+            check_limit(bad)
+    assert check_kind("draft") == "draft"
+    with pytest.raises(ValueError) as refused:
+        check_kind("sketch")
+    assert (
+        str(refused.value)
+        == "kind: must be one of draft, refined, txt2img, img2img, controlnet, imported (got 'sketch')"
+    )
+    with pytest.raises(
+        ValueError, match=r"^id: must be a positive integer generation id up to 2147483647 \(got '7'\)$"
+    ):
+        check_id("7")
