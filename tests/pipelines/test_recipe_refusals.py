@@ -20,11 +20,8 @@ from pipelines.recipe import (
     _check_size,
     refine_any_recipe,
 )
+from tests.pipelines.test_recipe import BASE, IMG2IMG, INPAINT, SHA
 
-SHA = "ab" * 32
-BASE = Recipe(model=ModelRef(name="base"), prompt="a fox", seed=1)
-IMG2IMG = BASE.replace(mode="img2img", strength=0.5, source_image_sha256=SHA)
-INPAINT = IMG2IMG.replace(mask_sha256=SHA)
 CN = ModelRef(name="cn")
 HEX = "a lowercase hex sha256 (64 characters)"
 SCHEDULERS = "Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, DPM++ 2M SDE Karras, DDIM, UniPC, LCM"
