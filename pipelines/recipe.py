@@ -19,16 +19,7 @@ from pipelines.limited_json import MAX_JSON_DEPTH, loads_limited_json  # noqa: F
 
 SCHEMA_VERSION = 1
 
-SCHEDULERS = (
-    "Euler",
-    "Euler a",
-    "DPM++ 2M",
-    "DPM++ 2M Karras",
-    "DPM++ 2M SDE Karras",
-    "DDIM",
-    "UniPC",
-    "LCM",
-)
+SCHEDULERS = ("Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "DDIM", "UniPC", "LCM")
 MODES = ("txt2img", "img2img")
 INPAINT_AREAS = ("whole", "masked")  # inpaint the whole image, or only the mask's box (plus padding) at full size
 MAX_MASK_BLUR = 64
