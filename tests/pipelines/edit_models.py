@@ -1,4 +1,5 @@
-"""Tiny LoRAs (kohya and peft layouts) and tiny ControlNets for the tiny SDXL, made inside the tests.
+"""Tiny LoRAs (kohya and peft layouts) and tiny ControlNets for the tiny SDXL, made inside the tests; the
+sources, masks and recipe fields of the inpaint/outpaint tests.
 
 Imported by the editing tests (pytest runs in importlib mode: they put this folder on sys.path).
 """
@@ -79,3 +80,17 @@ def smooth_image(seed, size=(96, 64)):
     rng = np.random.RandomState(seed)
     coarse = rng.rand(size[1] // 8, size[0] // 8, 3)
     return Image.fromarray((coarse * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+
+
+EDIT_FIELDS = dict(mode="img2img", strength=0.9, steps=6, switch=1.0, refine=None, watermark=False)
+MASK_SHA = "ab" * 32  # a recorded mask's sha256 (the tests hand the engine the mask itself)
+
+
+def square_mask(box=(24, 24, 40, 40), size=(64, 64)) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    mask.paste(255, box)
+    return mask
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)

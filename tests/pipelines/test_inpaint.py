@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import ImageFilter
 
 from pipelines.engine.inputs import EditInputs
 from pipelines.recipe import ModelRef, RefineSettings
@@ -16,29 +16,15 @@ from pipelines.sizes import fit_to_bucket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
 
-from edit_models import smooth_image  # noqa: E402
+from edit_models import EDIT_FIELDS, pixels, smooth_image, square_mask  # noqa: E402
+from edit_models import MASK_SHA as SHA
 
 SOURCE = smooth_image(1)
-SHA = "ab" * 32
-
-
-def square_mask(box=(24, 24, 40, 40), size=(64, 64)) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    mask.paste(255, box)
-    return mask
 
 
 @pytest.fixture()
 def inpaint(tiny_recipe):
-    def make(**changes):
-        fields = dict(mode="img2img", strength=0.9, steps=6, switch=1.0, refine=None, watermark=False, mask_sha256=SHA)
-        return tiny_recipe(**{**fields, **changes})
-
-    return make
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(int)
+    return lambda **changes: tiny_recipe(**{**EDIT_FIELDS, "mask_sha256": SHA, **changes})
 
 
 def check_kept_outside(result, blur, mask=None):

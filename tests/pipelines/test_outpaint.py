@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLInpaintPipeline
-from PIL import Image
 
 from pipelines.engine.inputs import EditInputs
 from pipelines.engine.outpaint import OVERLAP, extend_canvas
@@ -21,31 +20,18 @@ from pipelines.sizes import fit_to_bucket
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # importlib mode: the helpers beside this file
 
-from edit_models import smooth_image  # noqa: E402
+from edit_models import EDIT_FIELDS, pixels, smooth_image, square_mask  # noqa: E402
+from edit_models import MASK_SHA as SHA
 
 SOURCE = smooth_image(1)  # 96×64: fitted (centre crop) to the source's part of the canvas
-SHA = "ab" * 32
 EXPAND = (16, 8, 24, 0)  # left, top, right, bottom: a 64×64 source on a 104×72 canvas
 CANVAS = (104, 72)
-
-
-def square_mask(box=(16, 16, 48, 48), size=(64, 64)) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    mask.paste(255, box)
-    return mask
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(int)
+MASK_BOX = (16, 16, 48, 48)
 
 
 @pytest.fixture()
 def edit(tiny_recipe):
-    def make(**changes):
-        fields = dict(mode="img2img", strength=0.9, steps=6, switch=1.0, refine=None, watermark=False)
-        return tiny_recipe(**{**fields, **changes})
-
-    return make
+    return lambda **changes: tiny_recipe(**{**EDIT_FIELDS, **changes})
 
 
 def outpainted(edit, **changes) -> Recipe:
@@ -101,11 +87,11 @@ def test_outpaint_reruns_are_bit_exact(engine, edit):
 
 
 def test_noise_and_original_differ_inside_the_mask_and_both_keep_the_outside(engine, edit):
-    inputs = EditInputs(source=SOURCE, mask=square_mask())
+    inputs = EditInputs(source=SOURCE, mask=square_mask(MASK_BOX))
     original = engine.render(edit(strength=0.6, mask_sha256=SHA), inputs=inputs)
     noise = engine.render(edit(strength=0.6, mask_sha256=SHA, masked_content="noise"), inputs=inputs)
     again = engine.render(edit(strength=0.6, mask_sha256=SHA, masked_content="noise"), inputs=inputs)
-    inside = np.asarray(square_mask()) == 255
+    inside = np.asarray(square_mask(MASK_BOX)) == 255
     fitted = pixels(fit_to_bucket(SOURCE, 64, 64))
     for result in (original, noise):
         assert np.abs(pixels(result.image) - fitted).max(axis=2)[~inside].max() <= 2
@@ -119,14 +105,14 @@ def test_noise_matches_a_reference_built_with_torch_and_diffusers(engine, edit, 
     pipeline given that latent and the same generator after the draw; the latent mask is the pixel mask
     binarized at 0.5 and sampled every 8 px (nearest)."""
     recipe = edit(strength=0.6, mask_sha256=SHA, masked_content="noise")
-    finished = engine.render(recipe, inputs=EditInputs(source=SOURCE, mask=square_mask()))
+    finished = engine.render(recipe, inputs=EditInputs(source=SOURCE, mask=square_mask(MASK_BOX)))
     base = diffusers_reference.base.pipe
     reference = StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
     fitted = fit_to_bucket(SOURCE, 64, 64)
     with torch.no_grad():
         pixels_in = reference.image_processor.preprocess(fitted)
         source = base.vae.encode(pixels_in).latent_dist.mode() * base.vae.config.scaling_factor
-    binary = np.asarray(square_mask(), dtype=np.float32) / 255 >= 0.5
+    binary = np.asarray(square_mask(MASK_BOX), dtype=np.float32) / 255 >= 0.5
     latent_mask = torch.from_numpy(binary[::8, ::8].astype(np.float32))[None, None]
     generator = torch.Generator("cpu").manual_seed(recipe.seed)
     fill = torch.randn(source.shape, generator=generator, dtype=torch.float32)
@@ -135,7 +121,7 @@ def test_noise_matches_a_reference_built_with_torch_and_diffusers(engine, edit, 
         prompt=recipe.prompt,
         negative_prompt=recipe.negative_prompt,
         image=start,
-        mask_image=square_mask(),
+        mask_image=square_mask(MASK_BOX),
         strength=0.6,
         num_inference_steps=recipe.steps,
         guidance_scale=recipe.guidance,
