@@ -33,6 +33,7 @@ from atelier.edit_inputs import (  # noqa: F401 (image_size, open_image: for the
     with_inputs,
 )
 from atelier.requests import ModelChoice, varied_recipes
+from atelier.studio_downloads import Downloads
 from atelier.studio_gallery import GalleryViews
 from atelier.studio_models import ModelLists
 from atelier.studio_saving import (  # Saved: for the front ends
@@ -49,7 +50,7 @@ from atelier.studio_saving import (  # Saved: for the front ends
 from atelier.studio_values import GalleryFilters, RefineChoice, StepPreview  # noqa: F401 (for the front ends)
 from atelier.sweep_grid import write_sweep_grid  # noqa: F401 (for the front ends)
 from pipelines.errors import GenerationCancelled, OutOfMemory
-from pipelines.provenance.png_metadata import encode_png, read_png
+from pipelines.provenance.png_metadata import read_png
 from pipelines.recipe import MAX_DRAFTS, Recipe
 from storage.gallery import KINDS, Gallery, Generation, NotFoundError, Page  # noqa: F401 (KINDS, Page: for the front ends)
 
@@ -71,7 +72,7 @@ class Lineage:
 OnStep = Callable[[StepPreview], None]
 
 
-class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: atelier/studio_*.py
+class Studio(GalleryViews, ModelLists, Downloads):  # gallery calls, model lists, downloads: atelier/studio_*.py
     def __init__(
         self,
         home: Path,
@@ -115,6 +116,13 @@ class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: ate
         """Jobs the engine runs at once: 1 in this process, one per GPU worker on a cluster (never makes the
         engine)."""
         return getattr(self._engine, "slots", 1)
+
+    def shared_queue_place(self, *, not_sent: int) -> tuple[int, float | None] | None:
+        """On GPU workers shared by several front ends: (jobs ahead of a job sent once `not_sent` more of this
+        front end's are, from every front end; about how many seconds until it starts, or None). None in one
+        process: its queue is this front end's own."""
+        place = getattr(self._engine, "place", None)
+        return place(not_sent=not_sent) if place is not None else None
 
     def close(self) -> None:
         self._saves.close()  # every save submitted is finished before the gallery closes
@@ -377,49 +385,6 @@ class Studio(GalleryViews, ModelLists):  # plain gallery calls, model lists: ate
 
     def lineage(self, generation_id: int) -> Lineage:
         return Lineage(ancestors=self.gallery.ancestors(generation_id), children=self.gallery.children(generation_id))
-
-    def download_path(self, generation_id: int) -> Path:
-        """The generation's PNG under a name that says what it is (`atelier-<id>-<seed>.png`): a link in
-        <home>/downloads to the gallery's own file (same bytes, metadata and watermark), for a browser's
-        Download button."""
-        generation = self.gallery.get(generation_id)
-        folder = self.downloads_folder()
-        folder.mkdir(parents=True, exist_ok=True)
-        link = folder / f"atelier-{generation.id}-{generation.recipe.seed}.png"
-        target = self._full_draft_file(generation) or generation.image_path  # a cheap draft preview: the full decode
-        if not (link.is_symlink() and link.resolve() == target.resolve()):
-            temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}")
-            temporary.symlink_to(target.resolve())
-            temporary.replace(link)  # atomic: another page asking at the same time sees a whole link
-        return link
-
-    def downloads_folder(self) -> Path:
-        return self.home / "downloads"
-
-    def _full_draft_file(self, generation: Generation) -> Path | None:
-        """A draft whose gallery image is a cheap preview (see pipelines/engine/previews.py): the full VAE decode
-        of its kept clean estimate, as a PNG with its recipe, made on first demand and kept by the preview's
-        sha256. None for every other entry (its gallery file is the full image), or if it cannot be decoded
-        here (the model is gone): the preview is shown then."""
-        latent = generation.latent_path
-        if generation.kind != "draft" or latent is None or generation.files_missing or not latent.exists():
-            return None
-        path = self.downloads_folder() / "full-drafts" / f"{generation.image_sha256}.png"
-        if path.exists():
-            return path
-        draft = self.load_draft(generation.id)
-        if draft.latent.clean_estimate is None:
-            return None
-        inputs = stored_inputs(draft.recipe, self.gallery.read_file) if draft.recipe.inpaints else InputFiles()
-        try:
-            image = self.engine.full_draft_image(draft, inputs=inputs.images)
-        except (ValueError, OutOfMemory, FileNotFoundError):
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        temporary.write_bytes(encode_png(image, draft.recipe, self._lora_autov3(draft.recipe)))
-        temporary.replace(path)
-        return path
 
     def files_folder(self) -> Path:
         """The folder of the gallery's own files: the only one a web front end may serve."""

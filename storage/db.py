@@ -27,6 +27,8 @@ DATABASE_FILE = "gallery.db"
 BUSY_TIMEOUT_MS = 60_000
 # pg_advisory_xact_lock key of the gallery's write lock: any fixed bigint; this one spells "ATELIER"
 POSTGRESQL_WRITE_LOCK_KEY = 0x41_54_45_4C_49_45_52
+# ... and of schema migrations (storage/migrate.py): front ends starting together migrate one at a time
+POSTGRESQL_MIGRATION_LOCK_KEY = 0x41_54_45_4C_49_45_52_4D  # "ATELIERM"
 
 
 def database_url(home: Path, url: str | None = None) -> str:

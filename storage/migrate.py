@@ -2,7 +2,9 @@
 `pg_dump` of a PostgreSQL database (refused without pg_dump unless $ATELIER_NO_BACKUP=1, `--no-backup`).
 
 The whole upgrade runs in one transaction (SQLite and PostgreSQL both have transactional DDL), so
-a failed migration leaves the old schema; the backup is there in case anything still went wrong.
+a failed migration leaves the old schema; the backup is there in case anything still went wrong. That
+transaction first takes the migration lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so
+front ends starting together on one database migrate it once, one after the other finding it done.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +24,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect
 
-from storage.db import Database, sqlite_file
+from storage.db import POSTGRESQL_MIGRATION_LOCK_KEY, Database, sqlite_file
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 FIRST_REVISION = "0001"
@@ -38,7 +42,7 @@ class MigrationError(RuntimeError):
 class MigrationResult:
     from_revision: str | None
     to_revision: str
-    backup: Path | None  # None when nothing was upgraded, the database was new, or not SQLite
+    backup: Path | None  # None when nothing was upgraded, the database was new, or --no-backup
 
 
 def alembic_config() -> Config:
@@ -58,41 +62,69 @@ def current_revision(db: Database) -> str | None:
 
 def upgrade(db: Database, target: str = "head", *, backup_dir: Path | None = None) -> MigrationResult:
     """Bring the database to `target` (normally head), backing it up first: SQLite beside its file,
-    PostgreSQL with pg_dump into `backup_dir`."""
+    PostgreSQL with pg_dump into `backup_dir`.
+
+    Several front ends may start at once on one database server (each with its own home, so the home lock
+    does not serialise them): the revision is read again under the migration lock, and whoever finds the
+    work already done by another returns without a backup. The lock is held from before the backup until
+    the upgrade commits, so the backup is of the state that is upgraded."""
     script = ScriptDirectory.from_config(alembic_config())
     wanted = script.get_current_head() if target == "head" else target
+    if current_revision(db) == wanted:  # the usual start-up: nothing to do, no lock taken
+        return MigrationResult(wanted, wanted, None)
+    config = alembic_config()
     with db.engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-        tables = set(inspect(conn).get_table_names())
-    if current == wanted:
-        return MigrationResult(current, wanted, None)
+        conn.execution_options(sqlite_begin="IMMEDIATE")  # SQLite: the write lock from the first statement
+        with conn.begin() as transaction:
+            _wait_for_other_migrations(conn)
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current == wanted:  # another front end migrated while this one waited for the lock
+                return MigrationResult(current, wanted, None)
+            _refuse_foreign_schema(db, conn, script, current, wanted)
+            backup = _backup(db, current, backup_dir) if current is not None else None
+            with _upgrade_failure_in_words(current, wanted, backup):
+                config.attributes["connection"] = conn
+                command.upgrade(config, wanted)
+                transaction.commit()
+    return MigrationResult(current, wanted, backup)
+
+
+def _wait_for_other_migrations(conn: Connection) -> None:
+    """PostgreSQL: queue on the migration lock (it goes with this transaction). SQLite's BEGIN IMMEDIATE
+    has already done the same."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({POSTGRESQL_MIGRATION_LOCK_KEY})")
+
+
+def _refuse_foreign_schema(
+    db: Database, conn: Connection, script: ScriptDirectory, current: str | None, wanted: str
+) -> None:
+    """MigrationError for a revision this version does not know, or for tables without any revision."""
+    where = db.engine.url.render_as_string(hide_password=True)
     known = {rev.revision for rev in script.walk_revisions()}
     if current is not None and current not in known:
         raise MigrationError(
-            f"gallery database {db.engine.url.render_as_string(hide_password=True)} is at schema revision "
-            f"{current}, which this version of Atelier does not know (it knows up to {wanted}); "
-            "upgrade Atelier or open a different home folder"
+            f"gallery database {where} is at schema revision {current}, which this version of Atelier does not "
+            f"know (it knows up to {wanted}); upgrade Atelier or open a different home folder"
         )
+    tables = set(inspect(conn).get_table_names())
     if current is None and tables:
         raise MigrationError(
-            f"gallery database {db.engine.url.render_as_string(hide_password=True)} has tables "
-            f"({', '.join(sorted(tables)[:5])}) but no Atelier schema revision; it is not an Atelier gallery"
+            f"gallery database {where} has tables ({', '.join(sorted(tables)[:5])}) but no Atelier schema "
+            "revision; it is not an Atelier gallery"
         )
-    backup = _backup(db, current, backup_dir) if current is not None else None
-    config = alembic_config()
+
+
+@contextmanager
+def _upgrade_failure_in_words(current: str | None, wanted: str, backup: Path | None) -> Iterator[None]:
     try:
-        with db.engine.connect() as conn:
-            conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                config.attributes["connection"] = conn
-                command.upgrade(config, wanted)
+        yield
     except Exception as exc:
         where = f"; a copy made before the upgrade is at {backup}" if backup else ""
         raise MigrationError(
             f"upgrading the gallery database from schema revision {current or 'empty'} to {wanted} failed "
             f"({type(exc).__name__}: {exc}); the database was left at revision {current or 'empty'}{where}"
         ) from exc
-    return MigrationResult(current, wanted, backup)
 
 
 def _backup(db: Database, revision: str, backup_dir: Path | None) -> Path | None:

@@ -116,6 +116,7 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | N
     words_for_every_error(demo)
     ctx.queue_limits = limits
     ctx.jobs.count_waiting(lambda: _waiting_for_the_device(demo))
+    ctx.jobs.count_shared(lambda not_sent: ctx.studio.shared_queue_place(not_sent=not_sent))
     return demo
 
 

@@ -87,6 +87,7 @@ class GpuJobs:
         self._without_a_slot = 0  # running jobs that gave their slot up: only their saves are left
         self._concurrency_changed: Callable[[int], None] = lambda limit: None
         self._waiting: Callable[[], int] | None = None
+        self._shared_place: Callable[[int], tuple[int, float | None] | None] = lambda not_sent: None
         self._lock = FairSlots(slots)  # held while a job uses a device; in the order the jobs came
         self._tickets: dict[str, _Ticket] = {}  # in the order they were reserved
         self._mutex = threading.Lock()  # guards _tickets and _durations
@@ -102,16 +103,27 @@ class GpuJobs:
 
     def place(self, ticket: str) -> tuple[int, float | None]:
         """(jobs ahead of a ticket just reserved, about how many seconds until it starts or None if
-        not known yet): the running job and those waiting in the queue."""
+        not known yet): the running job and those waiting in the queue; on GPU workers several front ends
+        share (`count_shared`), the jobs of all of them."""
         with self._mutex:
             if self._waiting is not None:  # and those started beyond the free slots wait for one too
                 started = sum(1 for t in self._tickets.values() if t.started)
-                ahead = self._waiting() + max(0, started - self.slots + 1)
+                not_sent = self._waiting()
+                ahead = not_sent + max(0, started - self.slots + 1)
             else:
                 order = list(self._tickets)
-                ahead = order.index(ticket) if ticket in order else 0
+                not_sent = ahead = order.index(ticket) if ticket in order else 0
             typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else None
+        # Outside the mutex: it asks the cluster. Jobs past Gradio's queue still waiting for a slot are not sent.
+        shared = self._shared_place(not_sent + self._lock.waiting())
+        if shared is not None:
+            return shared
         return ahead, (typical * ahead if typical is not None else None)
+
+    def count_shared(self, place: Callable[[int], tuple[int, float | None] | None]) -> None:
+        """Where the queue's place comes from when the device is GPU workers shared with other front ends:
+        `place(not_sent)` is that of a job sent after `not_sent` of this front end's jobs are (None: none shared)."""
+        self._shared_place = place
 
     def on_concurrency_change(self, changed: Callable[[int], None]) -> None:
         """Tell `changed(limit)` how many jobs the web server may run at once whenever it changes: the slots,

@@ -147,16 +147,17 @@ class RemoteEngine:
 
     # -- one job -------------------------------------------------------------------------------------
 
-    def place(self, job_id: str | None = None) -> tuple[int, float | None]:
+    def place(self, job_id: str | None = None, *, not_sent: int = 0) -> tuple[int, float | None]:
         """(jobs ahead of a job waiting on the cluster, from any front end (job_id: a key of `queued`; None:
-        a job sent now), about how many seconds until it starts or None before any job ran to its end)."""
+        a job sent now, or once `not_sent` jobs of this front end are), about how many seconds until it starts
+        or None before any job ran to its end)."""
         from ray.exceptions import RayError
 
         deployment = self._deployment
         if deployment is None:  # the cluster went away: the next job joins it again
             return 0, None
         try:
-            return ray.get(deployment.board.place.remote(job_id, self.slots), timeout=PROBE_S)
+            return ray.get(deployment.board.place.remote(job_id, self.slots, not_sent), timeout=PROBE_S)
         except RayError:  # a status line, not a job: no place known rather than an error
             return 0, None
 

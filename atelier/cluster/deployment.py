@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from ray import serve
 
-JOB_BOARD = "atelier-job-board-1"  # numbered: a board left running by an older version is not reused
+JOB_BOARD = "atelier-job-board-2"  # numbered: a board left running by an older version is not reused
 RECENT_JOBS = 20  # the ETA is the median run time of this many recent jobs
 STALE_S = 3600.0  # a job on the board this long was lost with its front end
 
@@ -73,13 +73,14 @@ class JobBoard:
     def is_cancelled(self, job_id: str) -> bool:
         return job_id in self._cancelled
 
-    def place(self, job_id: str | None, workers: int) -> tuple[int, float | None]:
-        """(jobs ahead of `job_id` (None: a job sent now), about how many seconds until it starts, or None
-        before any job ran to its end here). 0 ahead: it runs, or starts as soon as it reaches a worker."""
+    def place(self, job_id: str | None, workers: int, not_sent: int = 0) -> tuple[int, float | None]:
+        """(jobs ahead of `job_id` (None: a job sent now, behind `not_sent` more jobs its front end has yet to
+        send), about how many seconds until it starts, or None before any job ran to its end here). 0 ahead:
+        it runs, or starts as soon as it reaches a worker."""
         if job_id in self._running:
             return 0, 0.0
         waiting = list(self._waiting)
-        before = waiting.index(job_id) if job_id in self._waiting else len(waiting)
+        before = waiting.index(job_id) if job_id in self._waiting else len(waiting) + not_sent
         ahead = before + max(0, len(self._running) - workers + 1)
         if not self._durations:
             return ahead, None

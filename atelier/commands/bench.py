@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     bench.add_argument("--device")
     bench.add_argument("--size", type=int, default=256, help="image side in pixels")
     bench.add_argument("--steps", type=int, default=20)
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--repeats", type=int, default=5, help="rounds of each measurement (default: 5)")
     bench.add_argument("--gallery-rows", type=int, default=100_000)
     bench.add_argument("--no-ui", action="store_true", help="skip the web UI figures (they start a server)")
     bench.add_argument("--json", action="store_true")

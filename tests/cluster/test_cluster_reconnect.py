@@ -188,10 +188,28 @@ def test_queue_place_and_eta_count_the_jobs_of_every_front_end(served, tiny_reci
     assert {name: ahead for name, (ahead, _) in places.items()} == {"other": 1, "mine": 2, "new": 3}
     assert 0 < places["other"][1] < places["mine"][1] < places["new"][1]
     assert mine.place(my_job) == other.place(my_job)  # the same board for both front ends
+    _the_web_page_shows_the_deployment_place(studio, places["new"])
     stop_long.set()
     for job in (running, waiting_other, waiting_mine):
         job.result(timeout=120)
     assert mine.place() == (0, 0.0) and mine.queued == {} and other.queued == {}
+
+
+def _the_web_page_shows_the_deployment_place(studio, sent_now: tuple[int, float]) -> None:
+    """The page's status line at a click, on the app `atelier serve --cluster` builds: the jobs of every
+    front end ahead (its own web queue is empty: alone it would say "Starting…"), plus its own not yet sent."""
+    from atelier.model_choice import choose_models
+    from webui.app import build_app, make_context
+    from webui.jobs import queue_text
+
+    ctx = make_context(studio, choose_models(studio.home, "tiny", "tiny"))
+    build_app(ctx)
+    ticket = ctx.jobs.reserve("a browser")
+    assert ctx.jobs.place(ticket) == sent_now
+    assert queue_text(*sent_now).startswith("Waiting — 4th in the queue (about ")
+    ctx.jobs.count_waiting(lambda: 2)  # two more jobs waiting in this front end's web queue, not sent yet
+    ahead, seconds = ctx.jobs.place(ticket)
+    assert ahead == 5 and seconds > sent_now[1]
 
 
 def _until_cancelled(engine, recipe, stop: threading.Event) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import signal
 import threading
 import time
@@ -312,6 +313,26 @@ def test_worker_options_are_checked_before_anything_starts(options, message):
     args = build_parser().parse_args(["serve", *options])
     with pytest.raises(ValueError, match=message):
         worker_count(args)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--workers", "0,2"], "--workers: replica counts from 1"),
+        (["--jobs", "0"], "--jobs: must be at least 1 (got 0)"),
+        (["--repeats", "0"], "--repeats: must be at least 1 (got 0)"),
+    ],
+)
+def test_cluster_bench_options_are_checked_before_ray_starts(options, message):
+    import ray
+
+    from atelier.cli import build_parser
+    from atelier.cluster.bench import run_from_args
+
+    args = build_parser().parse_args(["bench", "--cluster", *options])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_from_args(args)
+    assert not ray.is_initialized()
 
 
 def test_min_and_max_workers_autoscale_the_deployment():

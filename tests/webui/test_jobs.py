@@ -92,6 +92,22 @@ def test_the_queue_place_counts_the_jobs_ahead_and_estimates_from_finished_ones(
     assert jobs.place(jobs.reserve("z"))[0] == 3
 
 
+def test_on_shared_gpu_workers_the_place_comes_from_the_cluster_after_this_front_ends_unsent_jobs():
+    """With `--cluster`, the cluster's board counts every front end's jobs; this front end adds those of its
+    web queue not sent yet (tests/cluster/test_cluster_reconnect.py shows it on a real cluster)."""
+    jobs, asked = GpuJobs(slots=2), []
+    jobs.count_waiting(lambda: 3)
+
+    def cluster_place(not_sent: int):
+        asked.append(not_sent)
+        return not_sent + 4, 2.5 * (not_sent + 4)
+
+    jobs.count_shared(cluster_place)
+    assert jobs.place(jobs.reserve("z")) == (7, 17.5) and asked == [3]
+    jobs.count_shared(lambda not_sent: None)  # one process: the local queue's own place
+    assert jobs.place(jobs.reserve("z")) == (3, None)
+
+
 @pytest.mark.parametrize("slots", [1, 2, 3])
 def test_as_many_jobs_at_once_as_there_are_devices(slots):
     """One device: one job at a time; a cluster of N GPU workers: N at once, never more."""
