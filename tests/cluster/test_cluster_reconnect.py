@@ -8,7 +8,6 @@ on its one worker: the queue place and ETA that front ends sharing the deploymen
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -19,18 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.cluster.serving import JobThread, pixels, served_studios, wait_for
 from tests.storage.storage_checks import consistency_problems, database_url
 
 pytestmark = pytest.mark.slow  # a Ray head started 3 times, a worker deployed 3 times: about 1–2 minutes
-
-
-def pixels(image_or_path) -> str:
-    image = Image.open(image_or_path) if not isinstance(image_or_path, Image.Image) else image_or_path
-    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
 
 
 class Head:
@@ -94,20 +87,8 @@ def head():
 
 @pytest.fixture(scope="module")
 def served(head, make_tiny_home):
-    """(the Studio `atelier serve --cluster ADDRESS --workers 1` makes, a single-process Studio for references)."""
-    from atelier.cli import build_parser
-    from atelier.cluster.options import open_serve_studio
-    from atelier.commands.common import choose, open_studio
-    from atelier.studio import Studio
-
-    home = make_tiny_home(name="reconnect-home")
-    argv = ["serve", "--home", str(home), "--model", "tiny", "--refiner", "tiny", "--device", "cpu"]
-    args = build_parser().parse_args([*argv, "--cluster", head.address, "--workers", "1"])
-    studio = open_serve_studio(args, choose(args), open_studio)
-    reference = Studio(make_tiny_home(name="reconnect-reference"), device="cpu")
-    yield studio, reference
-    studio.close()
-    reference.close()
+    with served_studios(head.address, make_tiny_home, "reconnect") as studios:
+        yield studios
 
 
 def test_the_next_job_runs_after_the_head_node_restarts(head, served, tiny_recipe):
@@ -139,7 +120,7 @@ def test_a_job_running_when_the_head_dies_ends_in_words_and_the_next_one_runs(he
     rows_before = sorted(row.id for row in studio.gallery.search(None, limit=50).items)
     files_before = sorted(p.name for p in studio.files_folder().rglob("*") if p.is_file())
     doomed = JobThread(lambda: studio.draft(tiny_recipe(seed=63, steps=400, switch=1.0, refine=None), 1))
-    _wait_for(lambda: engine.running)
+    wait_for(lambda: engine.running)
     time.sleep(0.5)  # mid-job
     head.kill()
     doomed.join(timeout=60)  # ends while the head is still down
@@ -177,11 +158,11 @@ def test_queue_place_and_eta_count_the_jobs_of_every_front_end(served, tiny_reci
     stop_long = threading.Event()
     long = tiny_recipe(seed=71, steps=400, switch=1.0, refine=None)
     running = JobThread(lambda: _until_cancelled(mine, long, stop_long))
-    _wait_for(lambda: len(mine.running) == 1)
+    wait_for(lambda: len(mine.running) == 1)
     waiting_other = JobThread(lambda: other.draft(tiny_recipe(seed=72, steps=4), 1))
-    _wait_for(lambda: len(other.queued) == 1)
+    wait_for(lambda: len(other.queued) == 1)
     waiting_mine = JobThread(lambda: mine.draft(tiny_recipe(seed=73, steps=4), 1))
-    _wait_for(lambda: len(mine.queued) == 1)
+    wait_for(lambda: len(mine.queued) == 1)
     (other_job,), (my_job,) = list(other.queued), list(mine.queued)
     places = {"other": other.place(other_job), "mine": mine.place(my_job), "new": mine.place()}
     print(f"places (jobs ahead, seconds): {places}")
@@ -217,35 +198,3 @@ def _until_cancelled(engine, recipe, stop: threading.Event) -> None:
 
     with pytest.raises(GenerationCancelled):
         engine.draft(recipe, 1, should_cancel=stop.is_set)
-
-
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-
-
-class JobThread:
-    """Runs `call` on its own thread, as the web queue runs a job; `.result()` waits for its value."""
-
-    def __init__(self, call) -> None:
-        self.value, self.error = None, None
-        self._thread = threading.Thread(target=self._run, args=(call,), daemon=True)
-        self._thread.start()
-
-    def _run(self, call) -> None:
-        try:
-            self.value = call()
-        except Exception as exc:  # the test looks at it
-            self.error = exc
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"the job did not end within {timeout} s"
-
-    def result(self, timeout: float = 300):
-        self.join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.value

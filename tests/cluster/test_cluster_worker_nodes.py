@@ -15,12 +15,20 @@ with status 1, when its head goes away, and nothing in Ray starts it again:
 - head away longer than `gcs_rpc_server_reconnect_timeout_s` (60 s by default): it exits then ("Failed to
   connect to GCS within 60 seconds").
 The GPU machine's node runs here with both lowered (WORKER_NODE_CONFIG) so the test takes seconds, not minutes.
+
+A long outage (the second test): while the head is down, each start of `ray start --address HEAD --block` by
+the supervisor fails by itself, status 1, after about 21 s with the reconnect timeout at 10 s (the `ray start`
+command's own GCS client: 5 s, 5 s, then the timeout; "Failed to connect to GCS within 10 seconds"; nothing
+is left running), so a supervisor just keeps restarting it; the start in flight when the head comes back joins
+it. A job sent meanwhile is refused in words within seconds (ClusterRestarted, "does not answer yet"), and the
+first job after the head is back joins the new cluster and runs on the GPU machine's new node.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,10 +43,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.cluster.test_cluster_reconnect import JobThread, pixels
+from atelier.cluster.errors import ClusterRestarted
+from tests.cluster.serving import JobThread, pixels, served_studios, wait_for
 from tests.storage.storage_checks import consistency_problems, database_url
 
-pytestmark = pytest.mark.slow  # two Ray nodes started twice, a worker deployed twice: about a minute
+pytestmark = pytest.mark.slow  # a head started 3 times, a worker deployed 3 times, a 40 s outage: ~2.5 minutes
 
 RAY = str(Path(sys.executable).with_name("ray"))
 WORKER_NODE_CONFIG = {
@@ -127,9 +136,20 @@ class NodeRun:
 
     process: subprocess.Popen
     log: Path
+    began: float  # time.monotonic(), as the supervisor started it
     returncode: int | None = None
     ended_at: float | None = None  # time.monotonic()
     killed_by_test: bool = False
+
+    def summary(self, since: float) -> str:
+        """What this run did, its times counted from `since` (time.monotonic())."""
+        joined = "joined" if "Ray runtime started" in self.log.read_text() else "never joined"
+        ended = (
+            "still running"
+            if self.ended_at is None
+            else f"exited rc {self.returncode} at {self.ended_at - since:+.1f} s"
+        )
+        return f"started at {self.began - since:+.1f} s, {joined}, {ended}"
 
 
 @dataclass
@@ -155,7 +175,8 @@ class SupervisedGpuMachine:
             temp_dir.mkdir()
             command = ["--address", self.head.address, "--num-cpus", "1", "--temp-dir", str(temp_dir)]
             log = self.root / f"gpu{number}.log"
-            run = NodeRun(start_node(command, log, ray_env(**WORKER_NODE_CONFIG)), log)
+            began = time.monotonic()
+            run = NodeRun(start_node(command, log, ray_env(**WORKER_NODE_CONFIG)), log, began)
             self.runs.append(run)
             run.returncode = run.process.wait()
             run.ended_at = time.monotonic()
@@ -223,21 +244,9 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def served(cluster, make_tiny_home):
-    """(the Studio `atelier serve --cluster ADDRESS --workers 1` makes, a single-process Studio for references)."""
-    from atelier.cli import build_parser
-    from atelier.cluster.options import open_serve_studio
-    from atelier.commands.common import choose, open_studio
-    from atelier.studio import Studio
-
     head, _ = cluster
-    home = make_tiny_home(name="worker-nodes-home")
-    argv = ["serve", "--home", str(home), "--model", "tiny", "--refiner", "tiny", "--device", "cpu"]
-    args = build_parser().parse_args([*argv, "--cluster", head.address, "--workers", "1"])
-    studio = open_serve_studio(args, choose(args), open_studio)
-    reference = Studio(make_tiny_home(name="worker-nodes-reference"), device="cpu")
-    yield studio, reference
-    studio.close()
-    reference.close()
+    with served_studios(head.address, make_tiny_home, "worker-nodes") as studios:
+        yield studios
 
 
 def alive_nodes() -> dict[str, float]:
@@ -247,45 +256,131 @@ def alive_nodes() -> dict[str, float]:
     return {node["NodeID"]: node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]}
 
 
+def draft_watched(studio, recipe, timeout: float = 180.0):
+    """(a draft run off the main thread, as the web queue runs it, the ReplicaWatch of the replica that ran it)."""
+    watch = ReplicaWatch(studio.engine)
+    draft = JobThread(lambda: studio.draft(recipe, 1, on_step=watch)).result(timeout=timeout)[0]
+    return draft, watch
+
+
+def draft_after_the_restart(studio, recipe, killed: float):
+    """draft_watched, for the first job after the head came back (killed at `killed`): the front end joins the
+    cluster again and deploys, and its worker waits for the GPU machine's node (the head has no CPU)."""
+    made = draft_watched(studio, recipe)
+    print(
+        f"the next draft (rejoin, GPU machine back, worker deployed): {time.monotonic() - killed:.1f} s after the kill"
+    )
+    return made
+
+
+def saved(studio) -> tuple[list[str], list[str]]:
+    """(the gallery's row ids, the names of its files), sorted."""
+    rows = sorted(row.id for row in studio.gallery.search(None, limit=50).items)
+    return rows, sorted(path.name for path in studio.files_folder().rglob("*") if path.is_file())
+
+
+def exit_reasons(run: NodeRun, killed: float) -> list[str]:
+    """Why the GPU machine's node of `run`, alive when the head was killed (at `killed`), exited by itself."""
+    assert run.ended_at is not None and not run.killed_by_test  # it exited by itself …
+    print(
+        f"the GPU machine's `ray start --block` exited {run.ended_at - killed:.1f} s after the kill, rc {run.returncode}"
+    )
+    assert run.returncode == 1  # … as `ray start --block` does when its raylet dies, for one of two reasons:
+    reasons = [reason for reason in OLD_NODE_EXITS if reason in run.log.read_text()]
+    print(f"… because: {reasons}")
+    return reasons
+
+
+def check_the_rejoin(gpu_machine: SupervisedGpuMachine, watch: ReplicaWatch, nodes_before: dict[str, float]) -> None:
+    """The job of `watch` ran on the GPU machine's node that its supervisor started again, in a new cluster."""
+    rejoined_run = gpu_machine.runs[-1]
+    assert len(gpu_machine.runs) >= 2 and rejoined_run.ended_at is None
+    assert watch.ran_under(rejoined_run)  # on the GPU machine's node started again by its supervisor
+    nodes_after = alive_nodes()
+    assert sorted(nodes_after.values()) == [0.0, 1.0] and not set(nodes_after) & set(nodes_before)  # new nodes
+
+
+def check_the_gallery(studio, reference, made: dict, rows_before: list[str]) -> None:
+    """The drafts `made` (recipe -> draft) have the single-process pixels, the gallery holds them and nothing
+    else new, and passes the crash test's integrity checks."""
+    for recipe, draft in made.items():
+        assert pixels(draft.image) == pixels(reference.draft(recipe, 1)[0].image)
+    assert saved(studio)[0] == sorted([*rows_before, *(draft.id for draft in made.values())])
+    gallery = studio.gallery
+    assert consistency_problems(gallery.home, database_url(gallery), files=studio.files_folder()) == []
+
+
+def refused_at_once(studio, recipe) -> float:
+    """Seconds a draft sent while the head is down took to be refused, in words (ClusterRestarted)."""
+    started = time.monotonic()
+    job = JobThread(lambda: studio.draft(recipe, 1))
+    job.join(timeout=60)  # a job that hangs fails here rather than holding up the test
+    print(f"a job sent while the head was down: {job.error!r}")
+    assert isinstance(job.error, ClusterRestarted), job.error
+    assert re.search("does not answer yet.*nothing was saved", str(job.error)), job.error
+    return time.monotonic() - started
+
+
 def test_a_gpu_machine_under_a_supervisor_rejoins_the_restarted_head(cluster, served, tiny_recipe):
     head, gpu_machine = cluster
     studio, reference = served
     engine = studio.engine
     recipes = [tiny_recipe(seed=81, steps=4), tiny_recipe(seed=82, steps=4)]
+    rows_before, rejoined_before = saved(studio)[0], engine.rejoined
     nodes_before = alive_nodes()
     assert sorted(nodes_before.values()) == [0.0, 1.0]  # the head (no CPU) and the GPU machine
-    first_watch = ReplicaWatch(engine)
-    first = studio.draft(recipes[0], 1, on_step=first_watch)[0]
-    assert first_watch.ran_under(gpu_machine.runs[0])  # the head has no CPU: the job ran on the GPU machine
+    first, first_watch = draft_watched(studio, recipes[0])
+    assert first_watch.ran_under(gpu_machine.runs[-1])  # the head has no CPU: the job ran on the GPU machine
+    old_run = gpu_machine.runs[-1]
 
     killed = time.monotonic()
     head.kill()  # the head crashes between two jobs …
     head.start()  # … and comes back at the same address: a new cluster, without the GPU machine's node
     print(f"head restarted in {time.monotonic() - killed:.1f} s")
-    second_watch = ReplicaWatch(engine)
-    # the next job, at once (as the web queue runs it: off the main thread); the front end rejoins and deploys,
-    # and its worker waits for the GPU machine's node to be back (the deployment needs a CPU the head lacks)
-    second = JobThread(lambda: studio.draft(recipes[1], 1, on_step=second_watch)).result(timeout=180)[0]
-    print(
-        f"the next draft (rejoin, GPU machine back, worker deployed): {time.monotonic() - killed:.1f} s after the kill"
-    )
+    second, second_watch = draft_after_the_restart(studio, recipes[1], killed)
 
-    old_run = gpu_machine.runs[0]
-    assert old_run.ended_at is not None and not old_run.killed_by_test  # it exited by itself …
-    exited = old_run.ended_at - killed
-    print(f"the GPU machine's first `ray start --block` exited {exited:.1f} s after the kill, rc {old_run.returncode}")
-    assert old_run.returncode == 1  # … as `ray start --block` does when its raylet dies, for one of two reasons:
-    reasons = [reason for reason in OLD_NODE_EXITS if reason in old_run.log.read_text()]
-    print(f"… because: {reasons}")
-    assert len(reasons) == 1
-    rejoined_run = gpu_machine.runs[-1]
-    assert len(gpu_machine.runs) >= 2 and rejoined_run.ended_at is None
-    assert second_watch.ran_under(rejoined_run)  # on the GPU machine's node started again by its supervisor
-    nodes_after = alive_nodes()
-    assert sorted(nodes_after.values()) == [0.0, 1.0] and not set(nodes_after) & set(nodes_before)  # new nodes
-    assert engine.rejoined == 1
-    for recipe, draft in zip(recipes, [first, second], strict=True):
-        assert pixels(draft.image) == pixels(reference.draft(recipe, 1)[0].image)
-    assert sorted(row.id for row in studio.gallery.search(None, limit=50).items) == sorted([first.id, second.id])
-    gallery = studio.gallery
-    assert consistency_problems(gallery.home, database_url(gallery), files=studio.files_folder()) == []
+    assert len(exit_reasons(old_run, killed)) == 1
+    check_the_rejoin(gpu_machine, second_watch, nodes_before)
+    assert engine.rejoined == rejoined_before + 1
+    check_the_gallery(studio, reference, dict(zip(recipes, [first, second], strict=True)), rows_before)
+
+
+def test_a_long_head_outage_refuses_jobs_at_once_and_the_gpu_machine_rejoins_after_it(cluster, served, tiny_recipe):
+    """The head away longer than the GPU machine's reconnect timeout: its node exits, the supervisor's starts
+    against the dead head fail one after the other, a job sent meanwhile is refused at once; once the head is
+    back, the supervisor's next start joins it and the next job runs there. (After the first test or alone.)"""
+    head, gpu_machine = cluster
+    studio, reference = served
+    engine = studio.engine
+    recipes = [tiny_recipe(seed=91, steps=4), tiny_recipe(seed=92, steps=4)]
+    rows_before, rejoined_before = saved(studio)[0], engine.rejoined
+    first, first_watch = draft_watched(studio, recipes[0])  # the worker deployed, the GPU machine's node alive
+    old_run = gpu_machine.runs[-1]
+    assert first_watch.ran_under(old_run) and old_run.ended_at is None
+    nodes_before, saved_before = alive_nodes(), saved(studio)
+
+    killed = time.monotonic()
+    head.kill()  # the head crashes, and stays away
+    refused_in = [refused_at_once(studio, tiny_recipe(seed=93, steps=4))]  # the old node still up
+    wait_for(lambda: old_run.ended_at is not None, timeout=60)
+    assert exit_reasons(old_run, killed) == ["Failed to connect to GCS within"]
+    refused_in.append(refused_at_once(studio, tiny_recipe(seed=94, steps=4)))  # no node left
+    print(f"jobs sent while the head was down were refused in {[f'{s:.1f} s' for s in refused_in]}")
+    assert max(refused_in) < 15
+    assert saved(studio) == saved_before  # nothing of them was saved
+    # the supervisor starts the node again at once; against a dead head that start fails by itself
+    after_old = gpu_machine.runs.index(old_run) + 1
+    wait_for(lambda: len(gpu_machine.runs) > after_old and gpu_machine.runs[after_old].ended_at, timeout=60)
+    failed = gpu_machine.runs[after_old]
+    print(f"a start against the dead head: rc {failed.returncode} after {failed.ended_at - failed.began:.1f} s")
+    assert failed.returncode == 1 and "Ray runtime started" not in failed.log.read_text()
+    assert "Failed to connect to GCS within" in failed.log.read_text()
+
+    head.start()  # at the same port
+    print(f"head back {time.monotonic() - killed:.1f} s after the kill")
+    second, second_watch = draft_after_the_restart(studio, recipes[1], killed)
+    since_the_kill = gpu_machine.runs[gpu_machine.runs.index(old_run) :]
+    print("the GPU machine's runs, from the kill:\n" + "\n".join(run.summary(killed) for run in since_the_kill))
+    check_the_rejoin(gpu_machine, second_watch, nodes_before)
+    assert engine.rejoined == rejoined_before + 1  # the refused jobs did not count: they found no cluster
+    check_the_gallery(studio, reference, dict(zip(recipes, [first, second], strict=True)), rows_before)

