@@ -14,9 +14,18 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from atelier.requests import ModelChoice  # noqa: E402
 from atelier.studio import Studio  # noqa: E402
-from webui import cli_api, controlnet_tab, draft_tab, fair_queue, gallery_tab, img2img_tab, security  # noqa: E402
+from webui import (  # noqa: E402
+    cli_api,
+    controlnet_tab,
+    draft_tab,
+    fair_queue,
+    gallery_tab,
+    image_inputs,
+    img2img_tab,
+    security,
+)
 from webui.bindings import Defaults, default_size, lora_lists  # noqa: E402
-from webui.context import Context  # noqa: E402
+from webui.context import Context, browser_link  # noqa: E402
 from webui.jobs import GPU, GpuJobs, words_for_every_error  # noqa: E402
 
 DEMO_BANNER = "demo model with random weights — set --model to an SDXL checkpoint"
@@ -26,20 +35,51 @@ UPLOADS_KEPT_S = 6 * 3600  # uploads older than this are deleted (checked every 
 CSS = """
 #demo-banner { background: #fff3cd; color: #664d03; border: 1px solid #ffe69c; border-radius: 6px; padding: 4px 12px; }
 #draft-status, #img2img-status, #cn-status, #gallery-status { font-size: 1.05em; min-height: 1.6em; }
+/* Gradio 6 ignores show_progress="hidden" (gradio-app/gradio#12406) and prints its timers ("queue: 1/1 | 12.4/1.1s",
+   "0.1s") on every output. The status lines say where a job is in words: no tracker, no fading there; elsewhere
+   its spinner stays but not its numbers, whose wait is a guess from past events of any size. */
+#draft-status [data-testid="status-tracker"], #img2img-status [data-testid="status-tracker"],
+#cn-status [data-testid="status-tracker"], #gallery-status [data-testid="status-tracker"] { display: none !important; }
+#draft-status .pending, #img2img-status .pending, #cn-status .pending, #gallery-status .pending { opacity: 1 !important; }
+[data-testid="status-tracker"] .meta-text, [data-testid="status-tracker"] .meta-text-center { display: none !important; }
 /* Captions carry ids and full seeds: wrap them instead of cutting them off. */
 #drafts .caption-label, #gallery-grid .caption-label { white-space: normal; max-width: 100%; overflow: visible; }
 """
 # Keyboard, as in A1111 and ComfyUI: Ctrl+Enter (⌘+Enter) makes an image with the visible tab's main
-# button; Esc interrupts. Only buttons on screen are pressed.
+# button. Esc interrupts as A1111's does: only while a job of the visible tab runs or waits, and never when
+# the key closes something (a dropdown's list, a dialog, full screen) or a control took it. The jobs hide
+# Gradio's progress (webui/context.py), so their status lines say it: a line ending in "…" ("Drafting 4…",
+# "Starting…"), a step count ("base model step 3/30"), a queue place ("Waiting — 2nd in the queue"), or a
+# line that offers Esc itself (an earlier job of this browser, after a reload).
 KEYS_JS = """
 () => {
   const visible = (id) => { const el = document.getElementById(id); return el && el.offsetParent !== null ? el : null; };
   const press = (ids) => { for (const id of ids) { const b = visible(id); if (b) { b.click(); return true; } } return false; };
+  // Each status line and the Interrupt that stops its jobs (the Gallery's jobs: any Interrupt stops this page's).
+  const STOPS = [['draft-status', 'interrupt-button'], ['img2img-status', 'img2img-interrupt'],
+                 ['cn-status', 'cn-interrupt'], ['gallery-status', 'interrupt-button']];
+  const hasJob = (line) => {
+    const tracker = line.querySelector('[data-testid=status-tracker]');
+    const progress = tracker && !tracker.classList.contains('hide') && !tracker.querySelector('.error');
+    const text = line.innerText.trim();
+    const says = /…$|\\bstep \\d+\\/\\d+|\\bin the queue\\b|\\bEsc\\b/.test(text) && !/^(⚠|Interrupted)/.test(text);
+    return Boolean(progress) || says;
+  };
+  // Seen before the control handles the key (it closes its list after this), so an open list still counts.
+  let closes = false;
+  document.addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    const open = [...document.querySelectorAll('[role=listbox], [role=dialog], [aria-modal=true], dialog[open]')];
+    const inControl = e.target instanceof Element && e.target.closest('[role=combobox]');
+    closes = open.some((el) => el.offsetParent !== null) || Boolean(inControl || document.fullscreenElement);
+  }, true);
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
       if (press(['draft-button', 'img2img-button', 'cn-button'])) e.preventDefault();
-    } else if (e.key === 'Escape') {
-      press(['interrupt-button', 'img2img-interrupt', 'cn-interrupt']);
+    } else if (e.key === 'Escape' && !closes && !e.defaultPrevented) {
+      const stop = STOPS.find(([line]) => visible(line) && hasJob(visible(line)));
+      const button = stop && document.getElementById(stop[1]);
+      if (button) { button.click(); e.preventDefault(); }
     }
   });
 }
@@ -100,8 +140,9 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | N
             with gr.Tab("Gallery", id="gallery") as gallery_tab_item:
                 edit_tabs = gallery_tab.EditTabs(tabs=tabs, img2img=img2img, control_units=units)
                 gallery = gallery_tab.render(ctx, draft.controls, edit_tabs, gallery_tab_item)
-        for event in draft.on_load:
-            demo.load(**event, api_visibility="private")
+        linked = demo.load(**browser_link(ctx), api_visibility="private")
+        for event in draft.on_load:  # after the link, so the page knows whether a job still running is its own
+            linked.then(**event, api_visibility="private")
         send = img2img_tab.send_from_gallery(ctx, img2img, tabs, "img2img")
         for button, generation_id in (
             (draft.send_to_img2img, draft.shown),
@@ -111,6 +152,7 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | N
                 send, inputs=generation_id, outputs={img2img.source, img2img.parent, tabs}, api_visibility="private"
             )
         cli_api.register(ctx)  # `atelier draft|refine|…` on this server's models, in the same queue
+        image_inputs.check_every_upload(demo)  # a file that is no image is refused as it arrives, in words
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     fair_queue.install(demo, limits, ctx.jobs)
     words_for_every_error(demo)

@@ -9,8 +9,17 @@ import gradio as gr
 from atelier import requests
 from atelier.studio import GalleryFilters, RefineChoice, Saved, write_sweep_grid
 from webui import bindings, upscale_controls
-from webui.context import Context, gpu_event, interrupt_handler, session_of
-from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, one_image_updates, progress_text
+from webui.context import Context, busy_note, gpu_event, interrupt_handler, session_of
+from webui.draft_picking import (
+    GridOutputs,
+    batch_shown,
+    on_show_text,
+    picked_id,
+    stream_into_grid,
+    wire_on_show,
+    wire_picking,
+)
+from webui.jobs import guarded, keeps_outputs, one_image_updates
 
 IMAGE_HEIGHT = 420
 # Images leave the app as PNG files from the gallery (metadata and watermark intact); no share button.
@@ -29,40 +38,11 @@ class DraftTab:
     on_load: list[dict]  # fn / inputs / outputs of the page's load events
 
 
-@dataclass
-class _Outputs:
-    status: gr.Markdown
-    drafts: gr.Gallery
-    draft_ids: gr.State
-    shown: gr.State
-    selected: gr.Textbox
-    before: gr.Image
-    after: gr.Image
-    compare: gr.ImageSlider
-    grid: gr.Image  # a sweep's cells side by side, labelled; hidden otherwise
-
-
 def compare_slider(label: str, elem_id: str) -> gr.ImageSlider:
     """Two images on one slider (before | after), as PNG."""
     return gr.ImageSlider(
         label=label, type="filepath", format="png", height=IMAGE_HEIGHT, interactive=False, elem_id=elem_id
     )
-
-
-def caption(saved, label: str = "") -> str:
-    """Id and seed, and the sweep value of a cell, or the prompt a dynamic prompt gave."""
-    label = label or (saved.recipe.prompt if saved.recipe.prompt_template else "")
-    return f"#{saved.id} · seed {saved.recipe.seed}" + (f" · {label}" if label else "")
-
-
-def picked_id(value) -> int:
-    """The gallery id in the Picked draft box (clicked or typed)."""
-    text = str(value if value is not None else "").strip().lstrip("#")
-    if not text:
-        raise ValueError("Pick a draft first: click one of the drafts (or type a draft's number).")
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"Picked draft: type a draft's number, like 12 (got {text!r})")
-    return int(text)
 
 
 def steps_text(steps: int) -> str:
@@ -98,7 +78,7 @@ def render(ctx: Context) -> DraftTab:
                 selected = gr.Textbox(
                     "",
                     label="Picked draft #",
-                    placeholder="click a draft, or type its number",
+                    placeholder="click a draft",  # or type its number (the box is narrow)
                     elem_id="selected-draft",
                     max_lines=1,
                 )
@@ -108,6 +88,7 @@ def render(ctx: Context) -> DraftTab:
             with gr.Row():
                 vary_subtle = gr.Button("Vary (subtle)", size="sm", elem_id="vary-subtle")
                 vary_strong = gr.Button("Vary (strong)", size="sm", elem_id="vary-strong")
+            on_show = gr.Markdown(on_show_text(None, ""), elem_id="draft-on-show")  # what Upscale and Send use
             upscale = upscale_controls.render(
                 ctx, elem_prefix="draft-", width=ctx.defaults.width, height=ctx.defaults.height
             )
@@ -118,22 +99,24 @@ def render(ctx: Context) -> DraftTab:
                 before = gr.Image(label="Draft", height=IMAGE_HEIGHT, elem_id="before", **PNG_OUT)
                 after = gr.Image(label="Refined", height=IMAGE_HEIGHT, elem_id="after", **PNG_OUT)
             compare = compare_slider("Compare: draft | refined (drag)", "refine-compare")
-    out = _Outputs(
+    out = GridOutputs(
         status=status,
         drafts=drafts,
-        draft_ids=gr.State([]),
+        batch=gr.State([]),
         shown=gr.State(None),
         selected=selected,
         before=before,
         after=after,
         compare=compare,
         grid=grid,
+        on_show=on_show,
     )
     _wire_drafting(ctx, controls, out, draft_button, {"sweep": sweep, "combinatorial": combinatorial})
     _wire_finishing(ctx, controls, out, refine_button, rerender_button, rerender_steps)
     _wire_varying(ctx, controls, out, vary_subtle, vary_strong)
     _wire_upscaling(ctx, out, upscale)
     restore = _wire_picking(ctx, controls, out, reuse_seed)
+    wire_on_show(out, send_to_img2img)
     refresh_loras = _wire_lora_refresh(ctx, controls)
     remember = _wire_remembered_settings(controls, draft_button)
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_name="interrupt")
@@ -146,14 +129,14 @@ def render(ctx: Context) -> DraftTab:
         interrupt=interrupt,
         on_load=[
             remember,
-            dict(fn=restore, inputs=None, outputs={out.status, out.drafts, out.draft_ids}),
+            dict(fn=restore, inputs=None, outputs={out.status, out.drafts, out.batch}),
             refresh_loras,
         ],
     )
 
 
 def _wire_drafting(
-    ctx: Context, controls: bindings.GenerationControls, out: _Outputs, draft_button: gr.Button, plan_boxes: dict
+    ctx: Context, controls: bindings.GenerationControls, out: GridOutputs, draft_button: gr.Button, plan_boxes: dict
 ) -> None:
     @keeps_outputs(out.status)
     def run_drafts(values: dict, request: gr.Request, ticket: str | None):
@@ -170,30 +153,26 @@ def _wire_drafting(
         seeds = f"seed {recipe.seed}" if count == 1 else f"seeds {recipe.seed}…{recipe.seed + count - 1}"
         doing = f"Drafting {count} ({plan.sweep.parameter} sweep, seed {recipe.seed})" if plan.sweep else None
         doing = doing or f"Drafting {count} ({seeds})"
-        # The Seed box shows the seed used, so the same drafts can be made again.
-        yield {out.status: f"{doing}…", controls.seed: recipe.seed}
 
         def work(on_step, should_cancel):
             if plan.each:
                 return ctx.studio.draft_each(list(plan.each), on_step=on_step, should_cancel=should_cancel)
             return ctx.studio.draft(recipe, count, on_step=on_step, should_cancel=should_cancel)
 
-        for event in ctx.jobs.stream(session_of(request), work, ticket):
-            if isinstance(event, Step):
-                yield {out.status: progress_text(event.info, doing), out.drafts: event.info.images()}
-            elif isinstance(event, Interrupted):
-                yield {out.status: f"**{event.message}** — nothing was saved."}
-            elif isinstance(event, Done):
-                for note in dict.fromkeys(n for saved in event.result for n in saved.notes):
-                    gr.Info(note, title="Note")
-                grid = (
-                    write_sweep_grid(ctx.studio.downloads_folder(), event.result, plan.labels) if plan.sweep else None
-                )
-                shown = gr.Image(value=str(grid), visible=True) if grid else gr.Image(value=None, visible=False)
-                yield {**_batch_shown(out, event.result, "ready", plan.labels), out.grid: shown}
+        def done(result: list) -> dict:
+            for note in dict.fromkeys(n for saved in result for n in saved.notes):
+                gr.Info(note, title="Note")
+            grid = write_sweep_grid(ctx.studio.downloads_folder(), result, plan.labels) if plan.sweep else None
+            shown = gr.Image(value=str(grid), visible=True) if grid else gr.Image(value=None, visible=False)
+            return {**batch_shown(out, result, "ready", plan.labels), out.grid: shown}
 
-    outputs = {out.drafts, out.draft_ids, controls.seed, out.grid}
-    inputs = controls.inputs() | set(plan_boxes.values())
+        events = ctx.jobs.stream(session_of(request), work, ticket)
+        # The Seed box shows the seed used, so the same drafts can be made again.
+        first = {controls.seed: recipe.seed}
+        yield from stream_into_grid(out, events, doing=doing, previous=values[out.batch] or [], done=done, first=first)
+
+    outputs = {out.drafts, out.batch, controls.seed, out.grid, *out.pick_outputs()}
+    inputs = controls.inputs() | set(plan_boxes.values()) | {out.batch}
     for trigger, options in (
         (draft_button.click, dict(api_name="draft")),
         (controls.prompt.submit, dict(api_visibility="private")),
@@ -201,20 +180,10 @@ def _wire_drafting(
         gpu_event(ctx, trigger, run_drafts, inputs=inputs, outputs=outputs, status=out.status, **options)
 
 
-def _batch_shown(out: _Outputs, saved: list, how: str, labels: tuple[str, ...] = ()) -> dict:
-    ids = f"id {saved[0].id}" if len(saved) == 1 else f"ids {saved[0].id}–{saved[-1].id}"
-    labels = labels or ("",) * len(saved)
-    return {
-        out.status: f"{len(saved)} draft{'s' if len(saved) > 1 else ''} {how} ({ids}). Click one, then **Refine**.",
-        out.drafts: [(str(s.image), caption(s, label)) for s, label in zip(saved, labels)],
-        out.draft_ids: [s.id for s in saved],
-    }
-
-
 def _wire_finishing(
     ctx: Context,
     controls: bindings.GenerationControls,
-    out: _Outputs,
+    out: GridOutputs,
     refine_button: gr.Button,
     rerender_button: gr.Button,
     rerender_steps: gr.Number,
@@ -296,7 +265,7 @@ def _wire_finishing(
 
 
 def _wire_varying(
-    ctx: Context, controls: bindings.GenerationControls, out: _Outputs, subtle: gr.Button, strong: gr.Button
+    ctx: Context, controls: bindings.GenerationControls, out: GridOutputs, subtle: gr.Button, strong: gr.Button
 ) -> None:
     """Vary (subtle / strong): new drafts of the picked one, its noise slerped towards variation seeds
     (as many as the Drafts slider says), shown in the drafts grid to pick and refine like any draft."""
@@ -313,13 +282,15 @@ def _wire_varying(
                     draft_id, strength=strength, count=count, on_step=on_step, should_cancel=should_cancel
                 )
 
-            for event in ctx.jobs.stream(session_of(request), work, ticket):
-                if isinstance(event, Step):
-                    yield {out.status: progress_text(event.info, doing), out.drafts: event.info.images()}
-                elif isinstance(event, Interrupted):
-                    yield {out.status: f"**{event.message}** — nothing was saved."}
-                elif isinstance(event, Done):
-                    yield _batch_shown(out, event.result, f"varied from #{draft_id}")
+            events = ctx.jobs.stream(session_of(request), work, ticket)
+            yield from stream_into_grid(
+                out,
+                events,
+                doing=doing,
+                previous=values[out.batch] or [],
+                done=lambda result: batch_shown(out, result, f"varied from #{draft_id}"),
+                first={},
+            )
 
         vary.__name__ = name
         return vary
@@ -332,14 +303,14 @@ def _wire_varying(
             ctx,
             button.click,
             handler(name, strength),
-            inputs={out.selected, controls.count},
-            outputs={out.drafts, out.draft_ids},
+            inputs={out.selected, controls.count, out.batch},
+            outputs={out.drafts, out.batch, *out.pick_outputs()},
             status=out.status,
             api_name=name,
         )
 
 
-def _wire_upscaling(ctx: Context, out: _Outputs, upscale: upscale_controls.UpscaleControls) -> None:
+def _wire_upscaling(ctx: Context, out: GridOutputs, upscale: upscale_controls.UpscaleControls) -> None:
     """Upscale (hires fix) the image on show (the refined or re-rendered one, else the picked draft): the
     result shows as "after", beside its source on the compare slider, and becomes the image on show."""
 
@@ -381,57 +352,25 @@ def _wire_upscaling(ctx: Context, out: _Outputs, upscale: upscale_controls.Upsca
         )
 
 
-def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: _Outputs, reuse_seed: gr.Button):
-    """Click a draft to pick it; ♻ reuses its seed. Returns the page-load handler that restores the
-    newest batch (app.py wires it to the page's load event)."""
+def _wire_picking(ctx: Context, controls: bindings.GenerationControls, out: GridOutputs, reuse_seed: gr.Button):
+    """Click a draft to pick it (or type its number); ♻ reuses its seed. Returns the page-load handler that
+    restores the newest batch (app.py wires it to the page's load event)."""
 
-    @guarded
-    def pick(ids: list[int], evt: gr.SelectData):
-        if evt.index is None or not 0 <= evt.index < len(ids):
-            return {}
-        draft_id = ids[evt.index]
-        image = ctx.studio.download_path(draft_id)
-        # A refined image of another draft no longer belongs beside this one.
-        return {
-            out.selected: str(draft_id),
-            out.shown: draft_id,
-            out.before: str(image),
-            out.after: None,
-            out.compare: None,
-            out.status: f"Picked draft #{draft_id}. **Refine** it, or re-render it at more steps.",
-        }
-
-    @guarded
-    def reuse(draft_id):
-        seed = ctx.studio.get(picked_id(draft_id)).recipe.seed
-        return {controls.seed: seed, controls.random_seed: False, out.status: f"Seed {seed} set; **Draft** to use it."}
+    wire_picking(ctx, controls, out, reuse_seed)
 
     def restore(request: gr.Request):
         """After a reload: the newest batch of drafts from the gallery, so a picked draft stays refinable."""
-        busy = (
-            "  \nThe device is busy with a job (yours, if this page was reloaded while it ran): it keeps "
-            "running and its images are saved; they show here after it ends and the page is reloaded."
-            if ctx.jobs.running()
-            else ""
-        )
+        note = busy_note(ctx, request)  # whether the job on the device is this browser's own
+        busy = f"  \n{note}" if note else ""
         newest = ctx.studio.search(None, GalleryFilters(kinds=("draft",)), limit=1).items
         if not newest:
             return {out.status: READY + busy} if busy else {}
         batch = newest[0].batch_id
         saved = ctx.studio.search(None, GalleryFilters(batch_id=batch), limit=16).items if batch else newest
         shown = [Saved(id=g.id, recipe=g.recipe, image=g.image_path) for g in sorted(saved, key=lambda g: g.id)]
-        update = _batch_shown(out, shown, "restored from the gallery")
+        update = batch_shown(out, shown, "restored from the gallery")
         return {**update, out.status: update[out.status] + busy}
 
-    out.drafts.select(
-        pick,
-        inputs=out.draft_ids,
-        outputs={out.selected, out.shown, out.before, out.after, out.compare, out.status},
-        api_visibility="private",
-    )
-    reuse_seed.click(
-        reuse, inputs=out.selected, outputs={controls.seed, controls.random_seed, out.status}, api_visibility="private"
-    )
     return restore
 
 

@@ -11,7 +11,7 @@ import gradio as gr
 from atelier import requests
 from webui import bindings, upscale_controls
 from webui.context import Context, gpu_event, session_of
-from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, progress_text
+from webui.jobs import Done, Interrupted, Step, guarded, keeps_outputs, progress_text, warn
 
 if TYPE_CHECKING:
     from webui.gallery_tab import EditTabs, _DetailHandlers, _PageHandlers
@@ -19,22 +19,60 @@ if TYPE_CHECKING:
 QUIET = dict(api_visibility="private")
 _ACTIONS = {"rerun": ("Re-running", "Re-ran"), "refine": ("Refining", "Refined"), "upscale": ("Upscaling", "Upscaled")}
 VARY_PRESETS = (("subtle", requests.VARY_SUBTLE), ("strong", requests.VARY_STRONG))
+NOTHING_SELECTED = "Select a generation in the grid first."
+# Load sets the Draft controls (prompt, seed, sampler… which every tab uses) and opens the tab that makes the
+# recipe again: an img2img (an upscale too: its source is the enlarged image) or a ControlNet recipe needs its
+# images, which only that tab holds. The button's label names the tab for the entry on show.
+LOAD_LABELS = {"draft": "Load into Draft", "img2img": "Load into Img2Img", "controlnet": "Load into ControlNet"}
 
 
 def current(generation_id) -> int:
-    if generation_id is None:
-        raise ValueError("Select a generation in the grid first.")
-    return int(generation_id)
+    """The id in the Selected box (text; a number from the API); none selected is refused in words."""
+    text = "" if generation_id is None else str(generation_id).strip().lstrip("#")
+    if text in ("", "0"):
+        raise ValueError(NOTHING_SELECTED)
+    if not text.isdigit():
+        raise ValueError(f"Selected: expected a generation's number, like 12 (got {generation_id!r})")
+    return int(text)
 
 
 def star(favourite: bool) -> str:
     return "★ Favourite" if favourite else "☆ Favourite"
 
 
+def load_target(recipe) -> str:
+    """The tab Load into … opens for `recipe` (a key of LOAD_LABELS, and the tab's id)."""
+    if recipe.mode == "img2img" and recipe.source_image_sha256:
+        return "img2img"
+    return "controlnet" if recipe.controlnets else "draft"
+
+
+def load_label(recipe) -> str:
+    return LOAD_LABELS[load_target(recipe)]
+
+
+def reported_in(status: gr.Markdown):
+    """For the detail pane's quick handlers: an error becomes a warning toast and the same line, with ⚠, in
+    the pane's status (as its GPU buttons do); no other output changes."""
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapper(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except Exception as exc:
+                return {status: f"⚠ {warn(exc)}"}
+
+        return wrapper
+
+    return decorate
+
+
 def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
     """What Load into Draft sets besides the Draft controls: an img2img's source and strength (then the
     Img2Img tab opens), or the ControlNet units' images and settings (then the ControlNet tab opens)."""
-    if recipe.mode == "img2img" and recipe.source_image_sha256:
+    target = load_target(recipe)
+    if target == "img2img":
         # A low strength is recorded as the refiner alone (strength 0, switch 1.0): its strength is the refiner's.
         refiner_alone = recipe.strength == 0 and recipe.switch == 1.0 and recipe.refine is not None
         strength = recipe.refine.strength if refiner_alone else recipe.strength
@@ -52,7 +90,7 @@ def loaded_edits(ctx: Context, edit: EditTabs, recipe) -> dict:
             **dict(zip(inpaint.expand, recipe.expand)),
             edit.tabs: gr.Tabs(selected="img2img"),
         }
-    if recipe.controlnets:
+    if target == "controlnet":
         update: dict = {edit.tabs: gr.Tabs(selected="controlnet")}
         for unit, box in zip(recipe.controlnets, edit.control_units):
             image = unit.image_sha256 or unit.map_sha256
@@ -85,8 +123,9 @@ def wire_actions(
     dropped: gr.File,
 ) -> None:
     detail = shown.detail
+    reported = reported_in(detail.status)
 
-    @guarded
+    @reported
     def toggle_favourite(values: dict):
         g = ctx.studio.get(current(values[detail.id]))
         g = ctx.studio.set_favourite(g.id, not g.favourite)
@@ -96,18 +135,21 @@ def wire_actions(
             detail.status: "Added to favourites." if g.favourite else "Removed from favourites.",
         }
 
-    @guarded
+    @reported
     def ask_delete(generation_id):
         current(generation_id)
-        return gr.update(visible=True)
+        return {detail.confirm_row: gr.update(visible=True)}
 
-    @guarded
+    @reported
     def do_delete(values: dict):
         gid = current(values[detail.id])
         ctx.studio.delete(gid)
-        return {**pages.current(values), **shown.cleared(f"Deleted #{gid}.")}
+        page = pages.current(values)
+        grid = pages.page.grid  # no thumbnail stays marked as picked: the one now at that place is not on show
+        page[grid] = gr.Gallery(value=page[grid], selected_index=None)
+        return {**page, **shown.cleared(f"Deleted #{gid}.")}
 
-    @guarded
+    @reported
     def load_draft(generation_id):
         recipe = ctx.studio.get(current(generation_id)).recipe
         return {**bindings.values_from_recipe(controls, recipe), **loaded_edits(ctx, edit, recipe)}
@@ -116,7 +158,13 @@ def wire_actions(
     def import_png(path):
         if not path:
             return {}
-        saved = ctx.studio.import_png(path)
+        try:
+            saved = ctx.studio.import_png(path)
+        except ValueError as error:  # not a PNG, a damaged one, over a limit: say why, and empty the box
+            reason = str(error).removeprefix("data: ")  # the PNG reader names the bytes it was given "data"
+            name = path.replace("\\", "/").rsplit("/", 1)[-1]  # the dropped file's own name, not the upload path
+            warn(ValueError(f"“{name}” was not imported: {reason}. Drop a PNG saved by Atelier or A1111."))
+            return {dropped: None}
         how = "Already in the gallery" if saved.reused else "Imported"
         gr.Info(f"{how} as #{saved.id}; its Recipe is loaded into Draft.")
         if saved.notes:
@@ -129,12 +177,13 @@ def wire_actions(
         outputs=pages.outputs | {detail.favourite, detail.status},
         **QUIET,
     )
-    buttons["delete"].click(ask_delete, inputs=detail.id, outputs=detail.confirm_row, **QUIET)
+    buttons["delete"].click(ask_delete, inputs=detail.id, outputs={detail.confirm_row, detail.status}, **QUIET)
     buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
     buttons["confirm"].click(
         do_delete, inputs=pages.inputs | {detail.id}, outputs=pages.outputs | shown.outputs, **QUIET
     )
-    buttons["load"].click(load_draft, inputs=detail.id, outputs=controls.inputs() | edit.outputs(), **QUIET)
+    load_outputs = controls.inputs() | edit.outputs() | {detail.status}
+    buttons["load"].click(load_draft, inputs=detail.id, outputs=load_outputs, **QUIET)
     dropped.upload(import_png, inputs=dropped, outputs=shown.outputs | controls.inputs() | {dropped}, **QUIET)
     _wire_jobs(ctx, shown, buttons, pages, controls)
 

@@ -19,7 +19,7 @@ from atelier.studio import KINDS, GalleryFilters, Generation
 from webui import bindings, upscale_controls
 from webui.context import Context
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT, compare_slider
-from webui.gallery_actions import current, star, wire_actions
+from webui.gallery_actions import LOAD_LABELS, current, load_label, reported_in, star, wire_actions
 from webui.jobs import guarded
 
 PAGE_SIZE = 24
@@ -64,11 +64,12 @@ class PageControls:
 
 @dataclass
 class DetailControls:
-    id: gr.Number  # the generation shown
+    id: gr.Textbox  # the id of the generation shown ("" for none)
     image: gr.Image
     lineage: gr.Markdown
     recipe: gr.Code
     favourite: gr.Button
+    load: gr.Button  # its label names the tab it opens for the entry on show
     confirm_row: gr.Row
     status: gr.Markdown
     compare_with: gr.Textbox  # another generation's id, to see side by side on the slider
@@ -97,7 +98,7 @@ class EditTabs:
 
 @dataclass
 class GalleryTab:
-    detail_id: gr.Number  # the generation shown in the detail pane
+    detail_id: gr.Textbox  # the id of the generation shown in the detail pane ("" for none)
     load_into_draft: gr.Button
     send_to_img2img: gr.Button
     refresh: gr.Button
@@ -171,14 +172,15 @@ def _render_page() -> PageControls:
 
 
 def _render_detail(ctx: Context) -> tuple[DetailControls, dict]:
-    detail_id = gr.Number(None, label="Selected", precision=0, interactive=False, elem_id="detail-id")
+    # A text box, not a gr.Number: Gradio's number box shows (and sends) 0 while nothing is selected.
+    detail_id = gr.Textbox("", label="Selected", max_lines=1, interactive=False, elem_id="detail-id")
     image = gr.Image(label="Image", height=IMAGE_HEIGHT, elem_id="detail-image", **PNG_OUT)
     lineage = gr.Markdown("", elem_id="detail-lineage")
     with gr.Row():
         buttons = {
             "rerun": gr.Button("Re-run", variant="primary", elem_id="rerun-button"),
             "refine": gr.Button("Refine (drafts)", elem_id="gallery-refine-button"),
-            "load": gr.Button("Load into Draft", elem_id="load-into-draft"),
+            "load": gr.Button(LOAD_LABELS["draft"], elem_id="load-into-draft"),
             "img2img": gr.Button("Send to img2img", elem_id="gallery-to-img2img"),
             "favourite": gr.Button("☆ Favourite", elem_id="favourite-button"),
             "delete": gr.Button("Delete", variant="stop", elem_id="delete-button"),
@@ -206,6 +208,7 @@ def _render_detail(ctx: Context) -> tuple[DetailControls, dict]:
         lineage=lineage,
         recipe=recipe,
         favourite=buttons["favourite"],
+        load=buttons["load"],
         confirm_row=confirm_row,
         status=status,
         compare_with=compare_with,
@@ -238,7 +241,10 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
     shown = _DetailHandlers(ctx, detail)
     page.grid.select(shown.select, inputs=page.ids, outputs=shown.outputs, **QUIET)
     detail.compare_with.submit(
-        shown.compare, inputs={detail.id, detail.compare_with}, outputs={detail.compare, detail.status}, **QUIET
+        reported_in(detail.status)(shown.compare),
+        inputs={detail.id, detail.compare_with},
+        outputs={detail.compare, detail.status},
+        **QUIET,
     )
     wire_actions(ctx, shown, buttons, pages, controls, edit, dropped)
     return GalleryTab(
@@ -295,17 +301,21 @@ class _DetailHandlers:
     def __init__(self, ctx: Context, detail: DetailControls) -> None:
         self.ctx, self.detail = ctx, detail
         self.outputs = _components(detail)
+        left_out = self.outputs - set(self.cleared(""))
+        if left_out:  # a part added to the pane must be cleared too, or a deleted entry stays on show
+            raise RuntimeError(f"_DetailHandlers.cleared leaves out {sorted(c.elem_id or '?' for c in left_out)}")
 
     def show(self, generation_id: int) -> dict:
         d = self.detail
         g = self.ctx.studio.get(generation_id)
         varies = g.latent_path is not None  # a draft (its noisy latent kept): Vary makes new drafts of it
         return {
-            d.id: g.id,
+            d.id: str(g.id),
             d.image: str(self.ctx.studio.download_path(g.id)),
             d.lineage: lineage_text(self.ctx, g),
             d.recipe: json.dumps(g.recipe.to_dict(), indent=2),  # the Recipe's order: model, prompt, seed first
             d.favourite: star(g.favourite),
+            d.load: load_label(g.recipe),
             d.confirm_row: gr.update(visible=False),
             d.status: "",
             d.compare: None,
@@ -313,7 +323,6 @@ class _DetailHandlers:
             d.vary_strong: gr.update(interactive=varies),
         }
 
-    @guarded
     def compare(self, values: dict) -> dict:
         """This generation and another, side by side on the slider."""
         this = current(values[self.detail.id])
@@ -333,14 +342,20 @@ class _DetailHandlers:
         return self.show(page_ids[evt.index])
 
     def cleared(self, message: str) -> dict:
+        """Nothing on show (after a delete): every part of the pane, so none still shows the entry that was."""
         d = self.detail
-        return {
-            d.id: None,
+        update = {
+            d.id: "",
             d.image: None,
             d.lineage: "",
             d.recipe: "",
+            d.favourite: star(False),
+            d.load: LOAD_LABELS["draft"],
             d.confirm_row: gr.update(visible=False),
             d.status: message,
+            d.compare_with: "",
+            d.compare: None,
             d.vary_subtle: gr.update(interactive=False),
             d.vary_strong: gr.update(interactive=False),
         }
+        return update

@@ -172,7 +172,7 @@ def send_from_gallery(ctx: Context, tab: Img2ImgTab, tabs: gr.Tabs, tab_id: str)
 
     @guarded
     def send(generation_id):
-        if generation_id is None:
+        if generation_id in (None, ""):  # the Gallery's Selected box is text: "" when nothing is on show
             raise ValueError("Pick an image first.")
         generation = ctx.studio.get(int(generation_id))
         source = ctx.studio.download_path(generation.id)  # a draft: its full decode, not its cheap preview

@@ -28,6 +28,8 @@ from atelier import device_lease
 from atelier.device_lease import DeviceLease, FairSlots
 from atelier.studio import USER_ERRORS, Cancelled, StepPreview
 from atelier.studio_values import ordinal
+from webui import image_inputs
+from webui.job_tickets import Stopped, Ticket, wait_for_a_device
 
 GPU = "gpu"  # the concurrency_id every event that runs the engine shares
 PREVIEW_EVERY_S = 0.25  # at most ~4 preview updates a second; the browser need not see every step
@@ -52,25 +54,6 @@ class Interrupted:
 Work = Callable[[Callable[[StepPreview], None], Callable[[], bool]], Any]
 
 
-@dataclass(frozen=True)
-class Stopped:
-    """What an Interrupt reached: running jobs (they report at their next step) and waiting ones."""
-
-    running: int
-    waiting: int
-
-    def __bool__(self) -> bool:
-        return self.running + self.waiting > 0
-
-
-@dataclass
-class _Ticket:
-    session: str
-    cancel: threading.Event
-    reserved_at: float
-    started: bool = False
-
-
 class GpuJobs:
     """The device's jobs in order: reserved (waiting in the queue), then running, one at a time (or as many
     as there are GPU workers, with `atelier serve --cluster`).
@@ -80,7 +63,7 @@ class GpuJobs:
     never runs. A job whose page goes away (reload, closed tab) keeps running and is saved.
     """
 
-    def __init__(self, slots: int = 1) -> None:
+    def __init__(self, slots: int = 1, *, clock: Callable[[], float] = time.monotonic) -> None:
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError(f"device slots: must be a whole number of at least 1 (got {slots!r})")
         self.slots = slots  # jobs that may run at once: 1 device, or the GPU workers of a cluster
@@ -89,36 +72,45 @@ class GpuJobs:
         self._waiting: Callable[[], int] | None = None
         self._shared_place: Callable[[int], tuple[int, float | None] | None] = lambda not_sent: None
         self._lock = FairSlots(slots)  # held while a job uses a device; in the order the jobs came
-        self._tickets: dict[str, _Ticket] = {}  # in the order they were reserved
+        self._tickets: dict[str, Ticket] = {}  # in the order they were reserved
         self._mutex = threading.Lock()  # guards _tickets and _durations
         self._durations: list[float] = []  # seconds of the last few jobs, for the queue's ETA
+        self._clock = clock  # for the queue's ETA and stale tickets (tests pass a controlled one)
 
-    def reserve(self, session: str) -> str:
-        """A ticket for a job about to be queued by `session`."""
+    def reserve(self, session: str, browser: str | None = None) -> str:
+        """A ticket for a job about to be queued by page `session` of `browser` (None: not known)."""
         ticket = uuid.uuid4().hex
         with self._mutex:
             self._forget_stale()
-            self._tickets[ticket] = _Ticket(session=session, cancel=threading.Event(), reserved_at=time.monotonic())
+            self._tickets[ticket] = Ticket(
+                session=session, browser=browser, cancel=threading.Event(), reserved_at=self._clock()
+            )
         return ticket
 
     def place(self, ticket: str) -> tuple[int, float | None]:
         """(jobs ahead of a ticket just reserved, about how many seconds until it starts or None if
         not known yet): the running job and those waiting in the queue; on GPU workers several front ends
-        share (`count_shared`), the jobs of all of them."""
+        share (`count_shared`), the jobs of all of them. The wait is the running jobs' time left at the pace
+        of their steps so far, then the typical (median) duration of recent jobs for each one waiting ahead;
+        None while a running job has made no step yet, or a job waits ahead before any has finished."""
         with self._mutex:
+            on_device = [t for t in self._tickets.values() if t.device_since is not None]
             if self._waiting is not None:  # and those started beyond the free slots wait for one too
                 started = sum(1 for t in self._tickets.values() if t.started)
                 not_sent = self._waiting()
                 ahead = not_sent + max(0, started - self.slots + 1)
+                before = not_sent + started - len(on_device)  # jobs that get a device before this one
             else:
                 order = list(self._tickets)
                 not_sent = ahead = order.index(ticket) if ticket in order else 0
+                before = sum(1 for key in order[:ahead] if self._tickets[key].device_since is None)
             typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else None
+            wait = wait_for_a_device([t.seconds_left(self._clock()) for t in on_device], self.slots, before, typical)
         # Outside the mutex: it asks the cluster. Jobs past Gradio's queue still waiting for a slot are not sent.
         shared = self._shared_place(not_sent + self._lock.waiting())
         if shared is not None:
             return shared
-        return ahead, (typical * ahead if typical is not None else None)
+        return ahead, wait
 
     def count_shared(self, place: Callable[[int], tuple[int, float | None] | None]) -> None:
         """Where the queue's place comes from when the device is GPU workers shared with other front ends:
@@ -157,14 +149,26 @@ class GpuJobs:
             if entry is not None and not entry.started:
                 del self._tickets[ticket]
 
-    def interrupt(self, session: str) -> Stopped:
-        """Stop the session's running job at its next step and drop its waiting ones (falsy if it has none)."""
+    def interrupt(self, session: str, browser: str | None = None) -> Stopped:
+        """Stop the page `session`'s running job at its next step and drop its waiting ones; if that page has
+        none, those of its `browser`'s other pages (one reloaded while its job ran). Falsy if none is found."""
         with self._mutex:
-            mine = [t for t in self._tickets.values() if t.session == session and not t.cancel.is_set()]
+            live = [t for t in self._tickets.values() if not t.cancel.is_set()]
+            mine = [t for t in live if t.session == session]
+            elsewhere = not mine and browser is not None
+            if elsewhere:
+                mine = [t for t in live if t.browser == browser]
         for ticket in mine:
             ticket.cancel.set()
         running = sum(1 for t in mine if t.started)
-        return Stopped(running=running, waiting=len(mine) - running)
+        return Stopped(running=running, waiting=len(mine) - running, other_pages=elsewhere and bool(mine))
+
+    def running_for(self, browser: str | None) -> bool:
+        """Whether a job of `browser` (from any of its pages) is running, and no Interrupt has reached it."""
+        with self._mutex:
+            return browser is not None and any(
+                t.browser == browser and t.started and not t.cancel.is_set() for t in self._tickets.values()
+            )
 
     def run_now(self, work: Callable[[], Any]) -> Any:
         """Run `work` holding the device (for work outside the queue, e.g. loading models)."""
@@ -181,8 +185,8 @@ class GpuJobs:
             entry = self._tickets.get(ticket) if ticket else None
             if entry is None:
                 ticket = uuid.uuid4().hex
-                entry = self._tickets[ticket] = _Ticket(
-                    session=session, cancel=threading.Event(), reserved_at=time.monotonic()
+                entry = self._tickets[ticket] = Ticket(
+                    session=session, cancel=threading.Event(), reserved_at=self._clock()
                 )
             entry.started = True
         if entry.cancel.is_set():
@@ -205,7 +209,7 @@ class GpuJobs:
             raise readable_error(error)
         yield Done(outcome["result"])
 
-    def _run(self, ticket: str, entry: _Ticket, work: Work, events: queue.Queue, outcome: dict) -> None:
+    def _run(self, ticket: str, entry: Ticket, work: Work, events: queue.Queue, outcome: dict) -> None:
         started, lease = None, None
         try:
             self._lock.acquire()
@@ -215,14 +219,19 @@ class GpuJobs:
             device_lease.hold(lease)
             if entry.cancel.is_set():
                 raise Cancelled("before it started")
-            started = time.monotonic()
-            outcome["result"] = work(lambda info: events.put(info), entry.cancel.is_set)
+            started = entry.device_since = self._clock()
+
+            def on_step(info: StepPreview) -> None:
+                entry.progress = (info.step, info.total, self._clock())  # for the queue's ETA
+                events.put(info)
+
+            outcome["result"] = work(on_step, entry.cancel.is_set)
         except BaseException as exc:  # handed to the generator, which reports it
             outcome["error"] = exc
         finally:
             if lease is not None:
                 lease.end()
-            self._done(ticket, time.monotonic() - started if started is not None else None)
+            self._done(ticket, self._clock() - started if started is not None else None)
             events.put(None)
 
     def _done(self, ticket: str, seconds: float | None) -> None:
@@ -233,7 +242,7 @@ class GpuJobs:
 
     def _forget_stale(self) -> None:
         """Tickets whose event never started (the page went away while it waited) stop counting after a while."""
-        now = time.monotonic()
+        now = self._clock()
         for key in [k for k, t in self._tickets.items() if not t.started and now - t.reserved_at > STALE_TICKET_S]:
             del self._tickets[key]
 
@@ -298,6 +307,8 @@ def request_error(error: BaseException, inputs: Any = ()) -> gr.Error:
     if unreadable and int(unreadable[1]) < len(inputs):
         component = list(inputs)[int(unreadable[1])]
         label = getattr(component, "label", None) or type(component).__name__.lower()
+        if image_inputs.is_image_field(component) and isinstance(error.__cause__, image_inputs.UNREADABLE):
+            return image_inputs.refused_request(label, error.__cause__)  # in words, without the upload's path
         first = f"{label}: not a value this field takes (a {type(component).__name__.lower()}; got {error.__cause__ or 'another type'})"
     print(f"atelier serve: refused a request: {first}", file=sys.stderr, flush=True)
     return gr.Error(

@@ -4,10 +4,12 @@ model in the models folder) and the img2img pass's denoise strength, in one comp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gradio as gr
 
+from pipelines.recipe import MAX_SIDE, MIN_SIDE
 from webui.context import Context
 
 DEFAULT_STRENGTH = 0.35  # atelier.upscale.DEFAULT_STRENGTH, as Studio.upscale's default
@@ -71,7 +73,7 @@ def upscale_options(c: UpscaleControls, values: dict, how: str) -> dict:
     options = {"upscaler": values[c.upscaler] or "lanczos", "strength": float(values[c.strength])}
     if how != TO_SIZE:
         return options | {"scale": float(how)}
-    return options | {"width": _whole(values[c.width], "width"), "height": _whole(values[c.height], "height")}
+    return options | {"width": _side(values[c.width], "width"), "height": _side(values[c.height], "height")}
 
 
 def describe(options: dict) -> str:
@@ -80,7 +82,12 @@ def describe(options: dict) -> str:
     return f"{size}, {options['upscaler']}"
 
 
-def _whole(value, name: str) -> int:
-    if value is None or value == "" or float(value) != int(value):
-        raise ValueError(f"{name}: the target {name} must be a whole number, a multiple of 8 (got {value!r})")
+def _side(value, name: str) -> int:
+    """A Target width / height box's value, checked here so the message names the box (UpscaleRequest checks
+    it again with the same limits, as for the CLI, but calls it plain `width`)."""
+    field = f"Upscale target {name}"
+    if value is None or value == "" or not math.isfinite(float(value)) or float(value) != int(value):
+        raise ValueError(f"{field}: must be a whole number, a multiple of 8 (got {value!r})")
+    if not MIN_SIDE <= int(value) <= MAX_SIDE or int(value) % 8:
+        raise ValueError(f"{field}: must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE} (got {int(value)})")
     return int(value)

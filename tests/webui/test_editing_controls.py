@@ -136,7 +136,7 @@ def test_upscale_options_for_each_button():
     to_size = upscale_controls.upscale_options(c, values, upscale_controls.TO_SIZE)
     assert to_size == {"upscaler": "4x-Test", "strength": 0.35, "width": 200, "height": 96}
     assert upscale_controls.describe(to_size) == "to 200×96, 4x-Test"
-    with pytest.raises(ValueError, match="height: the target height must be a whole number"):
+    with pytest.raises(ValueError, match="Upscale target height: must be a whole number"):
         upscale_controls.upscale_options(c, values | {c.height: None}, upscale_controls.TO_SIZE)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from atelier.studio import Cancelled as GenerationCancelled
 from atelier.studio import StepPreview
 from pipelines.errors import OutOfMemory
+from webui.context import Browsers, browser_link
+from webui.job_tickets import wait_for_a_device
 from webui.jobs import Done, GpuJobs, Interrupted, Step, Stopped, queue_text, readable_error
 
 
@@ -106,6 +110,100 @@ def test_on_shared_gpu_workers_the_place_comes_from_the_cluster_after_this_front
     assert jobs.place(jobs.reserve("z")) == (7, 17.5) and asked == [3]
     jobs.count_shared(lambda not_sent: None)  # one process: the local queue's own place
     assert jobs.place(jobs.reserve("z")) == (3, None)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_wait_is_the_running_jobs_time_left_at_its_pace_then_a_typical_job_for_each_ahead():
+    clock = Clock()
+    jobs = GpuJobs(clock=clock)
+    for seconds in (6.0, 30.0, 8.0):  # finished jobs: the typical one (median) took 8 s
+
+        def took(on_step, should_cancel, seconds=seconds):
+            clock.now += seconds
+
+        list(jobs.stream("s", took))
+    started, go, stepped, finish = (threading.Event() for _ in range(4))
+
+    def long(on_step, should_cancel):
+        started.set()
+        go.wait(5)
+        on_step(StepPreview(stage="base", step=10, total=40))
+        stepped.set()
+        finish.wait(5)
+
+    clock.now = 100.0  # it gets the device at 100 s
+    running = threading.Thread(target=lambda: list(jobs.stream("a", long)))
+    running.start()
+    assert started.wait(5)
+    second = jobs.reserve("b")
+    assert jobs.place(second) == (1, None)  # no step made yet: no pace to go by, so no estimate
+    clock.now = 110.0
+    go.set()
+    assert stepped.wait(5)
+    clock.now = 112.0
+    assert jobs.place(second) == (1, 28.0)  # 10 steps in 10 s: 40 steps take 40 s, 12 s have passed
+    assert jobs.place(jobs.reserve("c")) == (2, 36.0)  # and a typical 8 s for the job waiting ahead
+    clock.now = 200.0
+    assert jobs.place(second) == (1, 0.0)  # slower than its pace so far: it may end any moment
+    finish.set()
+    running.join(5)
+
+
+def test_with_several_devices_each_job_ahead_takes_the_first_one_free():
+    assert wait_for_a_device([28.0, 10.0], slots=2, before=0, typical=8.0) == 10.0
+    assert wait_for_a_device([28.0, 10.0], slots=2, before=1, typical=8.0) == 18.0  # 10 + 8, before 28
+    assert wait_for_a_device([28.0, 10.0], slots=2, before=2, typical=8.0) == 26.0  # 18 + 8
+    assert wait_for_a_device([5.0], slots=2, before=0, typical=None) == 0.0  # a device is free
+    assert wait_for_a_device([5.0, None], slots=2, before=0, typical=8.0) is None  # one has made no step yet
+    assert wait_for_a_device([0.0, 3.0], slots=1, before=0, typical=None) == 3.0  # one only saves: no slot
+
+
+def test_no_estimate_for_jobs_waiting_ahead_before_any_job_has_finished():
+    jobs = GpuJobs()
+    jobs.reserve("a")
+    assert jobs.place(jobs.reserve("b")) == (1, None)
+
+
+def test_a_reloaded_page_reaches_its_browsers_job_and_no_other_browser_does():
+    jobs, seen = GpuJobs(), []
+    ticket = jobs.reserve("page-before-reload", browser="browser-1")
+    stream = jobs.stream("page-before-reload", stepping(1000, 0.01, seen), ticket)
+    next(stream)  # running now
+    assert jobs.running_for("browser-1") and not jobs.running_for("browser-2") and not jobs.running_for(None)
+    assert not jobs.interrupt("page-of-another-browser", browser="browser-2")
+    assert not jobs.interrupt("an-api-client")  # no browser: its session's jobs only
+    tab = jobs.reserve("another-tab", browser="browser-1")  # the same browser's other tab stops its own job first
+    assert not jobs.running_for("browser-2")
+    assert jobs.interrupt("another-tab", browser="browser-1") == Stopped(running=0, waiting=1)
+    jobs.release(tab)
+    assert jobs.interrupt("page-after-reload", browser="browser-1") == Stopped(1, 0, other_pages=True)
+    rest = list(stream)
+    assert isinstance(rest[-1], Interrupted) and len(seen) < 1000
+    assert not jobs.running_for("browser-1")
+
+
+def test_a_page_is_linked_once_to_its_browser_and_an_unknown_id_is_replaced_by_a_random_one():
+    ctx = SimpleNamespace(browsers=Browsers(kept=3))
+    link = browser_link(ctx)["fn"]
+    first = link("", gr.Request(session_hash="page-1"))
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", first) and ctx.browsers.of("page-1") == first
+    assert link(None, gr.Request(session_hash="page-2")) not in (first, None)  # another browser: another id
+    assert link(first, gr.Request(session_hash="page-3")) == first  # a reload keeps its browser's id
+    assert link("guessable", gr.Request(session_hash="page-4")) not in ("guessable", first)
+    link(first, gr.Request(session_hash="page-4"))  # a page's browser is the first one it said
+    assert ctx.browsers.of("page-4") not in ("guessable", first)
+    assert ctx.browsers.of("page-1") is None  # the oldest page is forgotten past `kept`
+    link(first, gr.Request())  # no session (an API call): nothing is linked
+    assert ctx.browsers.of("no-session") is None
 
 
 @pytest.mark.parametrize("slots", [1, 2, 3])
