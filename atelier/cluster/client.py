@@ -217,7 +217,8 @@ class RemoteEngine:
         self.rejoined += 1
 
     def _run_once(self, deployment: Deployment, job, on_step, should_cancel, replica, started: dict) -> Any:
-        job = {**job, "id": uuid.uuid4().hex, "board": deployment.board}
+        # "previews": the worker streams its steps only to a caller that shows them (each is a message both ways)
+        job = {**job, "id": uuid.uuid4().hex, "board": deployment.board, "previews": on_step is not None}
         handle = deployment.handle.options(stream=True)
         if replica is not None:
             handle = handle.options(multiplexed_model_id=pin(replica))

@@ -156,7 +156,9 @@ class EngineWorker:
         from atelier.cluster import wire
 
         try:
-            callbacks = {"on_step": lambda info: items.put({"step": wire.step_to_wire(info)})}
+            callbacks = {}
+            if job.get("previews", True):
+                callbacks["on_step"] = lambda info: items.put({"step": wire.step_to_wire(info)})
             if job["mode"] != "full_draft_image":
                 callbacks["should_cancel"] = should_cancel
             if job["mode"] == "enlarge":

@@ -174,6 +174,31 @@ def test_interrupt_stops_a_running_job_at_its_next_step(cluster, tiny_recipe):
     assert len(studio.gallery.search(None, limit=500).items) == len(count_before)  # nothing saved
 
 
+@pytest.mark.parametrize("previews", [True, False])
+def test_a_worker_streams_its_steps_only_to_a_caller_that_shows_them(cluster, tiny_recipe, previews):
+    """Each step is a message from the worker to the front end: a job sent without `on_step` (the CLI, the
+    bench) gets only its start and its result."""
+    import uuid
+
+    from ray import serve
+
+    from atelier.cluster.client import APP_NAME
+    from atelier.cluster.deployment import job_board
+
+    board, job_id = job_board(), uuid.uuid4().hex
+    board.enqueue.remote(job_id)
+    recipe = tiny_recipe(seed=9, steps=6, switch=1.0, refine=None)
+    job = {"mode": "draft", "recipe": recipe.to_json(), "count": 1, "inputs": None, "loras": []}
+    stream = (
+        serve.get_app_handle(APP_NAME)
+        .options(stream=True)
+        .run.remote({**job, "id": job_id, "board": board, "previews": previews})
+    )
+    kinds = [next(iter(item)) for item in stream]
+    board.finish.remote(job_id, ran=True)
+    assert kinds == ["started", *(["step"] * 6 if previews else []), "result"]
+
+
 def test_interrupt_removes_a_waiting_job(cluster, tiny_recipe):
     studio, engine, _ = cluster
     long = tiny_recipe(seed=6, steps=400, switch=1.0, refine=None)
