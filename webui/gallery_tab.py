@@ -252,6 +252,16 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
     )
 
 
+def nothing_found(query: str | None) -> str:
+    """The text "Nothing found.", with a hint when the last word of a plain query could be the start of a longer one:
+    search matches whole words (FTS5 and PostgreSQL alike), `word*` the words starting with it."""
+    words = (query or "").split()
+    last = words[-1] if words else ""
+    if not last.isalnum() or last.upper() in ("AND", "OR", "NOT"):
+        return "Nothing found."
+    return f"Nothing found. Search matches whole words: `{last}*` finds the words that start with {last!r}."
+
+
 class _PageHandlers:
     """Pages of search results, newest first, with keyset cursors."""
 
@@ -270,7 +280,7 @@ class _PageHandlers:
         return found, {
             p.grid: [_thumbnail(g, self.ctx.studio.downloads_folder() / "missing-file.png") for g in found.items],
             p.ids: [g.id for g in found.items],
-            p.label: shown if found.items else "Nothing found.",
+            p.label: shown if found.items else nothing_found(values[self.filters.query]),
             p.cursors: cursor_stack,
             p.older: gr.update(interactive=found.next_cursor is not None),
             p.newer: gr.update(interactive=number > 1),

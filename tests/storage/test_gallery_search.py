@@ -197,3 +197,29 @@ def test_like_fallback_reads_words_case_insensitively_in_every_text_column(galle
         with pytest.raises(ValueError) as refused:
             _like(gallery, query)
         assert str(refused.value) == f"search: {query!r} contains no word to search for"
+
+
+@pytest.mark.parametrize(
+    ("query", "hint"),
+    [
+        ("lighthous", "`lighthous*`"),
+        ("old lighthous", "`lighthous*`"),
+        ("lighthous*", None),  # already a prefix
+        ('"lighthous"', None),  # a phrase: matched whole by choice
+        ("lighthouse AND", None),  # an operator ends it: no word to extend
+    ],
+)
+def test_nothing_found_hints_at_a_prefix_that_finds_it(gallery, query, hint):
+    """The Gallery's "Nothing found." names `word*` when the last word could start a longer one; the query it
+    suggests finds the entry (on both databases)."""
+    from webui.gallery_tab import nothing_found
+
+    saved = gallery.save(make_recipe(prompt="an old lighthouse at dusk"), "draft", make_png(7))
+    text = nothing_found(query)
+    if hint is None:
+        assert text == "Nothing found."
+        return
+    assert hint in text
+    assert not gallery.search("lighthous", limit=5).items  # whole words only: the hint is needed
+    suggested = query.rsplit(" ", 1)[0] + " lighthous*" if " " in query else "lighthous*"
+    assert [g.id for g in gallery.search(suggested, limit=5).items] == [saved.id]
