@@ -21,7 +21,7 @@ Known differences from A1111, all about tokens no real prompt relies on:
   grammar has no way to say a bare "-" with a weight).
 - Inside a weighted run compel separates "." and "," with spaces, so a run of punctuation such as
   "..." becomes three "." tokens instead of CLIP's single "..." token.
-- Negative weights (`(text:-1)`) cannot be expressed in compel: ValueError.
+- Negative weights (`(text:-1)`) have no compel form: ValueError (the negative prompt is the way).
 - A1111's prompt editing `[from:to:when]` and alternation `[a|b]` are not supported: the brackets
   act as a ÷1.1 weight and the ":" and "|" stay literal text.
 - A BREAK inside brackets still breaks (A1111 instead encodes the word "BREAK", a bug there).
@@ -160,8 +160,9 @@ def _weighted(text: str, weight: float) -> list[str]:
     """`(text)w`, with bare operator characters written outside at weight 1."""
     if weight < 0:
         raise ValueError(
-            f"prompt: negative weight {_format_weight(weight)} on {text.strip()!r} cannot be expressed in compel; "
-            "use a weight of 0 or more"
+            f"prompt: negative weight {_format_weight(weight)} on {text.strip()!r} is not supported (prompt weights "
+            f"go through compel, which has none); use a weight of 0 or more, or put {text.strip()!r} in the "
+            "negative prompt"
         )
     pieces: list[str] = []
     start = 0

@@ -168,7 +168,8 @@ def test_unknown_syntax_and_negative_weight_are_value_errors():
     with pytest.raises(ValueError) as refused:
         to_compel("(cat:-1.5)", "a1111")
     assert str(refused.value) == (
-        "prompt: negative weight -1.5 on 'cat' cannot be expressed in compel; use a weight of 0 or more"
+        "prompt: negative weight -1.5 on 'cat' is not supported (prompt weights go through compel, which has "
+        "none); use a weight of 0 or more, or put 'cat' in the negative prompt"
     )
     with pytest.raises(ValueError, match=r"^prompt: must be a string \(got bytes\)$"):
         to_compel(b"a cat", "compel")
