@@ -78,6 +78,19 @@ class ModelLists:
         """LoRA sha256 -> AutoV3 short hash, for the A1111 "Lora hashes" field (Civitai links by it)."""
         return self._lora_library().autov3_hashes(recipe.loras) if recipe.loras else {}
 
+    def unusable_loras(self, recipe: Recipe) -> list[str]:
+        """Why each LoRA the recipe names (picked or in its prompt) cannot be used here ([] when all can): for a
+        recipe loaded from a PNG or the gallery, said before a Draft would refuse it."""
+        from pipelines.models.lora import with_prompt_loras
+
+        library, reasons = self._lora_library(), []
+        for ref in with_prompt_loras(recipe).loras:
+            try:
+                library.find(ref.name)
+            except (ValueError, FileNotFoundError) as error:
+                reasons.append(str(error))
+        return reasons
+
     def _check_loras(self, recipes: list[Recipe]) -> None:
         """Every LoRA a recipe names (picked or in its prompt) is found in the folder, before the engine (and
         torch) loads: a wrong name is refused at once. The engine pins them by sha256 afterwards."""

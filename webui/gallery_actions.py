@@ -4,6 +4,7 @@ generation on show (re-run, refine, upscale with its options, vary subtle / stro
 from __future__ import annotations
 
 import functools
+import html
 from typing import TYPE_CHECKING
 
 import gradio as gr
@@ -152,6 +153,7 @@ def wire_actions(
     @reported
     def load_draft(generation_id):
         recipe = ctx.studio.get(current(generation_id)).recipe
+        warn_unusable_loras(ctx, recipe)
         return {**bindings.values_from_recipe(controls, recipe), **loaded_edits(ctx, edit, recipe)}
 
     @guarded
@@ -169,6 +171,7 @@ def wire_actions(
         gr.Info(f"{how} as #{saved.id}; its Recipe is loaded into Draft.")
         if saved.notes:
             gr.Warning("  \n".join(saved.notes), title="What the Recipe could not hold")
+        warn_unusable_loras(ctx, saved.recipe)
         return {**shown.show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
 
     buttons["favourite"].click(
@@ -208,6 +211,17 @@ def _wire_jobs(
         handler = vary_job(ctx, shown, pages, strength, controls.count)
         inputs = pages.inputs | {detail.id, controls.count}
         gpu_event(ctx, buttons[f"vary_{name}"].click, handler, inputs=inputs, api_name=f"gallery_vary_{name}", **wiring)
+
+
+def warn_unusable_loras(ctx: Context, recipe) -> None:
+    """A recipe put into the Draft controls names LoRAs this server cannot use: said now, not at the next Draft."""
+    reasons = ctx.studio.unusable_loras(recipe)
+    if reasons:
+        gr.Warning(
+            html.escape("  \n".join(reasons)) + "  \nDraft refuses them until then: take them out of the LoRA slots "
+            "and the prompt, or add the files.",
+            title="LoRAs not found here",
+        )
 
 
 def job(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers, action: str, options):

@@ -34,6 +34,22 @@ def test_the_demo_extras_are_installed_once_and_listed_as_usable(studio):
     assert [row["name"] for row in studio.controlnets()] == [DEMO_CONTROLNET]
 
 
+def test_a_recipe_naming_loras_not_here_is_told_which_before_any_draft(studio):
+    """A recipe from a PNG or the gallery: each LoRA this home cannot use is named (picked or in the prompt)."""
+    studio.install_demo_extras()
+    demo = DEMO_LORA.removesuffix(".safetensors")
+    recipe = Recipe(
+        model=ModelRef("tiny"),
+        prompt="a harbour <lora:gone-from-here:0.8>",
+        seed=1,
+        loras=(LoraRef(name=demo), LoraRef(name="never-installed", weight=0.5)),
+    )
+    reasons = studio.unusable_loras(recipe)
+    assert len(reasons) == 2
+    assert "'never-installed'" in reasons[0] and "'gone-from-here'" in reasons[1]
+    assert studio.unusable_loras(recipe.replace(prompt="a harbour", loras=(LoraRef(name=demo),))) == []
+
+
 def test_the_demo_lora_and_controlnet_change_the_picture(studio):
     studio.install_demo_extras()
     recipe = Recipe(
