@@ -170,7 +170,8 @@ def wire_actions(
         how = "Already in the gallery" if saved.reused else "Imported"
         gr.Info(f"{how} as #{saved.id}; its Recipe is loaded into Draft.")
         if saved.notes:
-            gr.Warning("  \n".join(saved.notes), title="What the Recipe could not hold")
+            # a toast renders HTML, not Markdown: one line per note
+            gr.Warning("<br>".join(html.escape(note) for note in saved.notes), title="What the Recipe could not hold")
         warn_unusable_loras(ctx, saved.recipe)
         return {**shown.show(saved.id), **bindings.values_from_recipe(controls, saved.recipe), dropped: None}
 
@@ -218,7 +219,8 @@ def warn_unusable_loras(ctx: Context, recipe) -> None:
     reasons = ctx.studio.unusable_loras(recipe)
     if reasons:
         gr.Warning(
-            html.escape("  \n".join(reasons)) + "  \nDraft refuses them until then: take them out of the LoRA slots "
+            "<br>".join(html.escape(reason) for reason in reasons) + "<br>Draft refuses them until then: take them "
+            "out of the LoRA slots "
             "and the prompt, or add the files.",
             title="LoRAs not found here",
         )

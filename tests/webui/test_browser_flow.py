@@ -330,3 +330,27 @@ def test_controlnet_tab_previews_the_map_and_makes_an_image(page, server, tmp_pa
     finally:
         gallery.close()
     shot(page, "14-controlnet", docs="controlnet")
+
+
+def test_a_dropped_pngs_unread_fields_are_shown_as_text_not_markup(page, tmp_path):
+    """What an A1111 PNG carries that a Recipe cannot hold is listed in a toast: as text (a PNG is anyone's file)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    hostile = "<img src=x onerror=\"document.body.dataset.pwned='1'\">"
+    info = PngInfo()
+    info.add_text(
+        "parameters",
+        "a lantern\nSteps: 12, Sampler: Euler, CFG scale: 6, Seed: 5, Size: 64x64, "
+        f"Model hash: {hostile}, Face restoration: CodeFormer",
+    )
+    path = tmp_path / "hostile.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(path, pnginfo=info)
+    page.get_by_role("tab", name="Gallery").click()
+    page.set_input_files("#png-drop input[type=file]", str(path))
+    toast = page.locator(".toast-body", has_text="not kept: Model hash:")
+    toast.wait_for()
+    assert hostile in toast.inner_text()  # shown literally …
+    assert toast.locator("img").count() == 0  # … never as an element
+    assert page.evaluate("document.body.dataset.pwned") is None
+    lines = toast.inner_text().splitlines()
+    assert "not kept: Face restoration: CodeFormer" in lines  # one note per line, each whole
