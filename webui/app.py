@@ -133,10 +133,10 @@ def build_app(ctx: Context, *, queue_size: int = QUEUE_SIZE, per_client: int | N
         with gr.Tabs() as tabs:
             with gr.Tab("Draft & Refine", id="draft"):
                 draft = draft_tab.render(ctx)
-            with gr.Tab("Img2Img", id="img2img"):
-                img2img = img2img_tab.render(ctx, draft.controls)
-            with gr.Tab("ControlNet", id="controlnet"):
-                units = controlnet_tab.render(ctx, draft.controls)
+            with gr.Tab("Img2Img", id="img2img") as img2img_tab_item:
+                img2img = img2img_tab.render(ctx, draft.controls, tabs=tabs, tab=img2img_tab_item)
+            with gr.Tab("ControlNet", id="controlnet") as controlnet_tab_item:
+                units = controlnet_tab.render(ctx, draft.controls, tabs=tabs, tab=controlnet_tab_item)
             with gr.Tab("Gallery", id="gallery") as gallery_tab_item:
                 edit_tabs = gallery_tab.EditTabs(tabs=tabs, img2img=img2img, control_units=units)
                 gallery = gallery_tab.render(ctx, draft.controls, edit_tabs, gallery_tab_item)

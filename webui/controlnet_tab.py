@@ -13,7 +13,7 @@ import gradio as gr
 
 from atelier import requests as atelier_requests
 from atelier.studio import ControlRequest
-from webui import bindings
+from webui import bindings, shared_summary
 from webui.context import Context, gpu_event, interrupt_handler, session_of
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT
 from webui.jobs import guarded, keeps_outputs, one_image_updates
@@ -81,8 +81,8 @@ def _requests(
     return requests
 
 
-def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
-    gr.Markdown("Prompt, size and sampler come from **Draft & Refine**. Each unit with an image guides the result.")
+def render(ctx: Context, controls: bindings.GenerationControls, *, tabs: gr.Tabs, tab: gr.Tab) -> list[Unit]:
+    gr.Markdown("Each unit with a control image guides the result.")
     preprocessors, models = _preprocessors(ctx), _models(ctx)
     units: list[Unit] = []
     with gr.Row():
@@ -134,6 +134,7 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> list[Unit]:
                 preview_button = gr.Button("Preview maps", elem_id="cn-preview")
                 refresh = gr.Button("Refresh model list", elem_id="cn-refresh")
         with gr.Column(scale=2):
+            shared_summary.render(controls, elem_prefix="cn-", size_here=False, tabs=tabs, tab=tab)
             with gr.Row():
                 run = gr.Button("Make image", variant="primary", elem_id="cn-button")
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="cn-interrupt")

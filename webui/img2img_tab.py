@@ -9,6 +9,7 @@ painted on the source (or uploaded) makes it an inpaint (webui/inpaint_controls.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import gradio as gr
 
 from atelier import requests
 from atelier.studio import image_size
+from pipelines.prompt_syntax import extract_lora_tokens
 from pipelines.recipe import NO_EXPAND, Recipe
-from webui import bindings, inpaint_controls
+from webui import bindings, inpaint_controls, shared_summary
 from webui.context import Context, gpu_event, interrupt_handler, session_of
 from webui.draft_tab import IMAGE_HEIGHT, PNG_OUT, compare_slider
 from webui.jobs import guarded, keeps_outputs, one_image_updates
@@ -57,11 +59,8 @@ def img2img_recipe(
     return requests.build_one_recipe(request, ctx.defaults.models, wildcards=requests.wildcards_folder(ctx.studio.home))
 
 
-def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
-    gr.Markdown(
-        "Prompt and sampler come from **Draft & Refine**. Strength 0 keeps the source, 1 ignores it; a low "
-        "strength (below 1 − switch) is the refiner alone."
-    )
+def render(ctx: Context, controls: bindings.GenerationControls, *, tabs: gr.Tabs, tab: gr.Tab) -> Img2ImgTab:
+    gr.Markdown("Strength 0 keeps the source, 1 ignores it; a low strength (below 1 − switch) is the refiner alone.")
     with gr.Row():
         with gr.Column():
             source = gr.Image(
@@ -80,7 +79,10 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
             strength = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Denoise strength", elem_id="img2img-strength")
             inpaint = inpaint_controls.render(IMAGE_HEIGHT, ctx.studio.inpaint_model_choices())
         with gr.Column():
-            with gr.Row():  # at the top: the inpaint controls make the left column long
+            # at the top: the inpaint controls make the left column long
+            shared_summary.render(controls, elem_prefix="img2img-", size_here=True, tabs=tabs, tab=tab)
+            source_note = gr.HTML(elem_id="img2img-source-note", js_on_load=None)
+            with gr.Row():
                 run = gr.Button("Make image", variant="primary", elem_id="img2img-button", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="img2img-interrupt", scale=1)
             status = gr.Markdown("", elem_id="img2img-status")
@@ -93,7 +95,41 @@ def render(ctx: Context, controls: bindings.GenerationControls) -> Img2ImgTab:
     gpu_event(ctx, run.click, make, inputs=inputs, outputs={result, compare}, status=status, api_name="img2img")
     interrupt.click(interrupt_handler(ctx), inputs=None, outputs=status, queue=False, api_visibility="private")
     _wire_source(tab)
+    note = source_note_handler(ctx)
+    for trigger in (parent.change, controls.prompt.change):
+        trigger(note, inputs=[parent, controls.prompt], outputs=source_note, queue=False, api_visibility="private")
     return tab
+
+
+def source_note_handler(ctx: Context):
+    """A handler: which prompt the gallery source was made with, beside the Draft prompt img2img will use
+    (Send to img2img brings the image only: the prompt controls are Draft's, and it never overwrites them)."""
+
+    def note(parent_id, prompt: str | None) -> str:
+        if not parent_id:
+            return ""
+        try:
+            recipe = ctx.studio.get(int(parent_id)).recipe
+        except ValueError:  # deleted meanwhile (NotFoundError): nothing to compare with
+            return ""
+        made_with = (recipe.prompt_template or recipe.prompt).strip()
+        if _words(made_with) == _words(prompt):
+            return f"<small>Source #{int(parent_id)} was made with this prompt.</small>"
+        return (
+            f"<small>Source #{int(parent_id)} was made with “{html.escape(made_with[:200])}”: not used here. "
+            "Its <b>Load</b> button in the Gallery brings its prompt and settings.</small>"
+        )
+
+    return note
+
+
+def _words(prompt: str | None) -> str:
+    """A prompt without its LoRA tokens and spacing (the gallery keeps the LoRAs apart from the text)."""
+    try:
+        text = extract_lora_tokens(prompt or "")[0]
+    except ValueError:
+        text = prompt or ""
+    return " ".join(text.split())
 
 
 def prepared_edit(ctx: Context, controls: bindings.GenerationControls, tab: Img2ImgTab, values: dict):
