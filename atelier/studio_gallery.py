@@ -36,6 +36,9 @@ class GalleryViews:
     def set_tags(self, generation_id: int, tags: list[str]) -> Generation:
         return self.gallery.set_tags(generation_id, tags)
 
+    def tags_in_use(self) -> list[str]:
+        return self.gallery.tags_in_use()
+
     def stored_file(self, sha256: str) -> Path:
         """Where the gallery keeps a file it stores by sha256 (a source or control image)."""
         return self.gallery.file_path(sha256)

@@ -324,6 +324,11 @@ class Gallery:
         more = len(rows) > limit
         return Page(tuple(items), search.encode_cursor(items[-1].id) if more else None)
 
+    def tags_in_use(self) -> list[str]:
+        """Every tag some generation has, sorted (for a front end's tag filter)."""
+        with self.db.reading() as session:
+            return list(session.scalars(select(GenerationTagRow.tag).distinct().order_by(GenerationTagRow.tag)))
+
     def children(self, id: int) -> list[Generation]:
         """Direct children, oldest first."""
         self.get(id)

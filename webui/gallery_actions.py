@@ -41,6 +41,21 @@ def star(favourite: bool) -> str:
     return "★ Favourite" if favourite else "☆ Favourite"
 
 
+def split_tags(text: str) -> list[str]:
+    """The Tags box's comma-separated tags, blank pieces dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def saved_tags(ctx: Context, generation_id: int, text: str):
+    """The Tags box's tags saved; a refusal names the entry and the box's rules (the gallery's: printable
+    text of 1 to 64 characters each, at most 64 tags)."""
+    try:
+        return ctx.studio.set_tags(generation_id, split_tags(text))
+    except ValueError as error:
+        reason = str(error).removeprefix("tags: ")
+        raise ValueError(f"Tags of #{generation_id} not saved: {reason}. Separate tags with commas.") from None
+
+
 def load_target(recipe) -> str:
     """The tab Load into … opens for `recipe` (a key of LOAD_LABELS, and the tab's id)."""
     if recipe.mode == "img2img" and recipe.source_image_sha256:
@@ -181,6 +196,7 @@ def wire_actions(
         outputs=pages.outputs | {detail.favourite, detail.status},
         **QUIET,
     )
+    _wire_tags(ctx, shown, pages)
     buttons["delete"].click(ask_delete, inputs=detail.id, outputs={detail.confirm_row, detail.status}, **QUIET)
     buttons["cancel"].click(lambda: gr.update(visible=False), outputs=detail.confirm_row, queue=False, **QUIET)
     buttons["confirm"].click(
@@ -212,6 +228,34 @@ def _wire_jobs(
         handler = vary_job(ctx, shown, pages, strength, controls.count)
         inputs = pages.inputs | {detail.id, controls.count}
         gpu_event(ctx, buttons[f"vary_{name}"].click, handler, inputs=inputs, api_name=f"gallery_vary_{name}", **wiring)
+
+
+def _wire_tags(ctx: Context, shown: _DetailHandlers, pages: _PageHandlers) -> None:
+    """The Tags box: saved on Enter and when it loses focus; the grid and the Tag filter follow."""
+    detail = shown.detail
+
+    @reported_in(detail.status)
+    def save_tags(values: dict, blurred: bool):
+        text = values[detail.tags] or ""
+        if not str(values[detail.id] or "").strip() and not text.strip():
+            return {}  # the empty box of an empty pane lost focus: nothing to save
+        gid = current(values[detail.id])
+        if blurred and tuple(split_tags(text)) == ctx.studio.get(gid).tags:
+            return {}  # left unchanged (or just saved with Enter): nothing to save or say again
+        g = saved_tags(ctx, gid, text)
+        return {
+            **pages.current(values),  # the Tag filter's choices and a tag-filtered grid follow at once
+            detail.tags: ", ".join(g.tags),
+            detail.status: f"Tags of #{gid}: {', '.join(g.tags) or 'none'}",
+        }
+
+    for saving, blurred in ((detail.tags.submit, False), (detail.tags.blur, True)):
+        saving(
+            functools.partial(save_tags, blurred=blurred),
+            inputs=pages.inputs | {detail.id, detail.tags},
+            outputs=pages.outputs | {detail.tags, detail.status},
+            **QUIET,
+        )
 
 
 def warn_unusable_loras(ctx: Context, recipe) -> None:

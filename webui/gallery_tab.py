@@ -40,6 +40,7 @@ class FilterControls:
     favourites: gr.Checkbox
     since: gr.Textbox
     until: gr.Textbox
+    tag: gr.Dropdown  # the tags in use (refreshed with each page), "" for any
 
     def filters(self, values: dict) -> GalleryFilters:
         return GalleryFilters(
@@ -49,6 +50,7 @@ class FilterControls:
             favourites_only=bool(values[self.favourites]),
             since=values[self.since],
             until=values[self.until],
+            tag=values[self.tag],
         )
 
 
@@ -72,6 +74,7 @@ class DetailControls:
     load: gr.Button  # its label names the tab it opens for the entry on show
     confirm_row: gr.Row
     status: gr.Markdown
+    tags: gr.Textbox  # comma-separated, saved on Enter or when the box loses focus
     compare_with: gr.Textbox  # another generation's id, to see side by side on the slider
     compare: gr.ImageSlider  # this | the other (after a re-run: the original | the re-run)
     vary_subtle: gr.Button  # usable for an image with a kept latent (a draft)
@@ -147,8 +150,9 @@ def _render_filters(ctx: Context) -> tuple[FilterControls, gr.Button, gr.Button]
         favourites = gr.Checkbox(False, label="Favourites only", elem_id="gallery-favourites")
         since = gr.Textbox(label="Since", placeholder="2025-01-31", elem_id="gallery-since")
         until = gr.Textbox(label="Until (before)", placeholder="2025-02-28", elem_id="gallery-until")
+        tag = gr.Dropdown(tag_choices(ctx), value="", label="Tag", allow_custom_value=True, elem_id="gallery-tag")
     controls = FilterControls(
-        query=query, kinds=kinds, model=model, lora=lora, favourites=favourites, since=since, until=until
+        query=query, kinds=kinds, model=model, lora=lora, favourites=favourites, since=since, until=until, tag=tag
     )
     return controls, search, refresh
 
@@ -197,6 +201,9 @@ def _render_detail(ctx: Context) -> tuple[DetailControls, dict]:
         buttons["confirm"] = gr.Button("Yes, delete", variant="stop", elem_id="confirm-delete")
         buttons["cancel"] = gr.Button("Keep it", elem_id="cancel-delete")
     status = gr.Markdown("", elem_id="gallery-status")
+    tags = gr.Textbox(
+        label="Tags (comma-separated; Enter saves)", placeholder="portrait, keep", max_lines=1, elem_id="detail-tags"
+    )
     compare_with = gr.Textbox(
         label="Compare with # (Enter)", placeholder="another id", max_lines=1, elem_id="gallery-compare-with"
     )
@@ -211,6 +218,7 @@ def _render_detail(ctx: Context) -> tuple[DetailControls, dict]:
         load=buttons["load"],
         confirm_row=confirm_row,
         status=status,
+        tags=tags,
         compare_with=compare_with,
         compare=compare,
         vary_subtle=buttons["vary_subtle"],
@@ -234,7 +242,7 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
         with gr.Column(scale=2):
             detail, buttons = _render_detail(ctx)
     pages = _PageHandlers(ctx, filters, page)
-    for trigger in (search.click, filters.query.submit, refresh.click, tab.select):
+    for trigger in (search.click, filters.query.submit, refresh.click, tab.select, filters.tag.input):
         trigger(pages.first, inputs=_components(filters), outputs=pages.outputs, **QUIET)
     page.older.click(pages.older_page, inputs=pages.inputs, outputs=pages.outputs, **QUIET)
     page.newer.click(pages.newer_page, inputs=pages.inputs, outputs=pages.outputs, **QUIET)
@@ -250,6 +258,11 @@ def render(ctx: Context, controls: bindings.GenerationControls, edit: EditTabs, 
     return GalleryTab(
         detail_id=detail.id, load_into_draft=buttons["load"], send_to_img2img=buttons["img2img"], refresh=refresh
     )
+
+
+def tag_choices(ctx: Context) -> list[tuple[str, str]]:
+    """The Tag filter's choices: any tag, then every tag some generation has."""
+    return [("(any tag)", ""), *((t, t) for t in ctx.studio.tags_in_use())]
 
 
 def nothing_found(query: str | None) -> str:
@@ -268,7 +281,7 @@ class _PageHandlers:
     def __init__(self, ctx: Context, filters: FilterControls, page: PageControls) -> None:
         self.ctx, self.filters, self.page = ctx, filters, page
         self.inputs = _components(filters) | {page.cursors}
-        self.outputs = {page.grid, page.ids, page.label, page.cursors, page.older, page.newer}
+        self.outputs = {page.grid, page.ids, page.label, page.cursors, page.older, page.newer, filters.tag}
 
     def load(self, cursor_stack: list, values: dict):
         p = self.page
@@ -284,6 +297,7 @@ class _PageHandlers:
             p.cursors: cursor_stack,
             p.older: gr.update(interactive=found.next_cursor is not None),
             p.newer: gr.update(interactive=number > 1),
+            self.filters.tag: gr.update(choices=tag_choices(self.ctx)),  # a tag just added or taken off
         }
 
     @guarded
@@ -328,6 +342,7 @@ class _DetailHandlers:
             d.load: load_label(g.recipe),
             d.confirm_row: gr.update(visible=False),
             d.status: "",
+            d.tags: ", ".join(g.tags),
             d.compare: None,
             d.vary_subtle: gr.update(interactive=varies),
             d.vary_strong: gr.update(interactive=varies),
@@ -363,6 +378,7 @@ class _DetailHandlers:
             d.load: LOAD_LABELS["draft"],
             d.confirm_row: gr.update(visible=False),
             d.status: message,
+            d.tags: "",
             d.compare_with: "",
             d.compare: None,
             d.vary_subtle: gr.update(interactive=False),

@@ -135,6 +135,10 @@ def test_tag_filter(gallery, filled):
         gallery.set_tags(i, ["keep", f"n{i}"])
     assert _ids(gallery.list(tag="keep")) == ids[::-1]
     assert _ids(gallery.list(tag=f"n{ids[0]}")) == [ids[0]]
+    assert gallery.tags_in_use() == sorted({"keep", *(f"n{i}" for i in ids)})  # each once, sorted
+    for i in ids:
+        gallery.set_tags(i, [])
+    assert gallery.tags_in_use() == []
 
 
 def test_bad_filters(gallery):
