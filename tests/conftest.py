@@ -24,6 +24,17 @@ if "torch" in sys.modules:  # imported before this file (by a plugin): the envir
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _pillow_pixel_limit_as_found():
+    """Building the web app in a test's own process (webui.security.limit_decoded_pixels) lowers Pillow's global
+    pixel limit, as the server does; later tests of the Studio and CLI paths must see Pillow's default."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
+
+
 def pytest_collection_finish(session):
     """What collection imported (torch, diffusers, transformers, gradio: some 200,000-600,000 objects) lives
     for the whole session: freeze it out of the garbage collector's way. Every ModelCache load runs
